@@ -1,0 +1,92 @@
+"""The `KeyStore` contract, written once.
+
+A key store keeps users (found by the digest of their relay token) and, per user and provider,
+one opaque record: the encrypted provider key. It never sees a token, a plaintext key, HTTP or a
+provider table; it stores and returns bytes and strings exactly as given.
+
+Every method may raise `StoreUnavailable` when the server behind the store cannot be reached
+(the relay answers 503 and retries on the next request; no method leaves a partial write behind)
+and `StoreError` for anything else the driver reports. Driver exceptions never escape a store.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+
+__all__ = ["KeyStore", "StoreError", "StoreUnavailable", "User"]
+
+
+class StoreError(Exception):
+    """The store failed; the message names the operation, never a URL, password or value."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's server could not be reached or did not answer in time."""
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    id: str
+    app_id: str
+    created_at: int
+    """Epoch milliseconds."""
+    expires_at: int | None = None
+    """Epoch milliseconds after which the token is refused; None: never."""
+    revoked_at: int | None = None
+    """Epoch milliseconds at which the token was revoked; None: it was not."""
+
+
+class KeyStore(abc.ABC):
+    @abc.abstractmethod
+    async def create_user(self, user: User, token_hash: str) -> None:
+        """Store a new user reachable by `token_hash`.
+
+        `user.id` and `token_hash` are fresh random values; a collision on either raises
+        `StoreError` and stores nothing.
+        """
+
+    @abc.abstractmethod
+    async def user_for_token(self, token_hash: str) -> User | None:
+        """The user whose token digest is `token_hash`, or None when there is none.
+
+        Revoked and expired users are returned as stored; judging them is the caller's job.
+        One round trip to the server.
+        """
+
+    @abc.abstractmethod
+    async def revoke_token(self, user_id: str, at: int) -> None:
+        """Mark the user's token revoked at `at` (epoch ms). Revoking again keeps the first
+        time; a missing user is a no-op. Takes effect for every reader as soon as it returns."""
+
+    @abc.abstractmethod
+    async def delete_user(self, user_id: str) -> None:
+        """Erase the user and every key record of theirs, atomically. A missing user is a no-op."""
+
+    @abc.abstractmethod
+    async def put_key(self, user_id: str, provider: str, record: bytes, at: int) -> bool:
+        """Store `record` as the user's key for `provider`, replacing any earlier one atomically.
+
+        Returns True when a record was replaced, False when none existed. Concurrent writers
+        to the same (user, provider) never interleave: the last write wins whole.
+        `at` (epoch ms) becomes `updated_at`, and `created_at` for a new record.
+        """
+
+    @abc.abstractmethod
+    async def get_key(self, user_id: str, provider: str) -> bytes | None:
+        """The record stored for (user, provider), or None. One round trip to the server."""
+
+    @abc.abstractmethod
+    async def list_providers(self, user_id: str) -> list[str]:
+        """The providers the user has a key for, sorted; `[]` for a missing user."""
+
+    @abc.abstractmethod
+    async def delete_key(self, user_id: str, provider: str) -> bool:
+        """Delete the (user, provider) record. True if one existed; deleting again is a no-op."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Return when the store answers a trivial query; raise `StoreUnavailable` otherwise."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Idempotent."""

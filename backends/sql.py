@@ -1,0 +1,193 @@
+"""The SQL key store: SQLite (aiosqlite) and Postgres (asyncpg) through SQLAlchemy 2 async.
+
+The schema comes from the alembic migrations (`byok-relay migrate`), never from `create_all`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, event, exists, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from .base import KeyStore, StoreError, StoreUnavailable, User
+from .tables import keys, users
+
+__all__ = ["SQLStore", "async_url", "ensure_sqlite_directory"]
+
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+
+def async_url(url: str) -> str:
+    """`url` with the async driver this store uses (`postgres://` as PaaS hosts spell it, too)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in _DRIVERS:
+        raise ValueError(f"not a SQL store URL scheme: {scheme!r}")
+    parsed = make_url(_DRIVERS[scheme.lower()] + "://" + rest)
+    if parsed.drivername.startswith("postgresql") and "sslmode" in parsed.query:
+        # libpq's `sslmode` (as Render and Railway give it) is asyncpg's `ssl`.
+        query = dict(parsed.query)
+        query["ssl"] = query.pop("sslmode")
+        parsed = parsed.set(query=query)
+    return parsed.render_as_string(hide_password=False)
+
+
+def ensure_sqlite_directory(url: str) -> None:
+    """Create the folder of a SQLite file URL (`./data/` on a first start)."""
+    parsed = make_url(async_url(url))
+    database = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:"):
+        if not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+@contextlib.contextmanager
+def _translate(operation: str) -> Iterator[None]:
+    """Driver errors become store errors naming the operation, never values or URLs."""
+    try:
+        yield
+    except (OperationalError, InterfaceError, PoolTimeout, OSError, TimeoutError) as exc:
+        raise StoreUnavailable(f"key store unavailable during {operation}") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise StoreUnavailable(f"key store unavailable during {operation}") from exc
+        raise StoreError(f"key store failed during {operation}") from exc
+
+
+class SQLStore(KeyStore):
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        pool_size: int = 10,
+        pool_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+    ) -> SQLStore:
+        full = make_url(async_url(url))
+        options: dict[str, Any] = {"pool_pre_ping": True}
+        if full.get_backend_name() == "sqlite":
+            ensure_sqlite_directory(url)
+            options["connect_args"] = {"timeout": connect_timeout}
+        else:
+            options.update(
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_timeout=pool_timeout,
+                connect_args={"timeout": connect_timeout, "command_timeout": connect_timeout},
+            )
+        engine = create_async_engine(full, **options)
+        if full.get_backend_name() == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return cls(engine)
+
+    @contextlib.asynccontextmanager
+    async def _begin(self, operation: str) -> AsyncIterator[AsyncConnection]:
+        with _translate(operation):
+            async with self._engine.begin() as conn:
+                yield conn
+
+    async def create_user(self, user: User, token_hash: str) -> None:
+        try:
+            async with self._begin("create_user") as conn:
+                await conn.execute(
+                    users.insert().values(
+                        id=user.id,
+                        app_id=user.app_id,
+                        token_hash=token_hash,
+                        created_at=user.created_at,
+                        expires_at=user.expires_at,
+                        revoked_at=user.revoked_at,
+                    )
+                )
+        except IntegrityError as exc:
+            raise StoreError("create_user: user id or token digest already exists") from exc
+
+    async def user_for_token(self, token_hash: str) -> User | None:
+        query = select(
+            users.c.id, users.c.app_id, users.c.created_at, users.c.expires_at, users.c.revoked_at
+        ).where(users.c.token_hash == token_hash)
+        async with self._begin("user_for_token") as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else User(*row)
+
+    async def revoke_token(self, user_id: str, at: int) -> None:
+        async with self._begin("revoke_token") as conn:
+            await conn.execute(
+                update(users)
+                .where(users.c.id == user_id, users.c.revoked_at.is_(None))
+                .values(revoked_at=at)
+            )
+
+    async def delete_user(self, user_id: str) -> None:
+        async with self._begin("delete_user") as conn:
+            await conn.execute(delete(keys).where(keys.c.user_id == user_id))
+            await conn.execute(delete(users).where(users.c.id == user_id))
+
+    async def put_key(self, user_id: str, provider: str, record: bytes, at: int) -> bool:
+        where = (keys.c.user_id == user_id) & (keys.c.provider == provider)
+        upsert = self._insert(keys).values(
+            user_id=user_id, provider=provider, record=record, created_at=at, updated_at=at
+        )
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[keys.c.user_id, keys.c.provider],
+            set_={"record": upsert.excluded.record, "updated_at": upsert.excluded.updated_at},
+        )
+        try:
+            async with self._begin("put_key") as conn:
+                existed = bool((await conn.execute(select(exists().where(where)))).scalar())
+                await conn.execute(upsert)
+        except IntegrityError as exc:
+            raise StoreError("put_key: no such user") from exc
+        return existed
+
+    async def get_key(self, user_id: str, provider: str) -> bytes | None:
+        query = select(keys.c.record).where(keys.c.user_id == user_id, keys.c.provider == provider)
+        async with self._begin("get_key") as conn:
+            record = (await conn.execute(query)).scalar()
+        return None if record is None else bytes(record)
+
+    async def list_providers(self, user_id: str) -> list[str]:
+        query = select(keys.c.provider).where(keys.c.user_id == user_id).order_by(keys.c.provider)
+        async with self._begin("list_providers") as conn:
+            return list((await conn.execute(query)).scalars())
+
+    async def delete_key(self, user_id: str, provider: str) -> bool:
+        statement = delete(keys).where(keys.c.user_id == user_id, keys.c.provider == provider)
+        async with self._begin("delete_key") as conn:
+            result = await conn.execute(statement)
+        return bool(result.rowcount)
+
+    async def ping(self) -> None:
+        async with self._begin("ping") as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self._engine.dispose()

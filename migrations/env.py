@@ -1,0 +1,68 @@
+"""Alembic environment (the async template): one migration set for SQLite and Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from logging.config import fileConfig
+from pathlib import Path
+
+from alembic import context
+from sqlalchemy import pool
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from backends.sql import async_url
+from backends.tables import metadata
+from relay.config import read_env_file
+
+config = context.config
+
+if config.config_file_name is not None and config.attributes.get("configure_logging", True):
+    fileConfig(config.config_file_name)
+
+
+def database_url() -> str:
+    """The URL given by the caller (`byok-relay migrate`), else DATABASE_URL / DB_PATH."""
+    url = config.attributes.get("url")
+    if url:
+        return str(url)
+    env = read_env_file(Path(".env"))
+    env.update(os.environ)
+    return env.get("DATABASE_URL") or "sqlite:///" + env.get("DB_PATH", "./data/relay.db")
+
+
+def do_run_migrations(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=True,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_async_migrations() -> None:
+    engine = create_async_engine(async_url(database_url()), poolclass=pool.NullPool)
+    async with engine.connect() as connection:
+        await connection.run_sync(do_run_migrations)
+    await engine.dispose()
+
+
+def run_migrations_offline() -> None:
+    context.configure(
+        url=async_url(database_url()),
+        target_metadata=metadata,
+        literal_binds=True,
+        render_as_batch=True,
+        dialect_opts={"paramstyle": "named"},
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    asyncio.run(run_async_migrations())

@@ -1,0 +1,110 @@
+"""The application: routes, middleware, exception handlers and lifespan. Nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from backends import KeyStore, StoreError, StoreUnavailable
+
+from . import accounts, health, keys
+from .config import Settings
+from .cors import CORSMiddleware
+from .errors import RelayError, error_body
+from .proxy import RelayEndpoint
+from .services import open_services
+from .ssrf import UpstreamPolicy
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("relay")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+def _json_error(
+    status: int, message: str, code: str, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        error_body(message, code),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+async def _relay_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RelayError)
+    return Response(exc.body(), exc.status, exc.headers, media_type="application/json")
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    messages = {404: "Not found", 405: "Method not allowed"}
+    message = messages.get(exc.status_code, str(exc.detail))
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return _json_error(exc.status_code, message, code, dict(exc.headers or {}))
+
+
+async def _store_error(request: Request, exc: Exception) -> Response:
+    logger.error("key store error: %s", exc, extra={"cause": type(exc.__cause__).__name__})
+    if isinstance(exc, StoreUnavailable):
+        return _json_error(
+            503,
+            "Key store unavailable, try again shortly",
+            "store_unavailable",
+            {"retry-after": "1"},
+        )
+    return _json_error(500, "Key store error", "store_error")
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return _json_error(500, "Internal server error", "internal_error")
+
+
+def create_app(settings: Settings, store: KeyStore | None = None) -> Starlette:
+    """The relay for `settings`; a given `store` replaces the one `DATABASE_URL` names."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_services(settings, store) as services:
+            app.state.services = services
+            yield
+
+    relay = RelayEndpoint(UpstreamPolicy(settings.private_upstreams))
+    routes = [
+        Route("/health", health.health, methods=["GET"]),
+        Route("/version", health.version, methods=["GET"]),
+        Route("/users", accounts.register, methods=["POST"]),
+        Route("/users", accounts.delete_user, methods=["DELETE"]),
+        Route("/tokens/revoke", accounts.revoke_token, methods=["POST"]),
+        Route("/keys", keys.list_keys, methods=["GET"]),
+        Route("/keys/{provider}", keys.store_key, methods=["POST"]),
+        Route("/keys/{provider}", keys.delete_key, methods=["DELETE"]),
+        Route("/relay/{provider}", relay),
+        Route("/relay/{provider}/{path:path}", relay),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(CORSMiddleware, allow_origins=settings.allowed_origins)],
+        exception_handlers={
+            RelayError: _relay_error,
+            HTTPException: _http_exception,
+            StoreError: _store_error,
+            Exception: _server_error,
+        },
+        lifespan=lifespan,
+    )

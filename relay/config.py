@@ -1,0 +1,230 @@
+"""Settings, read once from the environment (and `.env` in the working directory), typed.
+
+`Settings.from_env()` is the only place that looks at `os.environ`; everything else receives a
+`Settings`. Tests build their own with `Settings.from_env({...})` instead of patching globals.
+A bad value raises `ConfigError` whose message is one line and never contains a secret.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+__all__ = ["ConfigError", "Secret", "Settings", "read_env_file"]
+
+MIN_SECRET_LENGTH: Final = 32
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is a one-line reason, free of secrets."""
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a dotenv file: `KEY=value` lines, `#` comments, optional quotes. Missing file: `{}`."""
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return values
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.removeprefix("export ").split("=", 1)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    encryption_secrets: tuple[Secret, ...]
+    token_hmac_secret: Secret
+    encryption_salt: str = "byok-relay-salt"
+    app_secret: Secret | None = None
+    allowed_origins: tuple[str, ...] = ("*",)
+    allowed_models: tuple[str, ...] = ()
+    database_url: Secret = dataclasses.field(
+        default_factory=lambda: Secret("sqlite:///./data/relay.db")
+    )
+    redis_url: Secret | None = None
+    rate_limit_global: str = "100/minute"
+    rate_limit_relay: str = "20/minute"
+    rate_limit_register: str = "10/hour"
+    token_expiry_days: float = 90
+    request_body_limit: int = 10 * 1024 * 1024
+    connect_timeout: float = 10.0
+    upstream_timeout: float = 300.0
+    stream_idle_timeout: float = 120.0
+    base_url_overrides: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    private_upstreams: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 3000
+    log_level: str = "info"
+    environment: str = "development"
+    commit: str = "unknown"
+    build_time: str = "unknown"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: Path | None = None
+    ) -> Settings:
+        """Build settings from `environ` (default: `os.environ` over `.env`)."""
+        if environ is None:
+            env = read_env_file(env_file or Path(".env"))
+            env.update(os.environ)
+        else:
+            env = dict(environ)
+        return _parse(env)
+
+    def base_url_for(self, provider: str, default: str) -> str:
+        return self.base_url_overrides.get(provider, default)
+
+
+def _parse(env: Mapping[str, str]) -> Settings:
+    def get(name: str) -> str | None:
+        value = env.get(name)
+        return value.strip() if value is not None and value.strip() != "" else None
+
+    raw_secrets = get("ENCRYPTION_SECRET")
+    if raw_secrets is None:
+        raise ConfigError(
+            "ENCRYPTION_SECRET is not set: set it to a random string of at least "
+            f"{MIN_SECRET_LENGTH} characters (`byok-relay serve` generates one in development)"
+        )
+    secrets = tuple(s.strip() for s in raw_secrets.split(",") if s.strip())
+    for index, secret in enumerate(secrets):
+        if len(secret) < MIN_SECRET_LENGTH:
+            which = "ENCRYPTION_SECRET" if len(secrets) == 1 else f"ENCRYPTION_SECRET #{index + 1}"
+            raise ConfigError(f"{which} is too short: at least {MIN_SECRET_LENGTH} characters")
+    hmac_secret = get("TOKEN_HMAC_SECRET")
+    if hmac_secret is not None and len(hmac_secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            f"TOKEN_HMAC_SECRET is too short: at least {MIN_SECRET_LENGTH} characters"
+        )
+    app_secret = get("APP_SECRET")
+    if app_secret is not None and re.search(r"\s", app_secret):
+        raise ConfigError("APP_SECRET must not contain spaces")
+
+    database_url = get("DATABASE_URL")
+    if database_url is None:
+        database_url = "sqlite:///" + (get("DB_PATH") or "./data/relay.db")
+
+    environment = (get("RELAY_ENV") or "development").lower()
+    if environment not in ("development", "production"):
+        raise ConfigError("RELAY_ENV must be development or production")
+    log_level = (get("LOG_LEVEL") or "info").lower()
+    if log_level not in ("debug", "info", "warning", "error", "critical"):
+        raise ConfigError("LOG_LEVEL must be one of debug, info, warning, error, critical")
+
+    overrides: dict[str, str] = {}
+    for name, value in env.items():
+        match = re.fullmatch(r"RELAY_([A-Z0-9_]+)_BASE_URL", name)
+        if match and value.strip():
+            url = value.strip().rstrip("/")
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"{name} must be an http(s) URL")
+            overrides[match.group(1).lower().replace("_", "-")] = url
+
+    private = _csv(get("RELAY_PRIVATE_UPSTREAMS"))
+    for entry in private:
+        _check_private_upstream(entry)
+
+    return Settings(
+        encryption_secrets=tuple(Secret(s) for s in secrets),
+        token_hmac_secret=Secret(hmac_secret or secrets[0]),
+        encryption_salt=get("ENCRYPTION_SALT") or "byok-relay-salt",
+        app_secret=Secret(app_secret) if app_secret else None,
+        allowed_origins=_csv(get("ALLOWED_ORIGINS")) or ("*",),
+        allowed_models=tuple(m.lower() for m in _csv(get("ALLOWED_MODELS"))),
+        database_url=Secret(database_url),
+        redis_url=Secret(redis) if (redis := get("REDIS_URL")) else None,
+        rate_limit_global=get("RATE_LIMIT_GLOBAL") or "100/minute",
+        rate_limit_relay=get("RATE_LIMIT_RELAY") or "20/minute",
+        rate_limit_register=get("RATE_LIMIT_REGISTER") or "10/hour",
+        token_expiry_days=_number(get, "TOKEN_EXPIRY_DAYS", 90, minimum=0),
+        request_body_limit=int(_number(get, "REQUEST_BODY_LIMIT_BYTES", 10 * 1024 * 1024, 1)),
+        connect_timeout=_number(get, "RELAY_CONNECT_TIMEOUT", 10, minimum=0.001),
+        upstream_timeout=_number(get, "RELAY_UPSTREAM_TIMEOUT", 300, minimum=0.001),
+        stream_idle_timeout=_number(get, "RELAY_STREAM_IDLE_TIMEOUT", 120, minimum=0.001),
+        base_url_overrides=overrides,
+        private_upstreams=private,
+        host=get("HOST") or "127.0.0.1",
+        port=int(_number(get, "PORT", 3000, minimum=0, maximum=65535)),
+        log_level=log_level,
+        environment=environment,
+        commit=get("RELAY_COMMIT")
+        or get("RAILWAY_GIT_COMMIT_SHA")
+        or get("RENDER_GIT_COMMIT")
+        or "unknown",
+        build_time=get("RELAY_BUILD_TIME") or "unknown",
+    )
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _number(
+    get: Callable[[str], str | None],
+    name: str,
+    default: float,
+    minimum: float,
+    maximum: float | None = None,
+) -> float:
+    raw = get(name)
+    if raw is None:
+        return float(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number") from None
+    if value != value or value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum:g} and {maximum:g}" if maximum is not None else f">= {minimum:g}"
+        raise ConfigError(f"{name} must be a number {bound}")
+    return value
+
+
+def _check_private_upstream(entry: str) -> None:
+    """`RELAY_PRIVATE_UPSTREAMS` entries are `host:port` or a CIDR block."""
+    if "/" in entry:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"RELAY_PRIVATE_UPSTREAMS: {entry!r} is not a CIDR block") from None
+        return
+    host, sep, port = entry.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"RELAY_PRIVATE_UPSTREAMS: {entry!r} is not host:port or a CIDR block")

@@ -1,0 +1,58 @@
+"""A user's provider keys: `POST /keys/{provider}`, `GET /keys`, `DELETE /keys/{provider}`.
+
+Keys go in, encrypted; only provider names ever come out.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from .auth import authenticate, now_ms
+from .bodies import read_json
+from .errors import BadRequest
+from .providers import PROVIDERS
+from .proxy import unsupported_provider
+from .services import Services
+
+__all__ = ["delete_key", "list_keys", "store_key"]
+
+MIN_KEY_LENGTH = 10
+MAX_KEY_LENGTH = 4096
+# The Node relay's clients send `key`; `apiKey` and `api_key` are accepted as aliases.
+KEY_FIELDS = ("key", "apiKey", "api_key")
+
+
+def _provider(request: Request) -> str:
+    name: str = request.path_params["provider"]
+    if name not in PROVIDERS:
+        raise unsupported_provider()
+    return name
+
+
+async def store_key(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    user = await authenticate(services, request.headers)
+    provider = _provider(request)
+    body = await read_json(request, services.settings.request_body_limit)
+    value = next((body[f] for f in KEY_FIELDS if f in body), None)
+    key = value.strip() if isinstance(value, str) else ""
+    if not MIN_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+        raise BadRequest("A valid API key is required", code="invalid_key")
+    record = services.cipher.encrypt(key, user_id=user.id, provider=provider)
+    await services.store.put_key(user.id, provider, record, now_ms())
+    return JSONResponse({"ok": True, "provider": provider})
+
+
+async def list_keys(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    user = await authenticate(services, request.headers)
+    return JSONResponse({"providers": await services.store.list_providers(user.id)})
+
+
+async def delete_key(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    user = await authenticate(services, request.headers)
+    provider = _provider(request)
+    await services.store.delete_key(user.id, provider)
+    return JSONResponse({"ok": True})

@@ -1,0 +1,196 @@
+"""The provider table: everything that differs between providers, as data.
+
+Adding a provider adds a row to `PROVIDERS`; no other module names a provider except where a
+feature is provider-specific by nature (openai-compatible's per-request upstream).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Final
+
+__all__ = ["PROVIDERS", "Provider", "forwarded_request_headers"]
+
+# Forwarded to every provider when the client sends them.
+COMMON_REQUEST_HEADERS: Final = ("content-type", "accept", "accept-encoding", "accept-language")
+
+
+@dataclasses.dataclass(frozen=True)
+class Provider:
+    name: str
+    base_url: str
+    """Public upstream origin; empty for openai-compatible (the client names it per request)."""
+    auth_header: str
+    auth_prefix: str
+    """The key is sent as `<auth_header>: <auth_prefix><key>`."""
+    allowed_paths: tuple[str, ...]
+    """A path is allowed when it equals a prefix or continues one with `/`."""
+    read_paths: tuple[str, ...] = ()
+    """Path prefixes where GET is allowed as well as POST."""
+    forwarded_headers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(upstream name, client names in order of preference) forwarded besides the common ones."""
+    default_headers: tuple[tuple[str, str], ...] = ()
+    """Sent when the client did not send that header itself."""
+    sse_query: tuple[tuple[str, str, str], ...] = ()
+    """(path suffix, query name, value): added to the query when the path ends with the suffix."""
+
+    def allows(self, path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") for p in self.allowed_paths)
+
+    def allows_read(self, path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") for p in self.read_paths)
+
+
+def _compatible_paths() -> tuple[str, ...]:
+    endpoints = (
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/messages",
+        "/v1/responses",
+    )
+    return tuple(prefix + e for prefix in ("", "/api", "/openai") for e in endpoints)
+
+
+_BEARER = ("authorization", "Bearer ")
+_ANTHROPIC_HEADERS = (
+    ("anthropic-version", ("anthropic-version",)),
+    ("anthropic-beta", ("anthropic-beta",)),
+)
+_OPENAI_HEADERS = (
+    ("openai-organization", ("openai-organization",)),
+    ("openai-project", ("openai-project",)),
+)
+
+PROVIDERS: Final[Mapping[str, Provider]] = {
+    p.name: p
+    for p in (
+        Provider(
+            "openai",
+            "https://api.openai.com",
+            *_BEARER,
+            allowed_paths=(
+                "/v1/chat/completions",
+                "/v1/completions",
+                "/v1/embeddings",
+                "/v1/responses",
+            ),
+            read_paths=("/v1/responses",),
+            forwarded_headers=_OPENAI_HEADERS,
+        ),
+        Provider(
+            "anthropic",
+            "https://api.anthropic.com",
+            "x-api-key",
+            "",
+            allowed_paths=("/v1/messages", "/v1/complete"),
+            forwarded_headers=_ANTHROPIC_HEADERS,
+            default_headers=(("anthropic-version", "2023-06-01"),),
+        ),
+        Provider(
+            "google",
+            "https://generativelanguage.googleapis.com",
+            "x-goog-api-key",
+            "",
+            allowed_paths=("/v1beta/models", "/v1/models"),
+            sse_query=((":streamGenerateContent", "alt", "sse"),),
+        ),
+        Provider(
+            "groq",
+            "https://api.groq.com",
+            *_BEARER,
+            allowed_paths=(
+                "/openai/v1/chat/completions",
+                "/openai/v1/completions",
+                "/openai/v1/embeddings",
+            ),
+        ),
+        Provider(
+            "openrouter",
+            "https://openrouter.ai",
+            *_BEARER,
+            allowed_paths=("/api/v1/chat/completions", "/api/v1/completions", "/api/v1/embeddings"),
+            forwarded_headers=(
+                ("http-referer", ("http-referer", "x-relay-referer")),
+                ("x-title", ("x-title",)),
+            ),
+        ),
+        Provider(
+            "mistral",
+            "https://api.mistral.ai",
+            *_BEARER,
+            allowed_paths=(
+                "/v1/chat/completions",
+                "/v1/completions",
+                "/v1/embeddings",
+                "/v1/fim/completions",
+            ),
+        ),
+        Provider(
+            "elevenlabs",
+            "https://api.elevenlabs.io",
+            "xi-api-key",
+            "",
+            allowed_paths=(
+                "/v1/text-to-speech",
+                "/v1/speech-to-speech",
+                "/v1/sound-generation",
+                "/v1/audio-isolation",
+                "/v1/voice-generation",
+                "/v1/voices",
+            ),
+            read_paths=("/v1/voices",),
+        ),
+        Provider(
+            "huggingface",
+            "https://api-inference.huggingface.co",
+            *_BEARER,
+            allowed_paths=("/models",),
+        ),
+        Provider(
+            "deepgram",
+            "https://api.deepgram.com",
+            "authorization",
+            "Token ",
+            allowed_paths=("/v1/listen", "/v1/speak", "/v1/read"),
+        ),
+        Provider(
+            "openai-compatible",
+            "",
+            *_BEARER,
+            allowed_paths=_compatible_paths(),
+            forwarded_headers=_OPENAI_HEADERS + _ANTHROPIC_HEADERS,
+        ),
+    )
+}
+
+
+def _clean(value: str) -> str:
+    """Header values lose CR, LF and NUL: nothing a client sends can split a header."""
+    return value.replace("\r", "").replace("\n", "").replace("\0", "")
+
+
+def forwarded_request_headers(
+    provider: Provider, client_headers: Mapping[str, str], key: str
+) -> list[tuple[str, str]]:
+    """The headers sent upstream: the allowlisted client headers, the defaults, the stored key.
+
+    `client_headers` maps lower-cased names to values. Nothing else the client sent (its
+    `Authorization`, `x-relay-token`, cookies, hop-by-hop headers) is ever forwarded.
+    """
+    out: list[tuple[str, str]] = []
+    for name in COMMON_REQUEST_HEADERS:
+        value = client_headers.get(name)
+        if value is not None:
+            out.append((name, _clean(value)))
+    for upstream_name, client_names in provider.forwarded_headers:
+        for client_name in client_names:
+            value = client_headers.get(client_name)
+            if value is not None:
+                out.append((upstream_name, _clean(value)))
+                break
+    sent = {name for name, _ in out}
+    out.extend((name, value) for name, value in provider.default_headers if name not in sent)
+    out.append((provider.auth_header, provider.auth_prefix + key))
+    return out

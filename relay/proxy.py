@@ -1,0 +1,303 @@
+"""`/relay/{provider}/{path}`: the streaming proxy.
+
+A raw ASGI endpoint, so nothing buffers: the request body streams to the provider as the client
+sends it, and the provider's bytes stream back as they arrive, undecoded and unre-chunked. While
+the exchange runs, a watcher listens for the client leaving and cancels the upstream request at
+once, whether the provider is still thinking (before headers) or mid-stream.
+
+Errors before the response starts are raised as `RelayError`s (the app's handlers answer them);
+after it has started, an SSE stream ends with an `event: error` frame and any other body is cut
+short, so the client can tell that it is incomplete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Final
+
+import anyio
+import httpx
+from starlette.datastructures import Headers
+from starlette.types import Receive, Scope, Send
+
+from backends import User
+
+from .auth import authenticate
+from .crypto import DecryptionError
+from .errors import (
+    BadRequest,
+    Forbidden,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RelayError,
+    UpstreamError,
+)
+from .paths import encode_path, normalize_path
+from .providers import PROVIDERS, Provider, forwarded_request_headers
+from .services import Services
+from .ssrf import UpstreamPolicy
+from .upstream import response_headers
+
+__all__ = ["RelayEndpoint", "unsupported_provider"]
+
+logger = logging.getLogger("relay.proxy")
+
+STREAM_ERROR_FRAME: Final = b'event: error\ndata: {"error":"Stream interrupted by provider"}\n\n'
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request body was still arriving."""
+
+
+def unsupported_provider() -> BadRequest:
+    return BadRequest(
+        f"Unsupported provider. Supported: {', '.join(PROVIDERS)}", code="unsupported_provider"
+    )
+
+
+def _forbidden_path(path: str, provider: str) -> Forbidden:
+    return Forbidden(
+        f'Path "{path}" is not permitted for provider "{provider}". '
+        "Only inference endpoints are allowed.",
+        code="path_not_permitted",
+    )
+
+
+def _upstream_path(raw_path: bytes) -> str:
+    """The still-encoded part of `/relay/{provider}/...` after the provider segment."""
+    parts = raw_path.decode("latin-1").split("/", 3)
+    return "/" + parts[3] if len(parts) > 3 else "/"
+
+
+class RelayEndpoint:
+    """The ASGI app behind the relay routes."""
+
+    def __init__(self, policy: UpstreamPolicy) -> None:
+        self._policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services: Services = scope["app"].state.services
+        settings = services.settings
+        method = scope["method"]
+        if method not in ("GET", "POST"):
+            raise MethodNotAllowed("Method not allowed", headers={"allow": "POST"})
+        provider = PROVIDERS.get(scope["path_params"]["provider"])
+        if provider is None:
+            raise unsupported_provider()
+        headers = Headers(scope=scope)
+        user = await authenticate(services, headers)
+
+        raw = _upstream_path(scope.get("raw_path") or scope["path"].encode())
+        path = normalize_path(raw)
+        if path is None or not provider.allows(path):
+            raise _forbidden_path(raw if path is None else path, provider.name)
+        if method == "GET" and not provider.allows_read(path):
+            raise MethodNotAllowed("Method not allowed", headers={"allow": "POST"})
+
+        length = headers.get("content-length")
+        if length is not None and (
+            not length.isdigit() or int(length) > settings.request_body_limit
+        ):
+            if not length.isdigit():
+                raise BadRequest("Invalid Content-Length header", code="invalid_content_length")
+            raise PayloadTooLarge()
+
+        base_url = await self._base_url(services, provider, headers)
+        key = await self._key(services, user, provider)
+        url = base_url + encode_path(path) + _query(provider, path, scope["query_string"])
+        outgoing = forwarded_request_headers(provider, _first_values(scope), key)
+        if length is not None:
+            outgoing.append(("content-length", length))
+        await _Exchange(services, scope, receive, send, provider).run(method, url, outgoing)
+
+    async def _base_url(self, services: Services, provider: Provider, headers: Headers) -> str:
+        if provider.base_url:
+            return services.settings.base_url_for(provider.name, provider.base_url)
+        # openai-compatible: the client names the upstream; the operator may pin it.
+        override = services.settings.base_url_overrides.get(provider.name)
+        if override:
+            return override
+        upstream = await self._policy.resolve(headers.get("x-relay-base-url"))
+        return upstream.origin
+
+    async def _key(self, services: Services, user: User, provider: Provider) -> str:
+        record = await services.store.get_key(user.id, provider.name)
+        if record is None:
+            name = provider.name
+            raise BadRequest(
+                f'No API key stored for provider "{name}". POST /keys/{name} first.', code="no_key"
+            )
+        try:
+            return services.cipher.decrypt(record, user_id=user.id, provider=provider.name)
+        except DecryptionError:
+            logger.error(
+                "stored key could not be decrypted",
+                extra={"user_id": user.id, "provider": provider.name},
+            )
+            raise RelayError(
+                f'The stored key for provider "{provider.name}" could not be decrypted. '
+                f"Store it again with POST /keys/{provider.name}.",
+                code="key_unreadable",
+                status=500,
+            ) from None
+
+
+def _first_values(scope: Scope) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        out.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return out
+
+
+def _query(provider: Provider, path: str, query_string: bytes) -> str:
+    query = query_string.decode("latin-1")
+    for suffix, name, value in provider.sse_query:
+        if path.endswith(suffix) and not any(
+            part.split("=", 1)[0] == name for part in query.split("&")
+        ):
+            query = f"{query}&{name}={value}" if query else f"{name}={value}"
+    return "?" + query if query else ""
+
+
+class _Exchange:
+    """One relayed request: body up, response down, the client watched throughout."""
+
+    def __init__(
+        self, services: Services, scope: Scope, receive: Receive, send: Send, provider: Provider
+    ) -> None:
+        self.services = services
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.provider = provider
+        self.body_done = asyncio.Event()
+        self.started = time.monotonic()
+
+    async def run(self, method: str, url: str, headers: list[tuple[str, str]]) -> None:
+        settings = self.services.settings
+        with anyio.CancelScope() as cancel_scope:
+            watcher = asyncio.create_task(self._watch_client(cancel_scope))
+            try:
+                content = self._body() if method == "POST" else None
+                request = self.services.http.build_request(
+                    method,
+                    url,
+                    headers=headers,
+                    content=content,
+                    extensions={
+                        "timeout": {
+                            "connect": settings.connect_timeout,
+                            "read": max(settings.upstream_timeout, settings.stream_idle_timeout),
+                            "write": settings.upstream_timeout,
+                            "pool": settings.connect_timeout,
+                        }
+                    },
+                )
+                if content is None:
+                    self.body_done.set()
+                response = await self._open(request)
+                try:
+                    await self._relay(response)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+            except ClientGone:
+                cancel_scope.cancel()
+            finally:
+                watcher.cancel()
+        if cancel_scope.cancelled_caught:
+            logger.info(
+                "client left; upstream request cancelled",
+                extra={
+                    "provider": self.provider.name,
+                    "elapsed_ms": round((time.monotonic() - self.started) * 1000),
+                },
+            )
+
+    async def _body(self) -> AsyncIterator[bytes]:
+        limit = self.services.settings.request_body_limit
+        received = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk: bytes = message.get("body", b"")
+            received += len(chunk)
+            if received > limit:
+                raise PayloadTooLarge()
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                break
+        self.body_done.set()
+
+    async def _watch_client(self, cancel_scope: anyio.CancelScope) -> None:
+        """Once the body is read, the next ASGI message can only be the client leaving."""
+        await self.body_done.wait()
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                cancel_scope.cancel()
+                return
+
+    async def _open(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self.services.http.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise UpstreamError(
+                "AI provider timed out", code="upstream_timeout", status=504
+            ) from None
+        except httpx.TransportError:
+            raise UpstreamError(
+                "Failed to reach AI provider", code="upstream_unreachable"
+            ) from None
+
+    async def _relay(self, response: httpx.Response) -> None:
+        settings = self.services.settings
+        content_type = response.headers.get("content-type", "")
+        sse = content_type.startswith("text/event-stream")
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": response_headers(response.headers.raw, sse=sse),
+            }
+        )
+        chunks = response.aiter_raw()
+        timeout = settings.upstream_timeout
+        try:
+            while True:
+                with anyio.fail_after(timeout):
+                    try:
+                        chunk = await chunks.__anext__()
+                    except StopAsyncIteration:
+                        break
+                timeout = settings.stream_idle_timeout
+                await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (httpx.TransportError, TimeoutError) as exc:
+            reason = "idle timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+            logger.warning(
+                "provider stream interrupted",
+                extra={"provider": self.provider.name, "reason": reason},
+            )
+            if sse:
+                await self.send(
+                    {"type": "http.response.body", "body": STREAM_ERROR_FRAME, "more_body": False}
+                )
+            # Any other body is left unterminated: the server drops the connection, and the
+            # client sees a truncated response rather than a short one that looks complete.
+            return
+        except OSError:
+            return  # the client is gone; the watcher cancels the rest
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        logger.debug(
+            "relayed",
+            extra={
+                "provider": self.provider.name,
+                "status": response.status_code,
+                "elapsed_ms": round((time.monotonic() - self.started) * 1000),
+            },
+        )
