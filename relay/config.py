@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from backends import SCHEMES, url_scheme
+
 __all__ = ["ConfigError", "Secret", "Settings", "read_env_file"]
 
 MIN_SECRET_LENGTH: Final = 32
@@ -138,6 +140,10 @@ def _parse(env: Mapping[str, str]) -> Settings:
     database_url = get("DATABASE_URL")
     if database_url is None:
         database_url = "sqlite:///" + (get("DB_PATH") or "./data/relay.db")
+    scheme = url_scheme(database_url)
+    if scheme not in SCHEMES:
+        known = ", ".join(sorted(SCHEMES))
+        raise ConfigError(f"DATABASE_URL scheme {scheme!r} is not supported (use one of: {known})")
 
     environment = (get("RELAY_ENV") or "development").lower()
     if environment not in ("development", "production"):

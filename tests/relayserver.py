@@ -1,0 +1,92 @@
+"""A real relay for tests: `create_app` served by uvicorn on 127.0.0.1 in a background thread.
+
+Streaming order and disconnects need real sockets (Starlette's TestClient buffers whole bodies),
+so every HTTP-level test talks to one of these over TCP.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from backends.migrate import upgrade
+from relay.app import create_app
+from relay.config import Settings
+from relay.providers import PROVIDERS
+
+TEST_SECRET = "test-encryption-secret-0123456789abcdef"
+
+
+def relay_env(db_path: Path, mock_url: str, **overrides: str) -> dict[str, str]:
+    """The environment of a relay whose every provider is the mock at `mock_url`."""
+    env = {
+        "ENCRYPTION_SECRET": TEST_SECRET,
+        "DATABASE_URL": f"sqlite:///{db_path}",
+        "LOG_LEVEL": "debug",
+        "RELAY_PRIVATE_UPSTREAMS": mock_url.removeprefix("http://"),
+    }
+    for name, provider in PROVIDERS.items():
+        if provider.base_url:
+            env[f"RELAY_{name.upper().replace('-', '_')}_BASE_URL"] = mock_url
+    env.update(overrides)
+    return env
+
+
+class RelayServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        upgrade(str(settings.database_url))
+        self.app = create_app(settings)
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=0,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = ""
+
+    def start(self) -> RelayServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("relay did not start")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        kwargs.setdefault("timeout", 10)
+        return httpx.Client(base_url=self.url, **kwargs)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RelayServer:
+        return cls(Settings.from_env(env)).start()
+
+
+def register(client: httpx.Client, app_id: str = "test-app", **headers: str) -> str:
+    response = client.post("/users", json={"app_id": app_id}, headers=headers)
+    assert response.status_code == 200, response.text
+    token: str = response.json()["token"]
+    return token
+
+
+def store_key(client: httpx.Client, token: str, provider: str, key: str) -> None:
+    response = client.post(f"/keys/{provider}", json={"key": key}, headers={"x-relay-token": token})
+    assert response.status_code == 200, response.text
