@@ -1,0 +1,160 @@
+"""`byok-relay serve` and `byok-relay migrate` as a person runs them: real processes."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backends.migrate import check, upgrade
+from relay.config import read_env_file
+
+pytestmark = pytest.mark.sqlite
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The machine's environment without any relay setting, plus `extra`."""
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT")}
+    return {**keep, **extra}
+
+
+def run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        cwd=cwd,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[str], first_lines: list[str], url: str) -> None:
+        self.process = process
+        self.first_lines = first_lines
+        self.url = url
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(**env: str) -> Served:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve", "--port", "0"],
+            cwd=tmp_path,
+            env=clean_env(**env),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        processes.append(process)
+        assert process.stderr is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Uvicorn running on" in line:
+                url = line.split("Uvicorn running on ")[1].split(" ")[0]
+                return Served(process, lines, url)
+        raise AssertionError("relay did not start:\n" + "".join(lines))
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=15)
+        if process.stderr:
+            process.stderr.close()
+
+
+def test_first_start_generates_a_dev_secret_and_serves(
+    tmp_path: Path, serve: Callable[..., Served]
+) -> None:
+    served = serve()
+    assert served.first_lines[0].startswith("byok-relay: generated a development ENCRYPTION_SECRET")
+    env_file = tmp_path / ".env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    secret = read_env_file(env_file)["ENCRYPTION_SECRET"]
+    assert len(secret) >= 32
+    assert secret not in "".join(served.first_lines)
+    health = httpx.get(served.url + "/health", timeout=5)
+    assert health.status_code == 200
+    assert health.json()["checks"]["db"]["ok"] is True
+    assert (tmp_path / "data" / "relay.db").exists()
+    token = httpx.post(served.url + "/users", json={"app_id": "cli"}, timeout=5).json()["token"]
+    stored = httpx.post(
+        served.url + "/keys/openai",
+        json={"key": "test-openai-key-cli"},
+        headers={"x-relay-token": token},
+        timeout=5,
+    )
+    assert stored.status_code == 200
+    served.process.terminate()
+    served.process.wait(timeout=15)
+
+    again = serve()
+    assert not any("generated" in line for line in again.first_lines)
+    assert read_env_file(env_file)["ENCRYPTION_SECRET"] == secret
+    listed = httpx.get(again.url + "/keys", headers={"x-relay-token": token}, timeout=5)
+    assert listed.json() == {"providers": ["openai"]}
+
+
+def test_production_never_generates_a_secret(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "serve", RELAY_ENV="production")
+    assert result.returncode != 0
+    assert result.stderr.strip().startswith("byok-relay: ENCRYPTION_SECRET is not set")
+    assert not (tmp_path / ".env").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "reason", "never_shown"),
+    [
+        ({"ENCRYPTION_SECRET": "short-secret"}, "ENCRYPTION_SECRET is too short", "short-secret"),
+        ({"TOKEN_HMAC_SECRET": "tiny-hmac"}, "TOKEN_HMAC_SECRET is too short", "tiny-hmac"),
+        ({"APP_SECRET": "has a space"}, "APP_SECRET must not contain spaces", "has a space"),
+        ({"DATABASE_URL": "mysql://relay:hunter2pass@db/relay"}, "'mysql'", "hunter2pass"),
+        ({"RELAY_UPSTREAM_TIMEOUT": "soon"}, "RELAY_UPSTREAM_TIMEOUT must be a number", "soon"),
+    ],
+)
+def test_bad_configuration_is_refused_in_one_line(
+    tmp_path: Path, env: dict[str, str], reason: str, never_shown: str
+) -> None:
+    env = {"ENCRYPTION_SECRET": "x" * 40, **env}
+    for command in ("serve", "migrate"):
+        result = run_cli(tmp_path, command, **env)
+        assert result.returncode != 0
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert reason in lines[0]
+        assert never_shown not in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_migrate_creates_the_schema(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "migrate", ENCRYPTION_SECRET="x" * 40, DB_PATH="store/relay.db")
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "store" / "relay.db") as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert {"users", "keys", "alembic_version"} <= tables
+    assert version == ("0001",)
+    again = run_cli(tmp_path, "migrate", ENCRYPTION_SECRET="x" * 40, DB_PATH="store/relay.db")
+    assert again.returncode == 0, again.stderr
+
+
+def test_models_and_migrations_do_not_drift(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/check.db"
+    upgrade(url)
+    check(url)  # raises alembic.util.exc.AutogenerateDiffsDetected on drift
