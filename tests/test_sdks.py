@@ -39,7 +39,8 @@ def test_openai_sdk_chat(openai_client: openai.OpenAI, mock: MockProvider, user:
     with openai_client:
         completion = openai_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert completion.choices[0].message.content == "Hello from mock"
-    assert completion.usage is not None and completion.usage.total_tokens == 18
+    assert completion.usage is not None
+    assert completion.usage.total_tokens == 18
     assert mock.last().header("authorization") == f"Bearer {user[1]['openai']}"
 
 
@@ -54,7 +55,8 @@ def test_openai_sdk_streamed_chat(openai_client: openai.OpenAI, user: Token) -> 
         chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "".join(f"tok{i} " for i in range(5))
-    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 18
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.total_tokens == 18
 
 
 def test_openai_sdk_sees_provider_errors(openai_client: openai.OpenAI) -> None:
