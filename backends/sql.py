@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, event, exists, select, text, update
+from sqlalchemy import delete, event, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -50,9 +50,9 @@ def ensure_sqlite_directory(url: str) -> None:
     """Create the folder of a SQLite file URL (`./data/` on a first start)."""
     parsed = make_url(async_url(url))
     database = parsed.database or ""
-    if parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:"):
-        if not database.startswith("file:"):
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    in_memory = database in ("", ":memory:") or database.startswith("file:")
+    if parsed.get_backend_name() == "sqlite" and not in_memory:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -152,21 +152,26 @@ class SQLStore(KeyStore):
             await conn.execute(delete(users).where(users.c.id == user_id))
 
     async def put_key(self, user_id: str, provider: str, record: bytes, at: int) -> bool:
+        # Update first, insert only when there was nothing to update. Each statement is atomic,
+        # and `ON CONFLICT DO NOTHING` waits for a concurrent inserter instead of failing, so
+        # exactly one of several racing writers reports "created" and the last write wins whole.
         where = (keys.c.user_id == user_id) & (keys.c.provider == provider)
-        upsert = self._insert(keys).values(
-            user_id=user_id, provider=provider, record=record, created_at=at, updated_at=at
-        )
-        upsert = upsert.on_conflict_do_update(
-            index_elements=[keys.c.user_id, keys.c.provider],
-            set_={"record": upsert.excluded.record, "updated_at": upsert.excluded.updated_at},
+        replace = update(keys).where(where).values(record=record, updated_at=at)
+        create = (
+            self._insert(keys)
+            .values(user_id=user_id, provider=provider, record=record, created_at=at, updated_at=at)
+            .on_conflict_do_nothing(index_elements=[keys.c.user_id, keys.c.provider])
         )
         try:
             async with self._begin("put_key") as conn:
-                existed = bool((await conn.execute(select(exists().where(where)))).scalar())
-                await conn.execute(upsert)
+                if (await conn.execute(replace)).rowcount:
+                    return True
+                if (await conn.execute(create)).rowcount:
+                    return False
+                await conn.execute(replace)
+                return True
         except IntegrityError as exc:
             raise StoreError("put_key: no such user") from exc
-        return existed
 
     async def get_key(self, user_id: str, provider: str) -> bytes | None:
         query = select(keys.c.record).where(keys.c.user_id == user_id, keys.c.provider == provider)

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp
 
 from backends import KeyStore, StoreError, StoreUnavailable
 
@@ -56,7 +56,20 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     messages = {404: "Not found", 405: "Method not allowed"}
     message = messages.get(exc.status_code, str(exc.detail))
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return _json_error(exc.status_code, message, code, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["allow"] = ", ".join(_allowed_methods(request))
+    return _json_error(exc.status_code, message, code, headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (one path may have a route per method)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE and isinstance(route, Route) and route.methods:
+            methods |= route.methods
+    return sorted(methods)
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:
@@ -75,7 +88,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return _json_error(500, "Internal server error", "internal_error")
 
 
-def create_app(settings: Settings, store: KeyStore | None = None) -> Starlette:
+def create_app(settings: Settings, store: KeyStore | None = None) -> ASGIApp:
     """The relay for `settings`; a given `store` replaces the one `DATABASE_URL` names."""
 
     @contextlib.asynccontextmanager
@@ -97,9 +110,8 @@ def create_app(settings: Settings, store: KeyStore | None = None) -> Starlette:
         Route("/relay/{provider}", relay),
         Route("/relay/{provider}/{path:path}", relay),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
-        middleware=[Middleware(CORSMiddleware, allow_origins=settings.allowed_origins)],
         exception_handlers={
             RelayError: _relay_error,
             HTTPException: _http_exception,
@@ -108,3 +120,7 @@ def create_app(settings: Settings, store: KeyStore | None = None) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # No 307 to `path/` (an empty, non-JSON answer whose Location echoes the Host header).
+    app.router.redirect_slashes = False
+    # CORS outermost, so that even a 500 from the server-error handler is readable by the page.
+    return CORSMiddleware(app, allow_origins=settings.allowed_origins)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -124,6 +125,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
             f"{MIN_SECRET_LENGTH} characters (`byok-relay serve` generates one in development)"
         )
     secrets = tuple(s.strip() for s in raw_secrets.split(",") if s.strip())
+    if not secrets:
+        raise ConfigError("ENCRYPTION_SECRET is empty: give at least one secret")
     for index, secret in enumerate(secrets):
         if len(secret) < MIN_SECRET_LENGTH:
             which = "ENCRYPTION_SECRET" if len(secrets) == 1 else f"ENCRYPTION_SECRET #{index + 1}"
@@ -132,6 +135,12 @@ def _parse(env: Mapping[str, str]) -> Settings:
     if hmac_secret is not None and len(hmac_secret) < MIN_SECRET_LENGTH:
         raise ConfigError(
             f"TOKEN_HMAC_SECRET is too short: at least {MIN_SECRET_LENGTH} characters"
+        )
+    if hmac_secret is None and len(secrets) > 1:
+        # Token digests cannot be re-encrypted like key records: every token would stop working.
+        raise ConfigError(
+            "ENCRYPTION_SECRET lists several secrets: set TOKEN_HMAC_SECRET to the secret the "
+            "tokens were issued under (the oldest one) so that they survive the rotation"
         )
     app_secret = get("APP_SECRET")
     if app_secret is not None and re.search(r"\s", app_secret):
@@ -157,9 +166,19 @@ def _parse(env: Mapping[str, str]) -> Settings:
         match = re.fullmatch(r"RELAY_([A-Z0-9_]+)_BASE_URL", name)
         if match and value.strip():
             url = value.strip().rstrip("/")
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
+            try:
+                parts = urlsplit(url)
+                valid = (
+                    parts.scheme in ("http", "https")
+                    and bool(parts.hostname)
+                    and (parts.port is None or parts.port > 0)
+                )
+            except ValueError:
+                valid = False
+            if not valid:
                 raise ConfigError(f"{name} must be an http(s) URL")
+            if parts.username is not None or parts.password is not None:
+                raise ConfigError(f"{name} must not contain credentials")
             overrides[match.group(1).lower().replace("_", "-")] = url
 
     private = _csv(get("RELAY_PRIVATE_UPSTREAMS"))
@@ -178,8 +197,10 @@ def _parse(env: Mapping[str, str]) -> Settings:
         rate_limit_global=get("RATE_LIMIT_GLOBAL") or "100/minute",
         rate_limit_relay=get("RATE_LIMIT_RELAY") or "20/minute",
         rate_limit_register=get("RATE_LIMIT_REGISTER") or "10/hour",
-        token_expiry_days=_number(get, "TOKEN_EXPIRY_DAYS", 90, minimum=0),
-        request_body_limit=int(_number(get, "REQUEST_BODY_LIMIT_BYTES", 10 * 1024 * 1024, 1)),
+        token_expiry_days=_number(get, "TOKEN_EXPIRY_DAYS", 90, minimum=0, maximum=36_500),
+        request_body_limit=int(
+            _number(get, "REQUEST_BODY_LIMIT_BYTES", 10 * 1024 * 1024, minimum=1, maximum=2**40)
+        ),
         connect_timeout=_number(get, "RELAY_CONNECT_TIMEOUT", 10, minimum=0.001),
         upstream_timeout=_number(get, "RELAY_UPSTREAM_TIMEOUT", 300, minimum=0.001),
         stream_idle_timeout=_number(get, "RELAY_STREAM_IDLE_TIMEOUT", 120, minimum=0.001),
@@ -217,7 +238,7 @@ def _number(
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number") from None
-    if value != value or value < minimum or (maximum is not None and value > maximum):
+    if not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
         bound = f"between {minimum:g} and {maximum:g}" if maximum is not None else f">= {minimum:g}"
         raise ConfigError(f"{name} must be a number {bound}")
     return value

@@ -1,0 +1,408 @@
+"""The `KeyStore` contract of `backends/base.py`, run against every store backend.
+
+A new backend joins by adding one `pytest.param` (with its marker) to the `store` fixture and
+one branch that opens an empty store of that kind; every test below then runs against it too.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+import backends
+from backends import KeyStore, StoreError, User, migrate
+
+pytestmark = pytest.mark.anyio
+
+ALL_BYTES = bytes(range(256))
+T0 = 1_700_000_000_000  # epoch ms
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+_TEMPLATES: dict[str, Path] = {}
+
+
+def _migrated_sqlite_copy(factory: pytest.TempPathFactory, path: Path) -> None:
+    """Copy a migrated SQLite file to `path`; alembic (~0.2 s) runs once per process."""
+    template = _TEMPLATES.get("sqlite")
+    if template is None:
+        template = factory.mktemp("store-template") / "template.db"
+        migrate.upgrade(f"sqlite:///{template}")
+        _TEMPLATES["sqlite"] = template
+    shutil.copyfile(template, path)
+
+
+@pytest.fixture(params=[pytest.param("sqlite", marks=pytest.mark.sqlite)])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[KeyStore]:
+    """An empty, migrated store of each backend; closed after the test."""
+    if request.param == "sqlite":
+        path = tmp_path / "x.db"
+        # Alembic runs its own event loop, so it must not run on this one's thread.
+        await anyio.to_thread.run_sync(_migrated_sqlite_copy, tmp_path_factory, path)
+        opened = backends.open_store(f"sqlite:///{path}")
+    else:  # every param needs a branch that opens an empty store of its kind
+        raise AssertionError(f"no store for {request.param}")
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def make_user(
+    user_id: str = "user-1",
+    app_id: str = "app-1",
+    created_at: int = T0,
+    expires_at: int | None = T0 + 90 * 86_400_000,
+    revoked_at: int | None = None,
+) -> User:
+    return User(
+        id=user_id,
+        app_id=app_id,
+        created_at=created_at,
+        expires_at=expires_at,
+        revoked_at=revoked_at,
+    )
+
+
+async def add_user(store: KeyStore, user_id: str = "user-1", token_hash: str = "") -> User:
+    user = make_user(user_id)
+    await store.create_user(user, token_hash or digest(user_id))
+    return user
+
+
+def digest(seed: str) -> str:
+    """A stand-in for a 64-hex-character token digest."""
+    return (seed.encode().hex() + "0" * 64)[:64]
+
+
+# ---------------------------------------------------------------------------------------------
+# Users
+
+
+async def test_create_user_then_find_it_by_token_hash(store: KeyStore) -> None:
+    user = make_user()
+    await store.create_user(user, digest("t1"))
+    assert await store.user_for_token(digest("t1")) == user
+    assert await store.user_for_token(digest("t2")) is None
+
+
+@pytest.mark.parametrize(
+    "user",
+    [
+        make_user(expires_at=None),
+        make_user(revoked_at=T0 + 5),
+        make_user(created_at=0, expires_at=2**62, revoked_at=2**62 - 1),
+        make_user(user_id="0" * 64, app_id="a" * 128),
+        make_user(app_id="app é 🔑 'quoted' \"double\" %s ; DROP TABLE users"),
+    ],
+)
+async def test_users_round_trip_exactly(store: KeyStore, user: User) -> None:
+    await store.create_user(user, digest("t"))
+    assert await store.user_for_token(digest("t")) == user
+
+
+async def test_missing_user_for_token(store: KeyStore) -> None:
+    assert await store.user_for_token(digest("nobody")) is None
+    assert await store.user_for_token("") is None
+
+
+async def test_duplicate_user_id_is_refused_and_stores_nothing(store: KeyStore) -> None:
+    original = await add_user(store, "user-1", digest("t1"))
+    with pytest.raises(StoreError):
+        await store.create_user(make_user("user-1", app_id="intruder"), digest("t2"))
+    assert await store.user_for_token(digest("t2")) is None
+    assert await store.user_for_token(digest("t1")) == original
+
+
+async def test_duplicate_token_hash_is_refused_and_stores_nothing(store: KeyStore) -> None:
+    original = await add_user(store, "user-1", digest("t1"))
+    with pytest.raises(StoreError):
+        await store.create_user(make_user("user-2", app_id="intruder"), digest("t1"))
+    assert await store.user_for_token(digest("t1")) == original
+    # No second user is hiding behind the digest once the first is gone.
+    await store.delete_user("user-1")
+    assert await store.user_for_token(digest("t1")) is None
+    # And the id that was refused is free: nothing was stored under it.
+    await store.create_user(make_user("user-2"), digest("t3"))
+    assert await store.user_for_token(digest("t3")) == make_user("user-2")
+
+
+async def test_store_still_works_after_a_refused_create(store: KeyStore) -> None:
+    await add_user(store, "user-1", digest("t1"))
+    with pytest.raises(StoreError):
+        await store.create_user(make_user("user-1"), digest("t1"))
+    assert await store.put_key("user-1", "openai", b"record", T0) is False
+    assert await store.get_key("user-1", "openai") == b"record"
+
+
+async def test_revoke_keeps_the_first_time(store: KeyStore) -> None:
+    user = await add_user(store, "user-1", digest("t1"))
+    other = await add_user(store, "user-2", digest("t2"))
+    await store.revoke_token("user-1", T0 + 1000)
+    assert await store.user_for_token(digest("t1")) == make_user("user-1", revoked_at=T0 + 1000)
+    await store.revoke_token("user-1", T0 + 2000)
+    await store.revoke_token("user-1", T0 + 500)
+    revoked = await store.user_for_token(digest("t1"))
+    assert revoked is not None
+    assert revoked.revoked_at == T0 + 1000
+    assert (revoked.id, revoked.app_id, revoked.created_at, revoked.expires_at) == (
+        user.id,
+        user.app_id,
+        user.created_at,
+        user.expires_at,
+    )
+    # Only that user.
+    assert await store.user_for_token(digest("t2")) == other
+
+
+async def test_revoked_user_keeps_its_keys(store: KeyStore) -> None:
+    await add_user(store)
+    await store.put_key("user-1", "openai", b"record", T0)
+    await store.revoke_token("user-1", T0)
+    assert await store.get_key("user-1", "openai") == b"record"
+
+
+async def test_revoke_missing_user_is_a_no_op(store: KeyStore) -> None:
+    await store.revoke_token("nobody", T0)
+    await add_user(store, "user-1", digest("t1"))
+    await store.revoke_token("nobody", T0)
+    assert await store.user_for_token(digest("t1")) == make_user()
+
+
+async def test_delete_user_removes_the_user_and_every_key(store: KeyStore) -> None:
+    await add_user(store, "user-1", digest("t1"))
+    other = await add_user(store, "user-2", digest("t2"))
+    for provider in ("openai", "anthropic", "google"):
+        await store.put_key("user-1", provider, b"mine-" + provider.encode(), T0)
+    await store.put_key("user-2", "openai", b"theirs", T0)
+
+    await store.delete_user("user-1")
+
+    assert await store.user_for_token(digest("t1")) is None
+    assert await store.list_providers("user-1") == []
+    for provider in ("openai", "anthropic", "google"):
+        assert await store.get_key("user-1", provider) is None
+    # Keys are gone, not merely hidden: a new user with the same id starts empty.
+    await store.create_user(make_user("user-1"), digest("t1-again"))
+    assert await store.list_providers("user-1") == []
+    assert await store.get_key("user-1", "openai") is None
+    # Other users are untouched.
+    assert await store.user_for_token(digest("t2")) == other
+    assert await store.get_key("user-2", "openai") == b"theirs"
+
+
+async def test_delete_user_twice_or_missing_is_a_no_op(store: KeyStore) -> None:
+    await store.delete_user("nobody")
+    await add_user(store, "user-1", digest("t1"))
+    await store.put_key("user-1", "openai", b"r", T0)
+    await store.delete_user("user-1")
+    await store.delete_user("user-1")
+    assert await store.user_for_token(digest("t1")) is None
+    assert await store.get_key("user-1", "openai") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys
+
+
+async def test_missing_user_has_no_keys(store: KeyStore) -> None:
+    assert await store.get_key("nobody", "openai") is None
+    assert await store.list_providers("nobody") == []
+    assert await store.delete_key("nobody", "openai") is False
+
+
+async def test_put_key_reports_whether_it_replaced(store: KeyStore) -> None:
+    await add_user(store)
+    assert await store.put_key("user-1", "openai", b"first", T0) is False
+    assert await store.put_key("user-1", "openai", b"second", T0 + 1) is True
+    assert await store.put_key("user-1", "openai", b"third", T0 + 2) is True
+    assert await store.get_key("user-1", "openai") == b"third"
+    # Another provider is another record.
+    assert await store.put_key("user-1", "anthropic", b"a", T0) is False
+
+
+async def test_last_write_wins(store: KeyStore) -> None:
+    await add_user(store)
+    records = [os.urandom(40) for _ in range(5)]
+    for index, record in enumerate(records):
+        await store.put_key("user-1", "openai", record, T0 + index)
+    assert await store.get_key("user-1", "openai") == records[-1]
+    assert await store.list_providers("user-1") == ["openai"]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        ALL_BYTES,
+        ALL_BYTES[::-1],
+        ALL_BYTES * 4,
+        b"\x00",
+        b"\x00" * 32,
+        b"trailing nul\x00\x00",
+        b"\xff" * 100,
+        "naïve 🔑".encode(),
+        b"x",
+        b"",
+    ],
+    ids=lambda r: f"{len(r)}-bytes",
+)
+async def test_records_round_trip_exactly(store: KeyStore, record: bytes) -> None:
+    await add_user(store)
+    await store.put_key("user-1", "openai", record, T0)
+    stored = await store.get_key("user-1", "openai")
+    assert type(stored) is bytes
+    assert stored == record
+
+
+async def test_large_random_record_round_trips(store: KeyStore) -> None:
+    await add_user(store)
+    record = os.urandom(64 * 1024)
+    await store.put_key("user-1", "openai", record, T0)
+    assert await store.get_key("user-1", "openai") == record
+
+
+async def test_keys_are_per_user_and_provider(store: KeyStore) -> None:
+    await add_user(store, "user-1", digest("t1"))
+    await add_user(store, "user-2", digest("t2"))
+    await store.put_key("user-1", "openai", b"u1-openai", T0)
+    await store.put_key("user-1", "openai-compatible", b"u1-compatible", T0)
+    await store.put_key("user-2", "openai", b"u2-openai", T0)
+    assert await store.get_key("user-1", "openai") == b"u1-openai"
+    assert await store.get_key("user-1", "openai-compatible") == b"u1-compatible"
+    assert await store.get_key("user-2", "openai") == b"u2-openai"
+    assert await store.get_key("user-2", "openai-compatible") is None
+    assert await store.get_key("user-1", "OpenAI") is None
+    assert await store.get_key("user-1", "openai ") is None
+    assert await store.get_key("USER-1", "openai") is None
+
+
+async def test_delete_key(store: KeyStore) -> None:
+    await add_user(store)
+    await store.put_key("user-1", "openai", b"o", T0)
+    await store.put_key("user-1", "anthropic", b"a", T0)
+    assert await store.delete_key("user-1", "openai") is True
+    assert await store.get_key("user-1", "openai") is None
+    assert await store.delete_key("user-1", "openai") is False
+    assert await store.delete_key("user-1", "google") is False
+    assert await store.get_key("user-1", "anthropic") == b"a"
+    assert await store.list_providers("user-1") == ["anthropic"]
+    # A deleted key can be stored again, as new.
+    assert await store.put_key("user-1", "openai", b"o2", T0) is False
+    assert await store.get_key("user-1", "openai") == b"o2"
+
+
+async def test_list_providers_is_sorted(store: KeyStore) -> None:
+    await add_user(store)
+    names = [
+        "openrouter",
+        "anthropic",
+        "openai-compatible",
+        "google",
+        "openai",
+        "deepgram",
+        "mistral",
+        "elevenlabs",
+        "huggingface",
+        "groq",
+    ]
+    random.Random(7).shuffle(names)
+    for name in names:
+        await store.put_key("user-1", name, name.encode(), T0)
+    await store.put_key("user-1", "google", b"again", T0 + 1)
+    assert await store.list_providers("user-1") == sorted(names)
+
+
+async def test_ping(store: KeyStore) -> None:
+    assert await store.ping() is None
+    await add_user(store)
+    assert await store.ping() is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Concurrency
+
+
+async def test_concurrent_writers_leave_exactly_one_record_intact(store: KeyStore) -> None:
+    await add_user(store)
+    records = [bytes([i]) * 64 + os.urandom(64) for i in range(50)]
+
+    async def write(record: bytes) -> None:
+        await store.put_key("user-1", "openai", record, T0)
+
+    async with anyio.create_task_group() as group:
+        for record in records:
+            group.start_soon(write, record)
+
+    stored = await store.get_key("user-1", "openai")
+    assert stored in records
+    assert await store.list_providers("user-1") == ["openai"]
+
+
+async def _racing_puts(store: KeyStore, provider: str, count: int) -> list[bool]:
+    """`count` writers storing distinct records to one (user, provider) at once."""
+    results: list[bool] = []
+
+    async def write(index: int) -> None:
+        results.append(await store.put_key("user-1", provider, bytes([index]) * 32, T0))
+
+    async with anyio.create_task_group() as group:
+        for index in range(count):
+            group.start_soon(write, index)
+    return results
+
+
+async def test_concurrent_writers_agree_on_who_created_the_record(store: KeyStore) -> None:
+    """Of many writers racing to create a record, exactly one finds none; the rest replace."""
+    await add_user(store)
+    # Open the store's connections first, so that the writers really do run at once.
+    async with anyio.create_task_group() as group:
+        for _ in range(20):
+            group.start_soon(store.ping)
+
+    for provider in ("openai", "anthropic", "google"):
+        results = await _racing_puts(store, provider, 50)
+        assert len(results) == 50
+        assert results.count(False) == 1, f"{results.count(False)} writers saw no record"
+        assert await store.put_key("user-1", provider, b"after", T0) is True
+
+
+async def test_concurrent_writers_on_different_providers(store: KeyStore) -> None:
+    await add_user(store)
+    providers = [f"provider-{i:02d}" for i in range(30)]
+
+    async def write(provider: str) -> None:
+        assert await store.put_key("user-1", provider, provider.encode(), T0) is False
+
+    async with anyio.create_task_group() as group:
+        for provider in providers:
+            group.start_soon(write, provider)
+
+    assert await store.list_providers("user-1") == providers
+    for provider in providers:
+        assert await store.get_key("user-1", provider) == provider.encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifecycle
+
+
+async def test_close_is_idempotent(store: KeyStore) -> None:
+    await add_user(store)
+    await store.close()
+    await store.close()
+
+
+async def test_close_without_use(store: KeyStore) -> None:
+    await store.close()
