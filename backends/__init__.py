@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Final
+from typing import Final
 
-from .base import KeyStore, StoreError, StoreUnavailable, User
+from .base import KeyStore, StoreError, StoreOptions, StoreUnavailable, User
 
 __all__ = [
     "SCHEMES",
     "KeyStore",
     "StoreError",
+    "StoreOptions",
     "StoreUnavailable",
     "UnknownScheme",
     "User",
@@ -25,6 +26,8 @@ SCHEMES: Final = {
     "postgres": "backends.sql:SQLStore",
     "postgresql": "backends.sql:SQLStore",
     "postgresql+asyncpg": "backends.sql:SQLStore",
+    "redis": "backends.redis:RedisStore",
+    "rediss": "backends.redis:RedisStore",
 }
 
 
@@ -37,7 +40,7 @@ def url_scheme(url: str) -> str:
     return scheme.lower() if sep else ""
 
 
-def open_store(url: str, **options: Any) -> KeyStore:
+def open_store(url: str, options: StoreOptions | None = None) -> KeyStore:
     """The key store for `url`, not yet connected (the first call connects)."""
     scheme = url_scheme(url)
     target = SCHEMES.get(scheme)
@@ -46,5 +49,5 @@ def open_store(url: str, **options: Any) -> KeyStore:
         raise UnknownScheme(f"unsupported DATABASE_URL scheme {scheme!r} (supported: {known})")
     module_name, class_name = target.split(":")
     store_class = getattr(importlib.import_module(module_name), class_name)
-    store: KeyStore = store_class.from_url(url, **options)
+    store: KeyStore = store_class.from_url(url, options or StoreOptions())
     return store

@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 
-__all__ = ["KeyStore", "StoreError", "StoreUnavailable", "User"]
+__all__ = ["KeyStore", "StoreError", "StoreOptions", "StoreUnavailable", "User"]
 
 
 class StoreError(Exception):
@@ -23,6 +23,19 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """The store's server could not be reached or did not answer in time."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreOptions:
+    """Connection settings every networked store honours (SQLite ignores the pool ones)."""
+
+    pool_size: int = 10
+    pool_timeout: float = 5.0
+    """Seconds to wait for a free pooled connection."""
+    connect_timeout: float = 5.0
+    """Seconds to connect to the server, and to wait for any one answer from it."""
+    namespace: str = "byok-relay"
+    """Prefix of every key in a shared key-value server (Redis)."""
 
 
 @dataclasses.dataclass(frozen=True)

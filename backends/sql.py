@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from .base import KeyStore, StoreError, StoreUnavailable, User
+from .base import KeyStore, StoreError, StoreOptions, StoreUnavailable, User
 from .tables import keys, users
 
 __all__ = ["SQLStore", "async_url", "ensure_sqlite_directory"]
@@ -83,27 +83,24 @@ class SQLStore(KeyStore):
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        pool_size: int = 10,
-        pool_timeout: float = 5.0,
-        connect_timeout: float = 5.0,
-    ) -> SQLStore:
+    def from_url(cls, url: str, options: StoreOptions | None = None) -> SQLStore:
+        options = options or StoreOptions()
         full = make_url(async_url(url))
-        options: dict[str, Any] = {"pool_pre_ping": True}
+        engine_options: dict[str, Any] = {"pool_pre_ping": True}
         if full.get_backend_name() == "sqlite":
             ensure_sqlite_directory(url)
-            options["connect_args"] = {"timeout": connect_timeout}
+            engine_options["connect_args"] = {"timeout": options.connect_timeout}
         else:
-            options.update(
-                pool_size=pool_size,
-                max_overflow=pool_size,
-                pool_timeout=pool_timeout,
-                connect_args={"timeout": connect_timeout, "command_timeout": connect_timeout},
+            engine_options.update(
+                pool_size=options.pool_size,
+                max_overflow=options.pool_size,
+                pool_timeout=options.pool_timeout,
+                connect_args={
+                    "timeout": options.connect_timeout,
+                    "command_timeout": options.connect_timeout,
+                },
             )
-        engine = create_async_engine(full, **options)
+        engine = create_async_engine(full, **engine_options)
         if full.get_backend_name() == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return cls(engine)

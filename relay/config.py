@@ -80,6 +80,10 @@ class Settings:
         default_factory=lambda: Secret("sqlite:///./data/relay.db")
     )
     redis_url: Secret | None = None
+    db_pool_size: int = 10
+    db_pool_timeout: float = 5.0
+    db_connect_timeout: float = 5.0
+    redis_namespace: str = "byok-relay"
     rate_limit_global: str = "100/minute"
     rate_limit_relay: str = "20/minute"
     rate_limit_register: str = "10/hour"
@@ -194,6 +198,10 @@ def _parse(env: Mapping[str, str]) -> Settings:
         allowed_models=tuple(m.lower() for m in _csv(get("ALLOWED_MODELS"))),
         database_url=Secret(database_url),
         redis_url=Secret(redis) if (redis := get("REDIS_URL")) else None,
+        db_pool_size=int(_number(get, "DB_POOL_SIZE", 10, minimum=1, maximum=1000)),
+        db_pool_timeout=_number(get, "DB_POOL_TIMEOUT", 5, minimum=0.001, maximum=3600),
+        db_connect_timeout=_number(get, "DB_CONNECT_TIMEOUT", 5, minimum=0.001, maximum=3600),
+        redis_namespace=_namespace(get("REDIS_NAMESPACE") or "byok-relay"),
         rate_limit_global=get("RATE_LIMIT_GLOBAL") or "100/minute",
         rate_limit_relay=get("RATE_LIMIT_RELAY") or "20/minute",
         rate_limit_register=get("RATE_LIMIT_REGISTER") or "10/hour",
@@ -216,6 +224,12 @@ def _parse(env: Mapping[str, str]) -> Settings:
         or "unknown",
         build_time=get("RELAY_BUILD_TIME") or "unknown",
     )
+
+
+def _namespace(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
+        raise ConfigError("REDIS_NAMESPACE must be 1 to 64 letters, digits or _ . : -")
+    return value
 
 
 def _csv(value: str | None) -> tuple[str, ...]:

@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from backends import KeyStore, open_store
+from backends import KeyStore, StoreOptions, open_store
 
 from .config import Settings
 from .crypto import KeyCipher
 from .tokens import TokenHasher
 from .upstream import new_http_client
 
-__all__ = ["Services", "open_services"]
+__all__ = ["Services", "open_services", "store_options"]
 
 logger = logging.getLogger("relay")
 
@@ -32,6 +32,15 @@ class Services:
     started_at: float
 
 
+def store_options(settings: Settings) -> StoreOptions:
+    return StoreOptions(
+        pool_size=settings.db_pool_size,
+        pool_timeout=settings.db_pool_timeout,
+        connect_timeout=settings.db_connect_timeout,
+        namespace=settings.redis_namespace,
+    )
+
+
 @contextlib.asynccontextmanager
 async def open_services(
     settings: Settings, store: KeyStore | None = None
@@ -40,7 +49,7 @@ async def open_services(
     tokens = TokenHasher(str(settings.token_hmac_secret))
     async with contextlib.AsyncExitStack() as stack:
         if store is None:
-            store = open_store(str(settings.database_url))
+            store = open_store(str(settings.database_url), store_options(settings))
             stack.push_async_callback(store.close)
         http = await stack.enter_async_context(new_http_client(settings))
         if settings.app_secret is None:

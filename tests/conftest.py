@@ -10,10 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from backends.migrate import upgrade
 from relay.logs import JSONFormatter
 from relay.providers import PROVIDERS
 from tests.mockprovider import MockProvider, start_mock
 from tests.relayserver import RelayServer, register, relay_env, store_key
+from tests.servers import REDIS_URL, check_redis, create_database, drop_database, in_thread
 
 
 class LogCapture(logging.Handler):
@@ -104,3 +106,21 @@ def user(client: httpx.Client) -> tuple[str, dict[str, str]]:
     for name, key in keys.items():
         store_key(client, token, name, key)
     return token, keys
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A migrated database of this test process's own on the test Postgres server."""
+    # Fixtures may be first requested from inside a running event loop (an async fixture), and
+    # asyncpg setup and alembic each run a loop of their own: give them a thread.
+    url = in_thread(create_database, "byok_test")
+    in_thread(upgrade, url)
+    yield url
+    in_thread(drop_database, url)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test Redis server (tests keep to namespaces of their own)."""
+    check_redis()
+    return REDIS_URL

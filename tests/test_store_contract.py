@@ -17,6 +17,7 @@ import pytest
 
 import backends
 from backends import KeyStore, StoreError, User, migrate
+from tests import servers
 
 pytestmark = pytest.mark.anyio
 
@@ -42,22 +43,39 @@ def _migrated_sqlite_copy(factory: pytest.TempPathFactory, path: Path) -> None:
     shutil.copyfile(template, path)
 
 
-@pytest.fixture(params=[pytest.param("sqlite", marks=pytest.mark.sqlite)])
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[KeyStore]:
     """An empty, migrated store of each backend; closed after the test."""
+    namespace = None
     if request.param == "sqlite":
         path = tmp_path / "x.db"
         # Alembic runs its own event loop, so it must not run on this one's thread.
         await anyio.to_thread.run_sync(_migrated_sqlite_copy, tmp_path_factory, path)
         opened = backends.open_store(f"sqlite:///{path}")
+    elif request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        await servers.truncate(url)
+        opened = backends.open_store(url)
+    elif request.param == "redis":
+        namespace = servers.new_namespace()
+        options = backends.StoreOptions(namespace=namespace)
+        opened = backends.open_store(request.getfixturevalue("redis_url"), options)
     else:  # every param needs a branch that opens an empty store of its kind
         raise AssertionError(f"no store for {request.param}")
     try:
         yield opened
     finally:
         await opened.close()
+        if namespace is not None:
+            await anyio.to_thread.run_sync(servers.drop_namespace, namespace)
 
 
 def make_user(

@@ -1,0 +1,217 @@
+"""The Redis key store (redis-py asyncio), every key under one namespace.
+
+Layout, for namespace `ns`:
+
+    ns:token:<token digest>   user record (hash: v, id, app_id, created_at, expires_at?,
+                              revoked_at?): found by its token in one HGETALL
+    ns:user:<user id>         the user's token digest, to reach the record above by id
+    ns:keys:<user id>         hash: provider -> key entry
+
+A key entry is `0x01 | created_at (8 bytes) | updated_at (8 bytes) | record`. Every write that
+touches more than one key is one Lua script, so it is atomic; the store needs no migrations,
+and the version byte and `"v"` field let a later format be read beside this one.
+Redis Cluster is not supported (the scripts touch keys of several hash slots).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import Iterator
+from typing import Final
+
+from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .base import KeyStore, StoreError, StoreOptions, StoreUnavailable, User
+
+__all__ = ["RedisStore"]
+
+RECORD_VERSION: Final = 1
+_ENTRY: Final = struct.Struct(">BQQ")
+
+# KEYS: token key, user key. ARGV: token digest, then the record's field/value pairs.
+_CREATE_USER: Final = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"""
+# KEYS: user key. ARGV: token key prefix, revoked_at.
+_REVOKE: Final = """
+local digest = redis.call('GET', KEYS[1])
+if not digest then return 0 end
+return redis.call('HSETNX', ARGV[1] .. digest, 'revoked_at', ARGV[2])
+"""
+# KEYS: user key, keys hash. ARGV: token key prefix.
+_DELETE_USER: Final = """
+local digest = redis.call('GET', KEYS[1])
+if digest then redis.call('DEL', ARGV[1] .. digest) end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"""
+# KEYS: user key, keys hash. ARGV: provider, entry. Keeps the first created_at (bytes 2-9).
+_PUT_KEY: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+local entry = ARGV[2]
+if old then entry = string.sub(entry, 1, 1) .. string.sub(old, 2, 9) .. string.sub(entry, 10) end
+redis.call('HSET', KEYS[2], ARGV[1], entry)
+if old then return 1 end
+return 0
+"""
+
+
+@contextlib.contextmanager
+def _translate(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"key store unavailable during {operation}") from exc
+    except RedisError as exc:
+        raise StoreError(f"key store failed during {operation}") from exc
+
+
+def _user_fields(user: User) -> list[str | int]:
+    fields: list[str | int] = [
+        "v",
+        RECORD_VERSION,
+        "id",
+        user.id,
+        "app_id",
+        user.app_id,
+        "created_at",
+        user.created_at,
+    ]
+    if user.expires_at is not None:
+        fields += ["expires_at", user.expires_at]
+    if user.revoked_at is not None:
+        fields += ["revoked_at", user.revoked_at]
+    return fields
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _user_from_hash(data: dict[str, str]) -> User:
+    if data.get("v") != str(RECORD_VERSION):
+        raise StoreError("user record of unknown format version")
+
+    def optional_int(name: str) -> int | None:
+        value = data.get(name)
+        return None if value is None else int(value)
+
+    return User(
+        id=data["id"],
+        app_id=data["app_id"],
+        created_at=int(data["created_at"]),
+        expires_at=optional_int("expires_at"),
+        revoked_at=optional_int("revoked_at"),
+    )
+
+
+class RedisStore(KeyStore):
+    def __init__(
+        self, client: aioredis.Redis, namespace: str = "byok-relay", *, owns_pool: bool = False
+    ) -> None:
+        """A store on `client`, whose connection pool it closes only when it `owns_pool`."""
+        self._redis = client
+        self._owns_pool = owns_pool
+        self._ns = namespace
+        self._create_user = client.register_script(_CREATE_USER)
+        self._revoke = client.register_script(_REVOKE)
+        self._delete_user = client.register_script(_DELETE_USER)
+        self._put_key = client.register_script(_PUT_KEY)
+
+    @classmethod
+    def from_url(cls, url: str, options: StoreOptions | None = None) -> RedisStore:
+        options = options or StoreOptions()
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=options.pool_size,
+            timeout=options.pool_timeout,
+            socket_connect_timeout=options.connect_timeout,
+            socket_timeout=options.connect_timeout,
+            health_check_interval=30,
+            # One immediate retry on a fresh connection heals a pool whose server restarted;
+            # more would only make requests during an outage slower to fail.
+            retry=Retry(NoBackoff(), 1),
+        )
+        return cls(aioredis.Redis(connection_pool=pool), options.namespace, owns_pool=True)
+
+    def _token_key(self, token_hash: str) -> str:
+        return f"{self._ns}:token:{token_hash}"
+
+    def _user_key(self, user_id: str) -> str:
+        return f"{self._ns}:user:{user_id}"
+
+    def _keys_key(self, user_id: str) -> str:
+        return f"{self._ns}:keys:{user_id}"
+
+    async def create_user(self, user: User, token_hash: str) -> None:
+        with _translate("create_user"):
+            created = await self._create_user(
+                keys=[self._token_key(token_hash), self._user_key(user.id)],
+                args=[token_hash, *_user_fields(user)],
+            )
+        if not created:
+            raise StoreError("create_user: user id or token digest already exists")
+
+    async def user_for_token(self, token_hash: str) -> User | None:
+        with _translate("user_for_token"):
+            raw = await self._redis.hgetall(self._token_key(token_hash))
+        return _user_from_hash({_text(k): _text(v) for k, v in raw.items()}) if raw else None
+
+    async def revoke_token(self, user_id: str, at: int) -> None:
+        with _translate("revoke_token"):
+            await self._revoke(keys=[self._user_key(user_id)], args=[f"{self._ns}:token:", at])
+
+    async def delete_user(self, user_id: str) -> None:
+        with _translate("delete_user"):
+            await self._delete_user(
+                keys=[self._user_key(user_id), self._keys_key(user_id)], args=[f"{self._ns}:token:"]
+            )
+
+    async def put_key(self, user_id: str, provider: str, record: bytes, at: int) -> bool:
+        entry = _ENTRY.pack(RECORD_VERSION, at, at) + record
+        with _translate("put_key"):
+            result = await self._put_key(
+                keys=[self._user_key(user_id), self._keys_key(user_id)], args=[provider, entry]
+            )
+        if result == -1:
+            raise StoreError("put_key: no such user")
+        return bool(result)
+
+    async def get_key(self, user_id: str, provider: str) -> bytes | None:
+        with _translate("get_key"):
+            entry = await self._redis.hget(self._keys_key(user_id), provider)
+        if entry is None:
+            return None
+        if isinstance(entry, str):  # only with decode_responses, which this store never sets
+            raise StoreError("get_key: the Redis client decodes responses")
+        if len(entry) < _ENTRY.size or entry[0] != RECORD_VERSION:
+            raise StoreError("get_key: key entry of unknown format")
+        return entry[_ENTRY.size :]
+
+    async def list_providers(self, user_id: str) -> list[str]:
+        with _translate("list_providers"):
+            names = await self._redis.hkeys(self._keys_key(user_id))
+        return sorted(_text(n) for n in names)
+
+    async def delete_key(self, user_id: str, provider: str) -> bool:
+        with _translate("delete_key"):
+            return bool(await self._redis.hdel(self._keys_key(user_id), provider))
+
+    async def ping(self) -> None:
+        with _translate("ping"):
+            await self._redis.ping()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+        if self._owns_pool:
+            await self._redis.connection_pool.disconnect()

@@ -1,0 +1,103 @@
+"""The real Postgres and Redis servers the tests use, and how to give each test a clean slice.
+
+URLs come from `TEST_POSTGRES_URL` and `TEST_REDIS_URL`. An unreachable server fails the tests
+that need it (in CI and locally alike); the message says how to deselect them on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import asyncpg
+import pytest
+import redis
+from sqlalchemy.engine import make_url
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+T = TypeVar("T")
+
+
+def in_thread(function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` on a thread of its own, free to run an event loop of its own."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(function, *args).result()
+
+
+def unreachable(kind: str, url: str, marker: str, error: BaseException) -> NoReturn:
+    shown = make_url(url).render_as_string(hide_password=True) if "://" in url else url
+    pytest.fail(
+        f"{kind} is unreachable at {shown} ({type(error).__name__}: {error}). Start it (CI's "
+        f".ci/run does), point {kind.upper()} tests elsewhere with TEST_{kind.upper()}_URL, or "
+        f"deselect them on purpose with -m 'not {marker}'.",
+        pytrace=False,
+    )
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def database_url(url: str, name: str) -> str:
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+async def _admin(sql: str) -> None:
+    connection = await asyncpg.connect(_asyncpg_dsn(POSTGRES_URL), timeout=5)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
+def create_database(prefix: str) -> str:
+    """A new, empty database on the test server; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    try:
+        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        unreachable("postgres", POSTGRES_URL, "postgres", exc)
+    return database_url(POSTGRES_URL, name)
+
+
+def drop_database(url: str) -> None:
+    name = make_url(url).database
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def truncate(url: str) -> None:
+    connection = await asyncpg.connect(_asyncpg_dsn(url), timeout=5)
+    try:
+        await connection.execute("TRUNCATE keys, users")
+    finally:
+        await connection.close()
+
+
+def check_redis() -> None:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        unreachable("redis", REDIS_URL, "redis", exc)
+    finally:
+        client.close()
+
+
+def new_namespace() -> str:
+    return f"byok-test-{uuid.uuid4().hex[:12]}"
+
+
+def drop_namespace(namespace: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
