@@ -1,0 +1,71 @@
+"""A relay as a real process (`python -m relay serve`), as production and PaaS hosts run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The machine's environment without any relay setting, plus `extra`."""
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT")}
+    return {**keep, **extra}
+
+
+class RelayProcess:
+    def __init__(self, cwd: Path, env: Mapping[str, str], *args: str) -> None:
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve", "--port", "0", *args],
+            cwd=cwd,
+            env=clean_env(**env),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(timeout=30) or not self.url:
+            self.stop()
+            raise AssertionError("relay did not start:\n" + "".join(self.lines))
+
+    url = ""
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if "Uvicorn running on" in line and not self.url:
+                self.url = line.split("Uvicorn running on ")[1].split(" ")[0]
+                self._ready.set()
+        self._ready.set()
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(timeout=5)
+        if self.process.stderr:
+            self.process.stderr.close()
+
+    def wait_for(self, text: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} never logged:\n" + "".join(self.lines))

@@ -1,0 +1,190 @@
+"""Several relay processes on one shared store: one truth, whichever instance answers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.mockprovider import MockProvider
+from tests.relayprocess import RelayProcess
+from tests.relayserver import relay_env
+from tests.servers import create_database, drop_database, drop_namespace, in_thread, new_namespace
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+USERS = 20
+WRITES_PER_USER = 20  # alternating instances: 2 x 200 writes in all
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ],
+)
+def shared_store(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The environment that points a relay at a fresh shared store of each networked kind."""
+    if request.param == "postgres":
+        request.getfixturevalue("postgres_url")  # fails clearly when the server is down
+        url = in_thread(create_database, "byok_instances")
+        yield {"DATABASE_URL": url}
+        in_thread(drop_database, url)
+    else:
+        namespace = new_namespace()
+        yield {"DATABASE_URL": request.getfixturevalue("redis_url"), "REDIS_NAMESPACE": namespace}
+        drop_namespace(namespace)
+
+
+@pytest.fixture(scope="module")
+def relays(
+    shared_store: dict[str, str], mock: MockProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RelayProcess, RelayProcess]]:
+    """Two relay processes on one store, shared by this module's tests (each uses new users)."""
+    tmp_path = tmp_path_factory.mktemp("instances")
+    env = relay_env(tmp_path / "unused.db", mock.url, LOG_LEVEL="info", **shared_store)
+    first = RelayProcess(tmp_path, env)
+    try:
+        second = RelayProcess(tmp_path, env)
+    except BaseException:
+        first.stop()
+        raise
+    yield first, second
+    first.stop()
+    second.stop()
+
+
+def register(client: httpx.Client) -> str:
+    response = client.post("/users", json={"app_id": "instances"})
+    assert response.status_code == 200, response.text
+    return str(response.json()["token"])
+
+
+def test_a_user_of_one_instance_relays_through_the_other(
+    relays: tuple[RelayProcess, RelayProcess], mock: MockProvider
+) -> None:
+    first, second = relays
+    with first.client() as a, second.client() as b:
+        token = register(a)
+        headers = {"x-relay-token": token}
+        assert (
+            a.post(
+                "/keys/openai", json={"key": "test-openai-key-instance-1"}, headers=headers
+            ).status_code
+            == 200
+        )
+        assert b.get("/keys", headers=headers).json() == {"providers": ["openai"]}
+        response = b.post("/relay/openai/v1/chat/completions", json=CHAT, headers=headers)
+        assert response.status_code == 200, response.text
+    assert mock.last().header("authorization") == "Bearer test-openai-key-instance-1"
+
+
+def test_revoking_on_one_instance_is_refused_by_the_other_at_once(
+    relays: tuple[RelayProcess, RelayProcess],
+) -> None:
+    first, second = relays
+    with first.client() as a, second.client() as b:
+        token = register(a)
+        headers = {"x-relay-token": token}
+        assert b.get("/keys", headers=headers).status_code == 200
+        assert a.post("/tokens/revoke", headers=headers).status_code == 200
+        refused = b.get("/keys", headers=headers)
+        assert refused.status_code == 401
+        assert refused.json()["error"] == "Invalid or expired token"
+
+
+def test_deleting_a_user_on_one_instance_erases_it_for_the_other(
+    relays: tuple[RelayProcess, RelayProcess],
+) -> None:
+    first, second = relays
+    with first.client() as a, second.client() as b:
+        token = register(a)
+        headers = {"x-relay-token": token}
+        assert (
+            a.post(
+                "/keys/mistral", json={"key": "test-mistral-key-instance"}, headers=headers
+            ).status_code
+            == 200
+        )
+        assert b.delete("/users", headers=headers).status_code == 200
+        assert a.get("/keys", headers=headers).status_code == 401
+        assert (
+            a.post("/relay/mistral/v1/chat/completions", json=CHAT, headers=headers).status_code
+            == 401
+        )
+
+
+async def _write_chains(urls: tuple[str, str], tokens: list[str]) -> dict[str, str]:
+    """Per user, WRITES_PER_USER writes alternating between the instances, each awaited; the
+    users run concurrently. Returns each user's last written key."""
+    limits = httpx.Limits(max_connections=USERS)
+    async with (
+        httpx.AsyncClient(base_url=urls[0], timeout=30, limits=limits) as a,
+        httpx.AsyncClient(base_url=urls[1], timeout=30, limits=limits) as b,
+    ):
+
+        async def chain(user: int, token: str) -> str:
+            value = ""
+            for write, client in zip(range(WRITES_PER_USER), itertools.cycle((a, b))):
+                value = f"test-openai-key-u{user}-w{write}-" + "x" * 20
+                response = await client.post(
+                    "/keys/openai", json={"key": value}, headers={"x-relay-token": token}
+                )
+                assert response.status_code == 200, response.text
+            return value
+
+        last = await asyncio.gather(*(chain(i, t) for i, t in enumerate(tokens)))
+    return dict(zip(tokens, last, strict=True))
+
+
+async def _race(urls: tuple[str, str], tokens: list[str]) -> dict[str, set[str]]:
+    """Per user, both instances write at the same moment; returns the two candidates."""
+    async with (
+        httpx.AsyncClient(base_url=urls[0], timeout=30) as a,
+        httpx.AsyncClient(base_url=urls[1], timeout=30) as b,
+    ):
+
+        async def race(user: int, token: str) -> set[str]:
+            values = [f"test-openai-key-race-{user}-{side}-" + "y" * 20 for side in "ab"]
+            responses = await asyncio.gather(
+                *(
+                    client.post(
+                        "/keys/openai", json={"key": value}, headers={"x-relay-token": token}
+                    )
+                    for client, value in zip((a, b), values, strict=True)
+                )
+            )
+            assert all(r.status_code == 200 for r in responses)
+            return set(values)
+
+        candidates = await asyncio.gather(*(race(i, t) for i, t in enumerate(tokens)))
+    return dict(zip(tokens, candidates, strict=True))
+
+
+def _key_reaching_the_provider(client: httpx.Client, mock: MockProvider, token: str) -> str:
+    response = client.post(
+        "/relay/openai/v1/chat/completions", json=CHAT, headers={"x-relay-token": token}
+    )
+    assert response.status_code == 200, response.text
+    return (mock.last().header("authorization") or "").removeprefix("Bearer ")
+
+
+def test_concurrent_key_writes_from_both_instances_lose_nothing(
+    relays: tuple[RelayProcess, RelayProcess], mock: MockProvider
+) -> None:
+    first, second = relays
+    with first.client() as a, second.client() as b:
+        tokens = [register(a if i % 2 else b) for i in range(USERS)]
+        last = asyncio.run(_write_chains((first.url, second.url), tokens))
+        for token, expected in last.items():
+            assert _key_reaching_the_provider(a, mock, token) == expected
+            assert b.get("/keys", headers={"x-relay-token": token}).json() == {
+                "providers": ["openai"]
+            }
+
+        candidates = asyncio.run(_race((first.url, second.url), tokens))
+        for token, possible in candidates.items():
+            assert _key_reaching_the_provider(b, mock, token) in possible
