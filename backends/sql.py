@@ -6,17 +6,18 @@ The schema comes from the alembic migrations (`byok-relay migrate`), never from 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, event, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Row, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql import Executable
 
 from .base import KeyStore, StoreError, StoreOptions, StoreUnavailable, User
 from .tables import keys, users
@@ -80,13 +81,17 @@ def _translate(operation: str) -> Iterator[None]:
 class SQLStore(KeyStore):
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        # Reads run outside a transaction: no BEGIN/COMMIT, one round trip per lookup.
+        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
     @classmethod
     def from_url(cls, url: str, options: StoreOptions | None = None) -> SQLStore:
         options = options or StoreOptions()
         full = make_url(async_url(url))
-        engine_options: dict[str, Any] = {"pool_pre_ping": True}
+        # No pre-ping (a round trip per checkout): a read on a connection that died in the pool
+        # is retried once instead, and recycling keeps idle connections fresh.
+        engine_options: dict[str, Any] = {"pool_recycle": 1800}
         if full.get_backend_name() == "sqlite":
             ensure_sqlite_directory(url)
             engine_options["connect_args"] = {"timeout": options.connect_timeout}
@@ -111,6 +116,18 @@ class SQLStore(KeyStore):
             async with self._engine.begin() as conn:
                 yield conn
 
+    async def _rows(self, operation: str, query: Executable) -> Sequence[Row[Any]]:
+        with _translate(operation):
+            try:
+                async with self._reader.connect() as conn:
+                    return (await conn.execute(query)).all()
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+            # The pooled connection had died (the server restarted): once more, on a new one.
+            async with self._reader.connect() as conn:
+                return (await conn.execute(query)).all()
+
     async def create_user(self, user: User, token_hash: str) -> None:
         try:
             async with self._begin("create_user") as conn:
@@ -131,9 +148,11 @@ class SQLStore(KeyStore):
         query = select(
             users.c.id, users.c.app_id, users.c.created_at, users.c.expires_at, users.c.revoked_at
         ).where(users.c.token_hash == token_hash)
-        async with self._begin("user_for_token") as conn:
-            row = (await conn.execute(query)).first()
-        return None if row is None else User(*row)
+        rows = await self._rows("user_for_token", query)
+        if not rows:
+            return None
+        row = rows[0]
+        return User(row.id, row.app_id, row.created_at, row.expires_at, row.revoked_at)
 
     async def revoke_token(self, user_id: str, at: int) -> None:
         async with self._begin("revoke_token") as conn:
@@ -172,14 +191,12 @@ class SQLStore(KeyStore):
 
     async def get_key(self, user_id: str, provider: str) -> bytes | None:
         query = select(keys.c.record).where(keys.c.user_id == user_id, keys.c.provider == provider)
-        async with self._begin("get_key") as conn:
-            record = (await conn.execute(query)).scalar()
-        return None if record is None else bytes(record)
+        rows = await self._rows("get_key", query)
+        return bytes(rows[0][0]) if rows else None
 
     async def list_providers(self, user_id: str) -> list[str]:
         query = select(keys.c.provider).where(keys.c.user_id == user_id).order_by(keys.c.provider)
-        async with self._begin("list_providers") as conn:
-            return list((await conn.execute(query)).scalars())
+        return [row[0] for row in await self._rows("list_providers", query)]
 
     async def delete_key(self, user_id: str, provider: str) -> bool:
         statement = delete(keys).where(keys.c.user_id == user_id, keys.c.provider == provider)
@@ -188,8 +205,7 @@ class SQLStore(KeyStore):
         return bool(result.rowcount)
 
     async def ping(self) -> None:
-        async with self._begin("ping") as conn:
-            await conn.execute(text("SELECT 1"))
+        await self._rows("ping", select(text("1")))
 
     async def close(self) -> None:
         await self._engine.dispose()
