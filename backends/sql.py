@@ -91,7 +91,7 @@ class SQLStore(KeyStore):
         full = make_url(async_url(url))
         # No pre-ping (a round trip per checkout): a read on a connection that died in the pool
         # is retried once instead, and recycling keeps idle connections fresh.
-        engine_options: dict[str, Any] = {"pool_recycle": 1800}
+        engine_options: dict[str, Any] = {"pool_recycle": 1800, "skip_autocommit_rollback": True}
         if full.get_backend_name() == "sqlite":
             ensure_sqlite_directory(url)
             engine_options["connect_args"] = {"timeout": options.connect_timeout}
