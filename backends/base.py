@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import AsyncIterator
 
 __all__ = ["KeyStore", "StoreError", "StoreOptions", "StoreUnavailable", "User"]
 
@@ -96,6 +97,23 @@ class KeyStore(abc.ABC):
     @abc.abstractmethod
     async def delete_key(self, user_id: str, provider: str) -> bool:
         """Delete the (user, provider) record. True if one existed; deleting again is a no-op."""
+
+    @abc.abstractmethod
+    def iter_keys(self, batch: int = 500) -> AsyncIterator[tuple[str, str, bytes]]:
+        """Every stored (user id, provider, record), in no particular order, about `batch` at a
+        time from the server.
+
+        Records written while the iteration runs may or may not appear. For maintenance
+        (re-encryption under a new secret), never for the request path.
+        """
+
+    @abc.abstractmethod
+    async def replace_key(self, user_id: str, provider: str, old: bytes, new: bytes) -> bool:
+        """Replace the record with `new` only if it is still exactly `old` (compare-and-set).
+
+        False, changing nothing, when the record was replaced or deleted meanwhile: a user's own
+        write always wins over maintenance. `updated_at` is left as it was.
+        """
 
     @abc.abstractmethod
     async def ping(self) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Final
 
 from redis import asyncio as aioredis
@@ -63,6 +63,15 @@ if old then entry = string.sub(entry, 1, 1) .. string.sub(old, 2, 9) .. string.s
 redis.call('HSET', KEYS[2], ARGV[1], entry)
 if old then return 1 end
 return 0
+"""
+
+
+# KEYS: keys hash. ARGV: provider, old record, new record. Keeps the entry's header.
+_REPLACE_KEY: Final = """
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if not entry or string.sub(entry, 18) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], string.sub(entry, 1, 17) .. ARGV[3])
+return 1
 """
 
 
@@ -127,6 +136,7 @@ class RedisStore(KeyStore):
         self._revoke = client.register_script(_REVOKE)
         self._delete_user = client.register_script(_DELETE_USER)
         self._put_key = client.register_script(_PUT_KEY)
+        self._replace_key = client.register_script(_REPLACE_KEY)
 
     @classmethod
     def from_url(cls, url: str, options: StoreOptions | None = None) -> RedisStore:
@@ -206,6 +216,23 @@ class RedisStore(KeyStore):
     async def delete_key(self, user_id: str, provider: str) -> bool:
         with _translate("delete_key"):
             return bool(await self._redis.hdel(self._keys_key(user_id), provider))
+
+    async def iter_keys(self, batch: int = 500) -> AsyncIterator[tuple[str, str, bytes]]:
+        prefix = f"{self._ns}:keys:"
+        with _translate("iter_keys"):
+            names = [_text(n) async for n in self._redis.scan_iter(match=prefix + "*", count=batch)]
+        for name in names:
+            with _translate("iter_keys"):
+                entries = await self._redis.hgetall(name)
+            for provider, entry in entries.items():
+                if isinstance(entry, bytes) and len(entry) >= _ENTRY.size:
+                    yield name.removeprefix(prefix), _text(provider), entry[_ENTRY.size :]
+
+    async def replace_key(self, user_id: str, provider: str, old: bytes, new: bytes) -> bool:
+        with _translate("replace_key"):
+            return bool(
+                await self._replace_key(keys=[self._keys_key(user_id)], args=[provider, old, new])
+            )
 
     async def ping(self) -> None:
         with _translate("ping"):

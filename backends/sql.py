@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, event, select, text, update
+from sqlalchemy import delete, event, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row, make_url
@@ -203,6 +203,31 @@ class SQLStore(KeyStore):
         async with self._begin("delete_key") as conn:
             result = await conn.execute(statement)
         return bool(result.rowcount)
+
+    async def iter_keys(self, batch: int = 500) -> AsyncIterator[tuple[str, str, bytes]]:
+        after = ("", "")
+        while True:
+            query = (
+                select(keys.c.user_id, keys.c.provider, keys.c.record)
+                .where(tuple_(keys.c.user_id, keys.c.provider) > tuple_(*after))
+                .order_by(keys.c.user_id, keys.c.provider)
+                .limit(batch)
+            )
+            rows = await self._rows("iter_keys", query)
+            for row in rows:
+                yield row.user_id, row.provider, bytes(row.record)
+            if len(rows) < batch:
+                return
+            after = (rows[-1].user_id, rows[-1].provider)
+
+    async def replace_key(self, user_id: str, provider: str, old: bytes, new: bytes) -> bool:
+        statement = (
+            update(keys)
+            .where(keys.c.user_id == user_id, keys.c.provider == provider, keys.c.record == old)
+            .values(record=new)
+        )
+        async with self._begin("replace_key") as conn:
+            return bool((await conn.execute(statement)).rowcount)
 
     async def ping(self) -> None:
         await self._rows("ping", select(text("1")))

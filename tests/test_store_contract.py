@@ -416,6 +416,56 @@ async def test_concurrent_writers_on_different_providers(store: KeyStore) -> Non
 # Lifecycle
 
 
+async def test_iter_keys_yields_every_record_once(store: KeyStore) -> None:
+    expected = set()
+    for u in range(7):
+        await add_user(store, f"user-{u}")
+        for p in ("openai", "anthropic", "google")[: u % 3 + 1]:
+            record = f"{u}:{p}".encode() + ALL_BYTES
+            await store.put_key(f"user-{u}", p, record, T0)
+            expected.add((f"user-{u}", p, record))
+    seen = [item async for item in store.iter_keys()]
+    assert len(seen) == len(expected)
+    assert set(seen) == expected
+
+
+async def test_iter_keys_pages_through_more_than_one_batch(store: KeyStore) -> None:
+    await add_user(store)
+    providers = [f"provider-{i:03d}" for i in range(23)]
+    for p in providers:
+        await store.put_key("user-1", p, p.encode(), T0)
+    seen = [item async for item in store.iter_keys(batch=5)]
+    assert sorted(p for _, p, _ in seen) == providers
+
+
+async def test_iter_keys_of_an_empty_store(store: KeyStore) -> None:
+    assert [item async for item in store.iter_keys()] == []
+
+
+async def test_replace_key_is_compare_and_set(store: KeyStore) -> None:
+    await add_user(store)
+    await store.put_key("user-1", "openai", b"old" + ALL_BYTES, T0)
+    assert await store.replace_key("user-1", "openai", b"old" + ALL_BYTES, b"new" + ALL_BYTES)
+    assert await store.get_key("user-1", "openai") == b"new" + ALL_BYTES
+    # A stale `old` (the user wrote meanwhile) changes nothing.
+    assert not await store.replace_key("user-1", "openai", b"old" + ALL_BYTES, b"lost")
+    assert await store.get_key("user-1", "openai") == b"new" + ALL_BYTES
+    # A deleted record stays deleted; a missing user is no error.
+    await store.delete_key("user-1", "openai")
+    assert not await store.replace_key("user-1", "openai", b"new" + ALL_BYTES, b"back")
+    assert await store.get_key("user-1", "openai") is None
+    assert not await store.replace_key("nobody", "openai", b"x", b"y")
+
+
+async def test_replace_key_keeps_the_record_a_normal_key(store: KeyStore) -> None:
+    await add_user(store)
+    await store.put_key("user-1", "openai", b"first", T0)
+    await store.replace_key("user-1", "openai", b"first", b"second")
+    assert await store.put_key("user-1", "openai", b"third", T0 + 1) is True
+    assert await store.list_providers("user-1") == ["openai"]
+    assert await store.get_key("user-1", "openai") == b"third"
+
+
 async def test_close_is_idempotent(store: KeyStore) -> None:
     await add_user(store)
     await store.close()
