@@ -1,22 +1,37 @@
-"""The `byok-relay` command: `serve` (migrate, then run uvicorn) and `migrate`."""
+"""The `byok-relay` command: serve the relay, and the operator's maintenance commands.
+
+serve            apply pending migrations, then run uvicorn on the app factory
+migrate          apply pending migrations
+rotate-keys      re-encrypt every stored key under the newest ENCRYPTION_SECRET
+import-node-db   copy users and keys from a Node byok-relay SQLite file
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from .config import ConfigError, Settings, read_env_file
+
+if TYPE_CHECKING:
+    from backends import KeyStore
+
+    from .crypto import KeyCipher
+
+T = TypeVar("T")
 
 __all__ = ["app_from_env", "ensure_dev_secret", "main"]
 
 ENV_FILE = Path(".env")
 # Hosting platforms whose containers lose `.env` on every deploy: a generated secret there would
 # make every stored key unreadable after the next deploy, so they must configure one.
-_PLATFORM_MARKERS = ("RAILWAY_ENVIRONMENT", "RENDER", "KUBERNETES_SERVICE_HOST")
+_PLATFORM_MARKERS = ("RAILWAY_ENVIRONMENT", "RENDER", "KUBERNETES_SERVICE_HOST", "DYNO")
 
 
 def ensure_dev_secret(env_file: Path = ENV_FILE) -> str | None:
@@ -91,7 +106,7 @@ def serve(args: argparse.Namespace) -> None:
         factory=True,
         host=args.host or settings.host,
         port=args.port if args.port is not None else settings.port,
-        workers=args.workers,
+        workers=args.workers or settings.workers,
         log_config=None,
         access_log=False,
         server_header=False,
@@ -99,22 +114,122 @@ def serve(args: argparse.Namespace) -> None:
     )
 
 
+def _with_store(settings: Settings, work: Callable[[KeyStore], Awaitable[T]], what: str) -> T:
+    """Run `work` on the configured key store, closing it after; store failures in one line."""
+    from backends import StoreError, open_store
+
+    from .services import store_options
+
+    async def run() -> T:
+        store = open_store(str(settings.database_url), store_options(settings))
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except StoreError as exc:  # names the operation, never the URL
+        sys.exit(f"byok-relay: {what} stopped: {exc} (running it again resumes)")
+
+
+def _cipher(settings: Settings) -> KeyCipher:
+    from .crypto import KeyCipher
+
+    return KeyCipher([str(s) for s in settings.encryption_secrets], settings.encryption_salt)
+
+
+def rotate_keys(args: argparse.Namespace) -> None:
+    """Re-encrypt every stored key under the newest secret."""
+    from .rotation import rotate_keys as rotate
+
+    settings = _load_settings()
+    _migrate(settings)
+    cipher = _cipher(settings)
+    report = _with_store(
+        settings, lambda store: rotate(store, cipher, dry_run=args.dry_run), "rotation"
+    )
+    print(report.summary(args.dry_run))
+    for user_id, provider in report.unreadable:
+        print(f"byok-relay: unreadable: user {user_id}, provider {provider}", file=sys.stderr)
+    if report.unreadable:
+        sys.exit(1)
+
+
+def import_node(args: argparse.Namespace) -> None:
+    """Copy a Node byok-relay SQLite file's users and keys into the configured key store."""
+    from .crypto import derive_key
+    from .nodeimport import NodeDatabaseError, check_node_db, import_node_db
+
+    settings = _load_settings()
+    path = Path(args.path)
+    try:
+        check_node_db(path)  # before migrating: a wrong path must not create the store
+    except NodeDatabaseError as exc:
+        sys.exit(f"byok-relay: {exc}")
+    _migrate(settings)
+    encryption_secrets = [str(s) for s in settings.encryption_secrets]
+    cipher = _cipher(settings)
+    node_keys = [derive_key(s, settings.encryption_salt) for s in encryption_secrets]
+    try:
+        report = _with_store(
+            settings,
+            lambda store: import_node_db(path, store, cipher, node_keys, dry_run=args.dry_run),
+            "import",
+        )
+    except NodeDatabaseError as exc:
+        sys.exit(f"byok-relay: {exc}")
+    for line in report.summary():
+        print(line)
+    for problem in report.failures:
+        print(f"byok-relay: not imported: {problem}", file=sys.stderr)
+    if report.unsupported_providers:
+        names = ", ".join(report.unsupported_providers)
+        print(f"byok-relay: skipped keys of unsupported providers: {names}", file=sys.stderr)
+    if report.legacy_token_digests and str(settings.token_hmac_secret) not in encryption_secrets:
+        print(
+            f"byok-relay: warning: {report.legacy_token_digests} Node user(s) have "
+            "token_hmac_version 1 (digest never confirmed): if their tokens were hashed under "
+            "ENCRYPTION_SECRET rather than TOKEN_HMAC_SECRET, those tokens will not work here",
+            file=sys.stderr,
+        )
+    if not report.ok:
+        sys.exit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="byok-relay", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="byok-relay", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="apply migrations, then run the relay")
     serve_parser.add_argument("--host", help="interface to listen on (default: HOST or 127.0.0.1)")
     serve_parser.add_argument("--port", type=int, help="port (default: PORT or 3000)")
     serve_parser.add_argument(
-        "--workers",
-        type=int,
-        default=int(os.environ.get("WEB_CONCURRENCY", "1")),
-        help="worker processes (default: WEB_CONCURRENCY or 1)",
+        "--workers", type=int, help="worker processes (default: WEB_CONCURRENCY or 1)"
     )
     commands.add_parser("migrate", help="apply pending database migrations and exit")
+    rotate_parser = commands.add_parser(
+        "rotate-keys", help="re-encrypt every stored key under the newest ENCRYPTION_SECRET"
+    )
+    rotate_parser.add_argument(
+        "--dry-run", action="store_true", help="decrypt and count; write nothing"
+    )
+    node_parser = commands.add_parser(
+        "import-node-db",
+        help="import the users and keys of a Node byok-relay SQLite file into DATABASE_URL",
+    )
+    node_parser.add_argument("path", help="the Node relay's SQLite file (opened read-only)")
+    node_parser.add_argument(
+        "--dry-run", action="store_true", help="read, decrypt and count; write nothing"
+    )
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args)
+    elif args.command == "import-node-db":
+        import_node(args)
+    elif args.command == "rotate-keys":
+        rotate_keys(args)
     else:
         _migrate(_load_settings())
         print("byok-relay: migrations applied", file=sys.stderr)

@@ -96,6 +96,7 @@ class Settings:
     private_upstreams: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 3000
+    workers: int = 1
     log_level: str = "info"
     environment: str = "development"
     commit: str = "unknown"
@@ -216,6 +217,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         private_upstreams=private,
         host=get("HOST") or "127.0.0.1",
         port=int(_number(get, "PORT", 3000, minimum=0, maximum=65535)),
+        workers=int(_number(get, "WEB_CONCURRENCY", 1, minimum=1, maximum=256)),
         log_level=log_level,
         environment=environment,
         commit=get("RELAY_COMMIT")

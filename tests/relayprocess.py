@@ -19,6 +19,19 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**keep, **extra}
 
 
+def run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m relay ARGS` to completion, in `cwd`, with only `env` configured."""
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        cwd=cwd,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 class RelayProcess:
     def __init__(self, cwd: Path, env: Mapping[str, str], *args: str) -> None:
         self.lines: list[str] = []

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import stat
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,79 +11,34 @@ import httpx
 import pytest
 
 from relay.config import read_env_file
+from tests.relayprocess import RelayProcess, run_cli
 
 pytestmark = pytest.mark.sqlite
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """The machine's environment without any relay setting, plus `extra`."""
-    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT")}
-    return {**keep, **extra}
-
-
-def run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args],
-        cwd=cwd,
-        env=clean_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-class Served:
-    def __init__(self, process: subprocess.Popen[str], first_lines: list[str], url: str) -> None:
-        self.process = process
-        self.first_lines = first_lines
-        self.url = url
-
-
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
-    processes: list[subprocess.Popen[str]] = []
+def serve(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
+    processes: list[RelayProcess] = []
 
-    def start(**env: str) -> Served:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve", "--port", "0"],
-            cwd=tmp_path,
-            env=clean_env(**env),
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        processes.append(process)
-        assert process.stderr is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = process.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Uvicorn running on" in line:
-                url = line.split("Uvicorn running on ")[1].split(" ")[0]
-                return Served(process, lines, url)
-        raise AssertionError("relay did not start:\n" + "".join(lines))
+    def start(**env: str) -> RelayProcess:
+        processes.append(RelayProcess(tmp_path, env))
+        return processes[-1]
 
     yield start
     for process in processes:
-        process.terminate()
-        process.wait(timeout=15)
-        if process.stderr:
-            process.stderr.close()
+        process.stop()
 
 
 def test_first_start_generates_a_dev_secret_and_serves(
-    tmp_path: Path, serve: Callable[..., Served]
+    tmp_path: Path, serve: Callable[..., RelayProcess]
 ) -> None:
     served = serve()
-    assert served.first_lines[0].startswith("byok-relay: generated a development ENCRYPTION_SECRET")
+    assert served.lines[0].startswith("byok-relay: generated a development ENCRYPTION_SECRET")
     env_file = tmp_path / ".env"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     secret = read_env_file(env_file)["ENCRYPTION_SECRET"]
     assert len(secret) >= 32
-    assert secret not in "".join(served.first_lines)
+    assert secret not in "".join(served.lines)
     health = httpx.get(served.url + "/health", timeout=5)
     assert health.status_code == 200
     assert health.json()["checks"]["db"]["ok"] is True
@@ -100,11 +51,10 @@ def test_first_start_generates_a_dev_secret_and_serves(
         timeout=5,
     )
     assert stored.status_code == 200
-    served.process.terminate()
-    served.process.wait(timeout=15)
+    served.stop()
 
     again = serve()
-    assert not any("generated" in line for line in again.first_lines)
+    assert not any("generated" in line for line in again.lines)
     assert read_env_file(env_file)["ENCRYPTION_SECRET"] == secret
     listed = httpx.get(again.url + "/keys", headers={"x-relay-token": token}, timeout=5)
     assert listed.json() == {"providers": ["openai"]}
