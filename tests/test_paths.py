@@ -233,22 +233,27 @@ def _segments(path: str) -> list[str]:
 
 
 def _remove_dot_segments(path: str) -> str:
-    """RFC 3986 section 5.2.4, as a provider's server would resolve the path it receives."""
-    output: list[str] = []
-    segments = path.split("/")[1:]
-    for index, segment in enumerate(segments):
-        last = index == len(segments) - 1
-        if segment == "..":
-            if output:
-                output.pop()
-            if last:
-                output.append("")
-        elif segment == ".":
-            if last:
-                output.append("")
-        else:
-            output.append(segment)
-    return "/" + "/".join(output)
+    """RFC 3986 section 5.2.4 word for word (the input-buffer algorithm, rules A to E): an
+    oracle independent of the implementation's segment stack, and what a provider's server
+    would make of the path it receives."""
+    given, output = path, ""
+    while given:
+        if given.startswith("../"):  # A
+            given = given[3:]
+        elif given.startswith("./") or given.startswith("/./"):
+            given = given[2:]
+        elif given == "/.":
+            given = "/"
+        elif given.startswith("/../") or given == "/..":  # C
+            given = "/" + given[4:]
+            output = output[: output.rfind("/")] if "/" in output else ""
+        elif given in (".", ".."):  # D
+            given = ""
+        else:  # E
+            end = given.find("/", 1)
+            end = len(given) if end == -1 else end
+            output, given = output + given[:end], given[end:]
+    return output
 
 
 @PROPERTY
