@@ -21,7 +21,7 @@ from .cors import CORSMiddleware
 from .errors import RelayError, error_body
 from .proxy import RelayEndpoint
 from .services import open_services
-from .ssrf import UpstreamPolicy
+from .ssrf import Resolver, UpstreamPolicy
 
 __all__ = ["create_app"]
 
@@ -88,8 +88,11 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return _json_error(500, "Internal server error", "internal_error")
 
 
-def create_app(settings: Settings, store: KeyStore | None = None) -> ASGIApp:
-    """The relay for `settings`; a given `store` replaces the one `DATABASE_URL` names."""
+def create_app(
+    settings: Settings, store: KeyStore | None = None, resolver: Resolver | None = None
+) -> ASGIApp:
+    """The relay for `settings`. A given `store` replaces the one `DATABASE_URL` names, and a
+    given `resolver` the system's DNS for openai-compatible upstreams (tests, embedding)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -97,7 +100,7 @@ def create_app(settings: Settings, store: KeyStore | None = None) -> ASGIApp:
             app.state.services = services
             yield
 
-    relay = RelayEndpoint(UpstreamPolicy(settings.private_upstreams))
+    relay = RelayEndpoint(UpstreamPolicy(settings.private_upstreams, resolver))
     routes = [
         Route("/health", health.health, methods=["GET"]),
         Route("/version", health.version, methods=["GET"]),

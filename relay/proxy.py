@@ -13,6 +13,7 @@ short, so the client can tell that it is incomplete.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -105,23 +106,28 @@ class RelayEndpoint:
                 raise BadRequest("Invalid Content-Length header", code="invalid_content_length")
             raise PayloadTooLarge()
 
-        base_url = await self._base_url(services, provider, headers)
+        target = await self._target(services, provider, headers)
         key = await self._key(services, user, provider)
-        url = base_url + encode_path(path) + _query(provider, path, scope["query_string"])
+        url = target.base_url + encode_path(path) + _query(provider, path, scope["query_string"])
         outgoing = forwarded_request_headers(provider, _first_values(scope), key)
+        outgoing.extend(target.headers)
         if length is not None:
             outgoing.append(("content-length", length))
-        await _Exchange(services, scope, receive, send, provider).run(method, url, outgoing)
+        exchange = _Exchange(services, scope, receive, send, provider)
+        await exchange.run(method, url, outgoing, target.sni_hostname)
 
-    async def _base_url(self, services: Services, provider: Provider, headers: Headers) -> str:
+    async def _target(self, services: Services, provider: Provider, headers: Headers) -> _Target:
         if provider.base_url:
-            return services.settings.base_url_for(provider.name, provider.base_url)
-        # openai-compatible: the client names the upstream; the operator may pin it.
+            return _Target(services.settings.base_url_for(provider.name, provider.base_url))
+        # openai-compatible: the client names the upstream, unless the operator pinned one.
         override = services.settings.base_url_overrides.get(provider.name)
         if override:
-            return override
+            return _Target(override)
         upstream = await self._policy.resolve(headers.get("x-relay-base-url"))
-        return upstream.origin
+        # Connect to the address that was checked, never to a second lookup of the name; the
+        # name still goes in `Host` and, over TLS, in SNI, where the certificate is checked.
+        sni = upstream.host if upstream.scheme == "https" else None
+        return _Target(upstream.origin, (("host", upstream.host_header),), sni)
 
     async def _key(self, services: Services, user: User, provider: Provider) -> str:
         record = await services.store.get_key(user.id, provider.name)
@@ -143,6 +149,13 @@ class RelayEndpoint:
                 code="key_unreadable",
                 status=500,
             ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    base_url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    sni_hostname: str | None = None
 
 
 def _first_values(scope: Scope) -> dict[str, str]:
@@ -176,8 +189,20 @@ class _Exchange:
         self.body_done = asyncio.Event()
         self.started = time.monotonic()
 
-    async def run(self, method: str, url: str, headers: list[tuple[str, str]]) -> None:
+    async def run(
+        self, method: str, url: str, headers: list[tuple[str, str]], sni_hostname: str | None
+    ) -> None:
         settings = self.services.settings
+        extensions: dict[str, object] = {
+            "timeout": {
+                "connect": settings.connect_timeout,
+                "read": max(settings.upstream_timeout, settings.stream_idle_timeout),
+                "write": settings.upstream_timeout,
+                "pool": settings.connect_timeout,
+            }
+        }
+        if sni_hostname is not None:
+            extensions["sni_hostname"] = sni_hostname
         with anyio.CancelScope() as cancel_scope:
             watcher = asyncio.create_task(self._watch_client(cancel_scope))
             try:
@@ -187,14 +212,7 @@ class _Exchange:
                     url,
                     headers=headers,
                     content=content,
-                    extensions={
-                        "timeout": {
-                            "connect": settings.connect_timeout,
-                            "read": max(settings.upstream_timeout, settings.stream_idle_timeout),
-                            "write": settings.upstream_timeout,
-                            "pool": settings.connect_timeout,
-                        }
-                    },
+                    extensions=extensions,
                 )
                 if content is None:
                     self.body_done.set()

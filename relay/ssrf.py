@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 from urllib.parse import urlsplit
 
 from .errors import BadRequest
 
-__all__ = ["Upstream", "UpstreamPolicy", "is_public_address"]
+__all__ = ["Resolver", "Upstream", "UpstreamPolicy", "is_public_address", "system_resolver"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -52,31 +53,76 @@ def is_public_address(ip: IPAddress) -> bool:
     )
 
 
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+"""(host, port) -> the addresses it resolves to; raises OSError when it does not resolve."""
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )
+    return [str(info[4][0]) for info in infos]
+
+
 @dataclasses.dataclass(frozen=True)
 class Upstream:
-    origin: str
-    """`scheme://host[:port]`, what the request is sent to."""
-    addresses: tuple[str, ...]
-    """The validated addresses the host resolved to."""
+    """Where an openai-compatible request goes: the validated address, named by its host."""
+
+    scheme: str
+    host: str
+    port: int
+    address: IPAddress
+    """The connection goes here, not to a second lookup of `host` (no DNS rebinding)."""
+
+    @property
+    def origin(self) -> str:
+        """The URL origin to connect to: the pinned address itself."""
+        address = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        return f"{self.scheme}://{address}:{self.port}"
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
 
 
 def _bad(message: str) -> BadRequest:
     return BadRequest(message, code="invalid_base_url")
 
 
+def _literal_address(host: str) -> IPAddress | None:
+    """`host` as an IP address, in every spelling a resolver would accept: dotted, integer,
+    octal, hex and short IPv4 forms (`2130706433`, `0177.1`, `0x7f.0.0.1`), and IPv6."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if re.fullmatch(r"(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}", host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            raise _bad("x-relay-base-url is not a valid URL") from None
+    return None
+
+
 class UpstreamPolicy:
-    def __init__(self, private_upstreams: Sequence[str]) -> None:
+    def __init__(self, private_upstreams: Sequence[str], resolver: Resolver | None = None) -> None:
         self._hosts = {e.lower() for e in private_upstreams if "/" not in e}
         self._networks = [
             ipaddress.ip_network(e, strict=False) for e in private_upstreams if "/" in e
         ]
+        self._resolver = resolver or system_resolver
 
-    def _private_allowed(self, host: str, port: int, ip: IPAddress | None) -> bool:
-        if f"{host}:{port}".lower() in self._hosts:
-            return True
-        return ip is not None and any(ip in net for net in self._networks)
+    def _allowed(self, host: str, port: int, ip: IPAddress) -> bool:
+        return (
+            is_public_address(ip)
+            or f"{host}:{port}" in self._hosts
+            or any(ip in net for net in self._networks)
+        )
 
     async def resolve(self, base_url: str | None) -> Upstream:
+        """The upstream `base_url` names, validated; `BadRequest` when it may not be reached."""
         if not base_url:
             raise _bad("x-relay-base-url header is required for openai-compatible provider")
         try:
@@ -92,35 +138,22 @@ class UpstreamPolicy:
         if host == "localhost" or host.endswith(".localhost"):
             raise _bad("x-relay-base-url must not point at localhost")
 
-        addresses = await _resolve(host, port)
-        named_private = f"{host}:{port}" in self._hosts
-        for ip in addresses:
-            if not is_public_address(ip) and not self._private_allowed(host, port, ip):
-                raise _bad("x-relay-base-url must resolve to a public address")
-        private = named_private or any(not is_public_address(ip) for ip in addresses)
-        if parts.scheme != "https" and not private:
+        literal = _literal_address(host)
+        addresses = [literal] if literal is not None else await self._lookup(host, port)
+        if not all(self._allowed(host, port, ip) for ip in addresses):
+            raise _bad("x-relay-base-url must resolve to a public address")
+        # Plain http only to an upstream the operator named as private.
+        named = f"{host}:{port}" in self._hosts
+        if parts.scheme != "https" and not named and all(map(is_public_address, addresses)):
             raise _bad("x-relay-base-url must use https")
-        netloc = f"[{host}]" if ":" in host else host
-        if parts.port is not None:
-            netloc += f":{parts.port}"
-        return Upstream(f"{parts.scheme}://{netloc}", tuple(str(ip) for ip in addresses))
+        return Upstream(parts.scheme, host, port, addresses[0])
 
-
-async def _resolve(host: str, port: int) -> list[IPAddress]:
-    try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-        )
-    except (OSError, UnicodeError):
-        raise _bad("x-relay-base-url host could not be resolved") from None
-    addresses = []
-    for info in infos:
-        address = str(info[4][0]).split("%", 1)[0]
-        addresses.append(ipaddress.ip_address(address))
-    if not addresses:
-        raise _bad("x-relay-base-url host could not be resolved")
-    return addresses
+    async def _lookup(self, host: str, port: int) -> list[IPAddress]:
+        try:
+            found = await self._resolver(host, port)
+            addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
+        except (OSError, UnicodeError, ValueError):
+            raise _bad("x-relay-base-url host could not be resolved") from None
+        if not addresses:
+            raise _bad("x-relay-base-url host could not be resolved")
+        return addresses

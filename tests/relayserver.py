@@ -19,6 +19,7 @@ from backends.migrate import upgrade
 from relay.app import create_app
 from relay.config import Settings
 from relay.providers import PROVIDERS
+from relay.ssrf import Resolver
 
 TEST_SECRET = "test-encryption-secret-0123456789abcdef"
 
@@ -39,10 +40,10 @@ def relay_env(db_path: Path, mock_url: str, **overrides: str) -> dict[str, str]:
 
 
 class RelayServer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, resolver: Resolver | None = None) -> None:
         self.settings = settings
         upgrade(str(settings.database_url))
-        self.app = create_app(settings)
+        self.app = create_app(settings, resolver=resolver)
         config = uvicorn.Config(
             self.app,
             host="127.0.0.1",
@@ -76,8 +77,8 @@ class RelayServer:
         return httpx.Client(base_url=self.url, **kwargs)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> RelayServer:
-        return cls(Settings.from_env(env)).start()
+    def from_env(cls, env: Mapping[str, str], resolver: Resolver | None = None) -> RelayServer:
+        return cls(Settings.from_env(env), resolver).start()
 
 
 def register(client: httpx.Client, app_id: str = "test-app", **headers: str) -> str:
