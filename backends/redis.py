@@ -29,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import KeyStore, StoreError, StoreOptions, StoreUnavailable, User
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "connect"]
 
 RECORD_VERSION: Final = 1
 _ENTRY: Final = struct.Struct(">BQQ")
@@ -124,6 +124,23 @@ def _user_from_hash(data: dict[str, str]) -> User:
     )
 
 
+def connect(url: str, options: StoreOptions) -> aioredis.Redis:
+    """A client on a pool of its own for `url`, with the store's pool size and timeouts (also
+    used by the relay for rate limits, so that one pool serves both)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=options.pool_size,
+        timeout=options.pool_timeout,
+        socket_connect_timeout=options.connect_timeout,
+        socket_timeout=options.connect_timeout,
+        health_check_interval=30,
+        # One immediate retry on a fresh connection heals a pool whose server restarted;
+        # more would only make requests during an outage slower to fail.
+        retry=Retry(NoBackoff(), 1),
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
 class RedisStore(KeyStore):
     def __init__(
         self, client: aioredis.Redis, namespace: str = "byok-relay", *, owns_pool: bool = False
@@ -141,18 +158,7 @@ class RedisStore(KeyStore):
     @classmethod
     def from_url(cls, url: str, options: StoreOptions | None = None) -> RedisStore:
         options = options or StoreOptions()
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=options.pool_size,
-            timeout=options.pool_timeout,
-            socket_connect_timeout=options.connect_timeout,
-            socket_timeout=options.connect_timeout,
-            health_check_interval=30,
-            # One immediate retry on a fresh connection heals a pool whose server restarted;
-            # more would only make requests during an outage slower to fail.
-            retry=Retry(NoBackoff(), 1),
-        )
-        return cls(aioredis.Redis(connection_pool=pool), options.namespace, owns_pool=True)
+        return cls(connect(url, options), options.namespace, owns_pool=True)
 
     def _token_key(self, token_hash: str) -> str:
         return f"{self._ns}:token:{token_hash}"

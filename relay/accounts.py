@@ -22,7 +22,7 @@ NO_STORE = {"cache-control": "no-store"}
 
 
 async def register(request: Request) -> JSONResponse:
-    services: Services = request.app.state.services
+    services: Services = request.state.services
     check_app_secret(
         services,
         request.headers,
@@ -46,14 +46,14 @@ async def register(request: Request) -> JSONResponse:
 
 
 async def revoke_token(request: Request) -> JSONResponse:
-    services: Services = request.app.state.services
+    services: Services = request.state.services
     user = await authenticate(services, request.headers)
     await services.store.revoke_token(user.id, now_ms())
     return JSONResponse({"ok": True, "message": "Token revoked."})
 
 
 async def delete_user(request: Request) -> JSONResponse:
-    services: Services = request.app.state.services
+    services: Services = request.state.services
     user = await authenticate(services, request.headers)
     await services.store.delete_user(user.id)
     return JSONResponse({"ok": True, "message": "Account and all stored keys deleted."})

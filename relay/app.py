@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -12,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from backends import KeyStore, StoreError, StoreUnavailable
 
@@ -20,7 +22,8 @@ from .config import Settings
 from .cors import CORSMiddleware
 from .errors import RelayError, error_body
 from .proxy import RelayEndpoint
-from .services import open_services
+from .ratelimit import GlobalLimitMiddleware
+from .services import Services, open_services
 from .ssrf import Resolver, UpstreamPolicy
 
 __all__ = ["create_app"]
@@ -95,10 +98,11 @@ def create_app(
     given `resolver` the system's DNS for openai-compatible upstreams (tests, embedding)."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
+        # Lifespan state reaches every request's scope["state"], middleware outside the
+        # Starlette app included.
         async with open_services(settings, store) as services:
-            app.state.services = services
-            yield
+            yield {"services": services}
 
     relay = RelayEndpoint(UpstreamPolicy(settings.private_upstreams, resolver))
     routes = [
@@ -125,5 +129,12 @@ def create_app(
     )
     # No 307 to `path/` (an empty, non-JSON answer whose Location echoes the Host header).
     app.router.redirect_slashes = False
-    # CORS outermost, so that even a 500 from the server-error handler is readable by the page.
-    return CORSMiddleware(app, allow_origins=settings.allowed_origins)
+    # Outermost first: CORS (so that even a 500 from the server-error handler is readable by
+    # the page, and preflights are answered before anything counts them), then the client's
+    # address from trusted proxies, then the per-IP limit. All pure ASGI.
+    inner: ASGIApp = GlobalLimitMiddleware(app)
+    if settings.forwarded_allow_ips:
+        # uvicorn's own, typed against its ASGI types rather than Starlette's.
+        proxied = ProxyHeadersMiddleware(cast(Any, inner), list(settings.forwarded_allow_ips))
+        inner = cast(ASGIApp, proxied)
+    return CORSMiddleware(inner, allow_origins=settings.allowed_origins)

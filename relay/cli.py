@@ -110,6 +110,7 @@ def serve(args: argparse.Namespace) -> None:
         log_config=None,
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # the app applies FORWARDED_ALLOW_IPS itself
         timeout_graceful_shutdown=30,
     )
 

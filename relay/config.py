@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+import limits
+
 from backends import SCHEMES, url_scheme
 
 __all__ = ["ConfigError", "Secret", "Settings", "read_env_file"]
@@ -87,6 +89,9 @@ class Settings:
     rate_limit_global: str = "100/minute"
     rate_limit_relay: str = "20/minute"
     rate_limit_register: str = "10/hour"
+    rate_limit_health: str = "6/minute"
+    rate_limit_fail: str = "closed"
+    forwarded_allow_ips: tuple[str, ...] = ()
     token_expiry_days: float = 90
     request_body_limit: int = 10 * 1024 * 1024
     connect_timeout: float = 10.0
@@ -203,9 +208,12 @@ def _parse(env: Mapping[str, str]) -> Settings:
         db_pool_timeout=_number(get, "DB_POOL_TIMEOUT", 5, minimum=0.001, maximum=3600),
         db_connect_timeout=_number(get, "DB_CONNECT_TIMEOUT", 5, minimum=0.001, maximum=3600),
         redis_namespace=_namespace(get("REDIS_NAMESPACE") or "byok-relay"),
-        rate_limit_global=get("RATE_LIMIT_GLOBAL") or "100/minute",
-        rate_limit_relay=get("RATE_LIMIT_RELAY") or "20/minute",
-        rate_limit_register=get("RATE_LIMIT_REGISTER") or "10/hour",
+        rate_limit_global=_limit(get, "RATE_LIMIT_GLOBAL", "100/minute"),
+        rate_limit_relay=_limit(get, "RATE_LIMIT_RELAY", "20/minute"),
+        rate_limit_register=_limit(get, "RATE_LIMIT_REGISTER", "10/hour"),
+        rate_limit_health=_limit(get, "RATE_LIMIT_HEALTH", "6/minute"),
+        rate_limit_fail=_choice(get, "RATE_LIMIT_FAIL", ("closed", "open")),
+        forwarded_allow_ips=_csv(get("FORWARDED_ALLOW_IPS")),
         token_expiry_days=_number(get, "TOKEN_EXPIRY_DAYS", 90, minimum=0, maximum=36_500),
         request_body_limit=int(
             _number(get, "REQUEST_BODY_LIMIT_BYTES", 10 * 1024 * 1024, minimum=1, maximum=2**40)
@@ -226,6 +234,22 @@ def _parse(env: Mapping[str, str]) -> Settings:
         or "unknown",
         build_time=get("RELAY_BUILD_TIME") or "unknown",
     )
+
+
+def _limit(get: Callable[[str], str | None], name: str, default: str) -> str:
+    value = get(name) or default
+    try:
+        limits.parse(value)
+    except ValueError:
+        raise ConfigError(f"{name} is not a rate limit like 20/minute or 100 per hour") from None
+    return value
+
+
+def _choice(get: Callable[[str], str | None], name: str, choices: tuple[str, ...]) -> str:
+    value = (get(name) or choices[0]).lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of: {', '.join(choices)}")
+    return value
 
 
 def _namespace(value: str) -> str:

@@ -20,7 +20,7 @@ logger = logging.getLogger("relay")
 
 
 async def health(request: Request) -> JSONResponse:
-    services: Services = request.app.state.services
+    services: Services = request.state.services
     settings = services.settings
     try:
         await services.store.ping()
@@ -48,7 +48,7 @@ async def health(request: Request) -> JSONResponse:
 
 
 async def version(request: Request) -> JSONResponse:
-    settings = request.app.state.services.settings
+    settings = request.state.services.settings
     return JSONResponse(
         {"version": __version__, "commit": settings.commit, "buildTime": settings.build_time}
     )

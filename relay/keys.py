@@ -31,7 +31,7 @@ def _provider(request: Request) -> str:
 
 
 async def store_key(request: Request) -> JSONResponse:
-    services: Services = request.app.state.services
+    services: Services = request.state.services
     user = await authenticate(services, request.headers)
     provider = _provider(request)
     body = await read_json(request, services.settings.request_body_limit)
@@ -45,13 +45,13 @@ async def store_key(request: Request) -> JSONResponse:
 
 
 async def list_keys(request: Request) -> JSONResponse:
-    services: Services = request.app.state.services
+    services: Services = request.state.services
     user = await authenticate(services, request.headers)
     return JSONResponse({"providers": await services.store.list_providers(user.id)})
 
 
 async def delete_key(request: Request) -> JSONResponse:
-    services: Services = request.app.state.services
+    services: Services = request.state.services
     user = await authenticate(services, request.headers)
     provider = _provider(request)
     await services.store.delete_key(user.id, provider)

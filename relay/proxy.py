@@ -80,7 +80,7 @@ class RelayEndpoint:
         self._policy = policy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        services: Services = scope["app"].state.services
+        services: Services = scope["state"]["services"]
         settings = services.settings
         method = scope["method"]
         if method not in ("GET", "POST"):

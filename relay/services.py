@@ -7,13 +7,15 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
-from backends import KeyStore, StoreOptions, open_store
+from backends import KeyStore, StoreOptions, open_store, url_scheme
 
 from .config import Settings
 from .crypto import KeyCipher
+from .ratelimit import Limit, RateLimiter
 from .tokens import TokenHasher
 from .upstream import new_http_client
 
@@ -29,6 +31,7 @@ class Services:
     cipher: KeyCipher
     tokens: TokenHasher
     http: httpx.AsyncClient
+    limiter: RateLimiter
     started_at: float
 
 
@@ -41,17 +44,57 @@ def store_options(settings: Settings) -> StoreOptions:
     )
 
 
+def _limits(settings: Settings) -> dict[str, Limit]:
+    closed = settings.rate_limit_fail == "closed"
+    return {
+        "global": Limit.parse("global", settings.rate_limit_global, fail_closed=False),
+        "relay": Limit.parse("relay", settings.rate_limit_relay, fail_closed=closed),
+        "register": Limit.parse("register", settings.rate_limit_register, fail_closed=closed),
+        "health": Limit.parse("health", settings.rate_limit_health, fail_closed=closed),
+    }
+
+
 @contextlib.asynccontextmanager
 async def open_services(
     settings: Settings, store: KeyStore | None = None
 ) -> AsyncIterator[Services]:
     cipher = KeyCipher([str(s) for s in settings.encryption_secrets], settings.encryption_salt)
     tokens = TokenHasher(str(settings.token_hmac_secret))
+    database_url = str(settings.database_url)
     async with contextlib.AsyncExitStack() as stack:
+        if settings.redis_url is None:
+            limiter = RateLimiter.in_memory(_limits(settings))
+            logger.info("rate limits: in process memory (set REDIS_URL to share them)")
+        else:
+            from limits.aio.storage import RedisStorage
+
+            from backends.redis import RedisStore, connect
+
+            redis_url = str(settings.redis_url)
+            redis = connect(redis_url, store_options(settings))
+            stack.push_async_callback(redis.connection_pool.disconnect)
+            stack.push_async_callback(redis.aclose)
+            shared: dict[str, Any] = {"connection_pool": redis.connection_pool}
+            storage = RedisStorage(
+                f"async+{url_scheme(redis_url)}://",  # the pool, not the URL, says where
+                implementation="redispy",
+                wrap_exceptions=True,
+                key_prefix=f"{settings.redis_namespace}:limits",
+                **shared,
+            )
+            limiter = RateLimiter(storage, _limits(settings))
+            logger.info(
+                "rate limits: shared through Redis; when it is unreachable the relay and "
+                "registration limits fail %s",
+                settings.rate_limit_fail,
+            )
+            if store is None and database_url == redis_url:
+                # The Redis key store and the limits share one pool.
+                store = RedisStore(redis, settings.redis_namespace)
         if store is None:
-            store = open_store(str(settings.database_url), store_options(settings))
+            store = open_store(database_url, store_options(settings))
             stack.push_async_callback(store.close)
         http = await stack.enter_async_context(new_http_client(settings))
         if settings.app_secret is None:
             logger.warning("APP_SECRET is not set: anyone can register with POST /users")
-        yield Services(settings, store, cipher, tokens, http, time.time())
+        yield Services(settings, store, cipher, tokens, http, limiter, time.time())

@@ -31,6 +31,10 @@ def relay_env(db_path: Path, mock_url: str, **overrides: str) -> dict[str, str]:
         "DATABASE_URL": f"sqlite:///{db_path}",
         "LOG_LEVEL": "debug",
         "RELAY_PRIVATE_UPSTREAMS": mock_url.removeprefix("http://"),
+        # Every test talks from 127.0.0.1: the rate-limit tests set their own limits.
+        "RATE_LIMIT_GLOBAL": "100000/minute",
+        "RATE_LIMIT_RELAY": "100000/minute",
+        "RATE_LIMIT_REGISTER": "100000/minute",
     }
     for name, provider in PROVIDERS.items():
         if provider.base_url:
