@@ -12,6 +12,7 @@ from backends import User
 from .auth import authenticate, check_app_secret, now_ms
 from .bodies import read_json
 from .errors import BadRequest
+from .ratelimit import client_ip
 from .services import Services
 from .tokens import new_token
 
@@ -23,6 +24,7 @@ NO_STORE = {"cache-control": "no-store"}
 
 async def register(request: Request) -> JSONResponse:
     services: Services = request.state.services
+    await services.limiter.check("register", client_ip(request.scope))
     check_app_secret(
         services,
         request.headers,

@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from backends import User
 
-from .auth import authenticate
+from .auth import authenticate_digest
 from .crypto import DecryptionError
 from .errors import (
     BadRequest,
@@ -89,7 +89,8 @@ class RelayEndpoint:
         if provider is None:
             raise unsupported_provider()
         headers = Headers(scope=scope)
-        user = await authenticate(services, headers)
+        user, token_digest = await authenticate_digest(services, headers)
+        await services.limiter.check("relay", token_digest)
 
         raw = _upstream_path(scope.get("raw_path") or scope["path"].encode())
         path = normalize_path(raw)

@@ -17,6 +17,7 @@ import uvicorn
 
 from backends.migrate import upgrade
 from relay.app import create_app
+from relay.cli import SERVER_OPTIONS
 from relay.config import Settings
 from relay.providers import PROVIDERS
 from relay.ssrf import Resolver
@@ -48,15 +49,8 @@ class RelayServer:
         self.settings = settings
         upgrade(str(settings.database_url))
         self.app = create_app(settings, resolver=resolver)
-        config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=0,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=2,
-        )
+        options = {**SERVER_OPTIONS, "timeout_graceful_shutdown": 2}
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, lifespan="on", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = ""

@@ -1,0 +1,224 @@
+"""Rate limits: per IP, per token, on registration and deep health; in memory and shared by
+real relay processes through Redis; and what a Redis outage does."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from relay.tokens import TokenHasher
+from tests.conftest import RelayFactory
+from tests.mockprovider import MockProvider
+from tests.relayprocess import RelayProcess
+from tests.relayserver import TEST_SECRET, register, relay_env, store_key
+from tests.servers import PrivateRedis, drop_namespace, new_namespace
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+ORIGIN = "https://app.example"
+
+
+def relay_call(client: httpx.Client, token: str) -> httpx.Response:
+    return client.post(
+        "/relay/openai/v1/chat/completions",
+        json=CHAT,
+        headers={"x-relay-token": token, "origin": ORIGIN},
+    )
+
+
+def assert_limited(response: httpx.Response, limit: str, amount: int) -> None:
+    assert response.status_code == 429, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert body["code"] == "rate_limited"
+    assert body["limit"] == limit
+    retry_after = int(response.headers["retry-after"])
+    assert 1 <= retry_after <= 3600
+    assert response.headers["ratelimit-limit"] == str(amount)
+    assert response.headers["ratelimit-remaining"] == "0"
+    assert int(response.headers["ratelimit-reset"]) == retry_after
+    assert response.headers["ratelimit-policy"].startswith(f"{amount};w=")
+
+
+def user_with_key(client: httpx.Client) -> str:
+    token = register(client)
+    store_key(client, token, "openai", "test-openai-key-limits")
+    return token
+
+
+@pytest.mark.sqlite
+def test_relay_limit_is_per_token(make_relay: RelayFactory, mock: MockProvider) -> None:
+    server = make_relay(RATE_LIMIT_RELAY="3/minute")
+    with server.client() as client:
+        first, second = user_with_key(client), user_with_key(client)
+        for _ in range(3):
+            assert relay_call(client, first).status_code == 200
+        mock.clear()
+        refused = relay_call(client, first)
+        assert_limited(refused, "relay", 3)
+        assert mock.requests == [], "a refused request must not reach the provider"
+        # Browsers may read the limit headers.
+        exposed = refused.headers["access-control-expose-headers"]
+        assert "retry-after" in exposed
+        assert "ratelimit-remaining" in exposed
+        assert relay_call(client, second).status_code == 200
+        # Key management is not a relay call.
+        assert client.get("/keys", headers={"x-relay-token": first}).status_code == 200
+
+
+@pytest.mark.sqlite
+def test_global_limit_is_per_ip_and_preflights_never_count(make_relay: RelayFactory) -> None:
+    server = make_relay(RATE_LIMIT_GLOBAL="5/minute")
+    with server.client() as client:
+        preflight = {
+            "origin": ORIGIN,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "x-relay-token",
+        }
+        for _ in range(10):
+            assert (
+                client.options("/relay/openai/v1/chat/completions", headers=preflight).status_code
+                == 204
+            )
+        for _ in range(5):
+            assert client.get("/version").status_code == 200
+        assert_limited(client.get("/health"), "global", 5)
+        assert_limited(client.post("/users", json={"app_id": "x"}), "global", 5)
+
+
+@pytest.mark.sqlite
+def test_trusted_proxies_give_each_client_its_own_limit(make_relay: RelayFactory) -> None:
+    trusting = make_relay(RATE_LIMIT_GLOBAL="2/minute", FORWARDED_ALLOW_IPS="127.0.0.1")
+    with trusting.client() as client:
+        for client_ip in ("203.0.113.1", "203.0.113.2"):
+            headers = {"x-forwarded-for": client_ip}
+            assert client.get("/version", headers=headers).status_code == 200
+            assert client.get("/version", headers=headers).status_code == 200
+            assert_limited(client.get("/version", headers=headers), "global", 2)
+
+    untrusting = make_relay(RATE_LIMIT_GLOBAL="2/minute")
+    with untrusting.client() as client:
+        assert client.get("/version", headers={"x-forwarded-for": "203.0.113.1"}).is_success
+        assert client.get("/version", headers={"x-forwarded-for": "203.0.113.2"}).is_success
+        # The header is not believed: both came from 127.0.0.1, so the third is refused.
+        assert_limited(
+            client.get("/version", headers={"x-forwarded-for": "203.0.113.3"}), "global", 2
+        )
+
+
+@pytest.mark.sqlite
+def test_registration_limit(make_relay: RelayFactory) -> None:
+    server = make_relay(RATE_LIMIT_REGISTER="2/hour", APP_SECRET="registration-gate-secret")
+    with server.client() as client:
+        gate = {"authorization": "Bearer registration-gate-secret"}
+        assert client.post("/users", json={"app_id": "a"}, headers=gate).status_code == 200
+        # A wrong secret counts too: guessing APP_SECRET is what the limit is for.
+        assert client.post("/users", json={"app_id": "a"}).status_code == 401
+        response = client.post("/users", json={"app_id": "a"}, headers=gate)
+        assert_limited(response, "register", 2)
+        assert int(response.headers["retry-after"]) > 60
+
+
+@pytest.mark.sqlite
+def test_deep_health_probes_the_provider_under_its_own_limit(
+    make_relay: RelayFactory, mock: MockProvider
+) -> None:
+    server = make_relay(RATE_LIMIT_HEALTH="2/minute")
+    with server.client() as client:
+        for _ in range(2):
+            body = client.get("/health", params={"deep": "1", "provider": "openai"}).json()
+            assert body["checks"]["upstream"]["ok"] is True
+            assert body["checks"]["upstream"]["provider"] == "openai"
+        assert mock.last().header("authorization") is None, "a probe never sends a key"
+        assert_limited(
+            client.get("/health", params={"deep": "1", "provider": "openai"}), "health", 2
+        )
+        assert client.get("/health").status_code == 200  # the plain check is not limited
+        bad = client.get("/health", params={"deep": "1", "provider": "openai-compatible"})
+        assert bad.status_code in (400, 429)
+
+
+@pytest.fixture
+def redis_namespace(redis_url: str) -> Iterator[str]:
+    namespace = new_namespace()
+    yield namespace
+    drop_namespace(namespace)
+
+
+@pytest.mark.redis
+def test_the_relay_limit_holds_across_two_instances_sharing_redis(
+    redis_url: str, redis_namespace: str, mock: MockProvider, tmp_path: Path
+) -> None:
+    env = relay_env(
+        tmp_path / "shared.db",
+        mock.url,
+        LOG_LEVEL="info",
+        REDIS_URL=redis_url,
+        REDIS_NAMESPACE=redis_namespace,
+        RATE_LIMIT_RELAY="6/minute",
+    )
+    first = RelayProcess(tmp_path, env)
+    second = RelayProcess(tmp_path, env)
+    try:
+        with first.client() as a, second.client() as b:
+            token = user_with_key(a)
+            statuses = [
+                relay_call(c, token).status_code
+                for c in itertools.islice(itertools.cycle((a, b)), 6)
+            ]
+            assert statuses == [200] * 6
+            assert_limited(relay_call(a, token), "relay", 6)
+            assert_limited(relay_call(b, token), "relay", 6)
+    finally:
+        first.stop()
+        second.stop()
+    assert any("rate limits: shared through Redis" in line for line in first.lines)
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = [k.decode() for k in client.scan_iter(match=f"{redis_namespace}:*")]
+        values = [client.get(k) for k in keys]
+    finally:
+        client.close()
+    assert keys, "the counters should live in Redis"
+    assert all(k.startswith(f"{redis_namespace}:limits") for k in keys)
+    assert not [k for k in keys if token in k]
+    assert not [v for v in values if v and token.encode() in v]
+    assert any(TokenHasher(TEST_SECRET).hash(token) in k for k in keys)
+
+
+@pytest.fixture
+def private_redis(redis_url: str) -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_a_redis_outage_fails_as_configured(
+    make_relay: RelayFactory, private_redis: PrivateRedis, mode: str
+) -> None:
+    server = make_relay(REDIS_URL=private_redis.url, RATE_LIMIT_FAIL=mode, DB_CONNECT_TIMEOUT="0.5")
+    with server.client() as client:
+        token = user_with_key(client)
+        assert relay_call(client, token).status_code == 200
+        private_redis.stop()
+        response = relay_call(client, token)
+        if mode == "closed":
+            assert response.status_code == 503, response.text
+            assert response.json()["code"] == "rate_limiter_unavailable"
+            assert client.post("/users", json={"app_id": "x"}).status_code == 503
+        else:
+            assert response.status_code == 200, response.text
+            assert client.post("/users", json={"app_id": "x"}).status_code == 200
+        # The per-IP limit never takes the relay down with Redis.
+        assert client.get("/health").status_code == 200
+        assert client.get("/keys", headers={"x-relay-token": token}).status_code == 200
+        private_redis.start()
+        assert relay_call(client, token).status_code == 200
