@@ -21,6 +21,7 @@ from . import accounts, health, keys
 from .config import Settings
 from .cors import CORSMiddleware
 from .errors import RelayError, error_body
+from .models import ModelPolicy
 from .proxy import RelayEndpoint
 from .ratelimit import GlobalLimitMiddleware
 from .services import Services, open_services
@@ -104,7 +105,9 @@ def create_app(
         async with open_services(settings, store) as services:
             yield {"services": services}
 
-    relay = RelayEndpoint(UpstreamPolicy(settings.private_upstreams, resolver))
+    relay = RelayEndpoint(
+        UpstreamPolicy(settings.private_upstreams, resolver), ModelPolicy(settings.allowed_models)
+    )
     routes = [
         Route("/health", health.health, methods=["GET"]),
         Route("/version", health.version, methods=["GET"]),

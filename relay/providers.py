@@ -34,6 +34,10 @@ class Provider:
     """Sent when the client did not send that header itself."""
     sse_query: tuple[tuple[str, str, str], ...] = ()
     """(path suffix, query name, value): added to the query when the path ends with the suffix."""
+    model_in: str = "body:model"
+    """Where a request names its model, for `ALLOWED_MODELS`: `body:<field>` (JSON or form),
+    `query:<name>`, `path:rest` (the path after the allowed prefix) or `path:action` (the
+    same, up to `:`)."""
 
     def allows(self, path: str) -> bool:
         return any(path == p or path.startswith(p + "/") for p in self.allowed_paths)
@@ -95,6 +99,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             "",
             allowed_paths=("/v1beta/models", "/v1/models"),
             sse_query=((":streamGenerateContent", "alt", "sse"),),
+            model_in="path:action",
         ),
         Provider(
             "groq",
@@ -141,12 +146,14 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
                 "/v1/voices",
             ),
             read_paths=("/v1/voices",),
+            model_in="body:model_id",
         ),
         Provider(
             "huggingface",
             "https://api-inference.huggingface.co",
             *_BEARER,
             allowed_paths=("/models",),
+            model_in="path:rest",
         ),
         Provider(
             "deepgram",
@@ -154,6 +161,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             "authorization",
             "Token ",
             allowed_paths=("/v1/listen", "/v1/speak", "/v1/read"),
+            model_in="query:model",
         ),
         Provider(
             "openai-compatible",

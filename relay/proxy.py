@@ -36,6 +36,7 @@ from .errors import (
     RelayError,
     UpstreamError,
 )
+from .models import ModelPolicy, model_of
 from .paths import encode_path, normalize_path
 from .providers import PROVIDERS, Provider, forwarded_request_headers
 from .services import Services
@@ -76,8 +77,9 @@ def _upstream_path(raw_path: bytes) -> str:
 class RelayEndpoint:
     """The ASGI app behind the relay routes."""
 
-    def __init__(self, policy: UpstreamPolicy) -> None:
+    def __init__(self, policy: UpstreamPolicy, models: ModelPolicy) -> None:
         self._policy = policy
+        self._models = models
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services: Services = scope["state"]["services"]
@@ -107,6 +109,18 @@ class RelayEndpoint:
                 raise BadRequest("Invalid Content-Length header", code="invalid_content_length")
             raise PayloadTooLarge()
 
+        body = None
+        if self._models.enabled and method == "POST":
+            # Only a model allowlist makes the relay read a body it otherwise only streams.
+            try:
+                body = await _read_body(receive, settings.request_body_limit)
+            except ClientGone:
+                return
+            model = model_of(
+                provider, path, scope["query_string"], headers.get("content-type", ""), body
+            )
+            self._models.check(model, provider.name)
+
         target = await self._target(services, provider, headers)
         key = await self._key(services, user, provider)
         url = target.base_url + encode_path(path) + _query(provider, path, scope["query_string"])
@@ -115,7 +129,7 @@ class RelayEndpoint:
         if length is not None:
             outgoing.append(("content-length", length))
         exchange = _Exchange(services, scope, receive, send, provider)
-        await exchange.run(method, url, outgoing, target.sni_hostname)
+        await exchange.run(method, url, outgoing, target.sni_hostname, body)
 
     async def _target(self, services: Services, provider: Provider, headers: Headers) -> _Target:
         if provider.base_url:
@@ -159,6 +173,22 @@ class _Target:
     sni_hostname: str | None = None
 
 
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 def _first_values(scope: Scope) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in scope["headers"]:
@@ -191,8 +221,15 @@ class _Exchange:
         self.started = time.monotonic()
 
     async def run(
-        self, method: str, url: str, headers: list[tuple[str, str]], sni_hostname: str | None
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        sni_hostname: str | None,
+        body: bytes | None,
     ) -> None:
+        """Send the request (`body` when it was already read, else the client's stream) and
+        relay the answer."""
         settings = self.services.settings
         extensions: dict[str, object] = {
             "timeout": {
@@ -207,7 +244,9 @@ class _Exchange:
         with anyio.CancelScope() as cancel_scope:
             watcher = asyncio.create_task(self._watch_client(cancel_scope))
             try:
-                content = self._body() if method == "POST" else None
+                content: bytes | AsyncIterator[bytes] | None = body
+                if content is None and method == "POST":
+                    content = self._body()
                 request = self.services.http.build_request(
                     method,
                     url,
@@ -215,7 +254,7 @@ class _Exchange:
                     content=content,
                     extensions=extensions,
                 )
-                if content is None:
+                if not isinstance(content, AsyncIterator):
                     self.body_done.set()
                 response = await self._open(request)
                 try:
