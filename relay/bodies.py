@@ -9,7 +9,11 @@ from starlette.requests import ClientDisconnect, Request
 
 from .errors import BadRequest, PayloadTooLarge
 
-__all__ = ["declared_length", "read_json"]
+__all__ = ["JSON_BODY_LIMIT", "declared_length", "read_json"]
+
+# The account and key endpoints take a few hundred bytes of JSON; `POST /users` is open to
+# anyone, so none of them reads more than this, whatever REQUEST_BODY_LIMIT_BYTES allows.
+JSON_BODY_LIMIT = 64 * 1024
 
 
 def declared_length(request: Request, limit: int) -> int | None:
@@ -25,7 +29,9 @@ def declared_length(request: Request, limit: int) -> int | None:
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object; `{}` for an empty body. 400 for anything that is not one."""
+    """The body as a JSON object; `{}` for an empty body. 400 for anything that is not one,
+    413 past `limit` (at most `JSON_BODY_LIMIT`)."""
+    limit = min(limit, JSON_BODY_LIMIT)
     declared_length(request, limit)
     chunks: list[bytes] = []
     size = 0

@@ -36,6 +36,7 @@ _PLATFORM_MARKERS = ("RAILWAY_ENVIRONMENT", "RENDER", "KUBERNETES_SERVICE_HOST",
 
 # How byok-relay runs uvicorn (the tests' in-process servers use the same options).
 SERVER_OPTIONS: Final[dict[str, Any]] = {
+    "http": "relay.protocol:JSONErrorsProtocol",  # httptools, with JSON 400s
     "log_config": None,  # relay.logs configures logging: JSON lines
     "access_log": False,  # it costs ~15% of throughput; relayed calls are logged by the relay
     "server_header": False,

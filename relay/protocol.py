@@ -1,0 +1,65 @@
+"""uvicorn's httptools protocol with limits on the request head, and JSON for every request it
+cannot take (a browser client matches on one error shape, whatever went wrong).
+
+httptools accepts heads of any size and any number of headers; a relay in front of paying
+users refuses more than `MAX_HEAD_BYTES` of request line and headers, or more than
+`MAX_HEADERS` headers, with a 431, before the application sees the request.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .errors import error_body
+
+__all__ = ["MAX_HEADERS", "MAX_HEAD_BYTES", "JSONErrorsProtocol"]
+
+MAX_HEAD_BYTES: Final = 64 * 1024
+MAX_HEADERS: Final = 200
+
+_MALFORMED: Final = (b"400 Bad Request", error_body("Malformed HTTP request", "malformed_request"))
+_TOO_LARGE: Final = (
+    b"431 Request Header Fields Too Large",
+    error_body("Request headers too large", "headers_too_large"),
+)
+
+
+class HeadTooLarge(Exception):
+    """Raised from a parser callback; httptools turns it into a parser error."""
+
+
+class JSONErrorsProtocol(HttpToolsProtocol):
+    _head_bytes = 0
+    _header_count = 0
+    _too_large = False
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = self._header_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url), headers=0)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value), headers=1)
+        super().on_header(name, value)
+
+    def _count(self, size: int, headers: int) -> None:
+        self._head_bytes += size
+        self._header_count += headers
+        if self._head_bytes > MAX_HEAD_BYTES or self._header_count > MAX_HEADERS:
+            self._too_large = True
+            raise HeadTooLarge
+
+    def send_400_response(self, msg: str) -> None:
+        status, body = _TOO_LARGE if self._too_large else _MALFORMED
+        head = [b"HTTP/1.1 " + status + b"\r\n"]
+        head.extend(n + b": " + v + b"\r\n" for n, v in self.server_state.default_headers)
+        head.append(b"content-type: application/json\r\n")
+        head.append(b"content-length: " + str(len(body)).encode() + b"\r\n")
+        head.append(b"connection: close\r\n\r\n")
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()

@@ -1,0 +1,137 @@
+"""What a hostile or broken client can send: heads too large, malformed requests, control
+characters in headers, large bodies before authentication. Always a 4xx JSON answer, never a
+buffered body the client was not entitled to."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from relay.protocol import MAX_HEAD_BYTES, MAX_HEADERS
+from tests.mockprovider import MockProvider
+from tests.relayserver import RelayServer, register, store_key
+
+pytestmark = pytest.mark.sqlite
+
+
+def raw_exchange(server: RelayServer, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `request` as bytes on a fresh socket; the status, headers and body that come back."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+            if b"\r\n\r\n" in data:
+                head, _, rest = data.partition(b"\r\n\r\n")
+                headers = dict(
+                    line.decode().lower().split(": ", 1) for line in head.split(b"\r\n")[1:]
+                )
+                if len(rest) >= int(headers.get("content-length", "0")):
+                    break
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, headers, body
+
+
+def assert_json_error(status: int, headers: dict[str, str], body: bytes, code: str) -> None:
+    assert 400 <= status < 500
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["code"] == code
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES + 1) + b"\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"X-H%d: v\r\n" % i for i in range(MAX_HEADERS + 1))
+        + b"\r\n",
+        b"GET /" + b"a" * (MAX_HEAD_BYTES + 1) + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["huge-header", "too-many-headers", "huge-url"],
+)
+def test_oversized_heads_get_431_json(relay: RelayServer, request_bytes: bytes) -> None:
+    status, headers, body = raw_exchange(relay, request_bytes)
+    assert status == 431
+    assert_json_error(status, headers, body, "headers_too_large")
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: one\rtwo\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+        b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked"
+        b"\r\n\r\n{}",
+    ],
+    ids=["no-colon", "bare-cr", "garbage", "bad-length", "length-and-chunked"],
+)
+def test_malformed_requests_get_400_json(relay: RelayServer, request_bytes: bytes) -> None:
+    status, headers, body = raw_exchange(relay, request_bytes)
+    assert status == 400
+    assert_json_error(status, headers, body, "malformed_request")
+
+
+def test_a_normal_request_still_passes_the_protocol(relay: RelayServer) -> None:
+    status, _headers, body = raw_exchange(relay, b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 200
+    assert "version" in json.loads(body)
+
+
+def test_control_characters_never_reach_the_provider(
+    relay: RelayServer, mock: MockProvider
+) -> None:
+    with relay.client() as client:
+        token = register(client)
+        store_key(client, token, "anthropic", "test-anthropic-key-hygiene")
+    body = b'{"model":"claude-3"}'
+    request = (
+        b"POST /relay/anthropic/v1/messages HTTP/1.1\r\nHost: x\r\n"
+        b"x-relay-token: " + token.encode() + b"\r\n"
+        b"anthropic-beta: tools\x00evil\r\n"
+        b"content-type: application/json\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+    status, headers, _ = raw_exchange(relay, request)
+    if status == 200:  # the parser let it through: the relay must have cleaned it
+        assert mock.last().header("anthropic-beta") == "toolsevil"
+    else:
+        assert status == 400
+        assert headers["content-type"] == "application/json"
+    assert all("\x00" not in value for r in mock.requests for _, value in r.headers)
+
+
+def test_unauthenticated_bodies_are_never_read(
+    relay: RelayServer, make_relay: Callable[..., RelayServer]
+) -> None:
+    gated = make_relay(APP_SECRET="gate-secret-for-hygiene")
+    for server, path in ((gated, b"/users"), (relay, b"/relay/openai/v1/chat/completions")):
+        # A declared 10 GB body: refused at once, before a byte of it is awaited.
+        status, headers, body = raw_exchange(
+            server,
+            b"POST " + path + b" HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 10737418240\r\n\r\n{}",
+        )
+        assert status == 401
+        assert_json_error(status, headers, body, json.loads(body)["code"])
+
+    with relay.client() as client:
+        huge = client.post("/users", content=b'{"app_id": "' + b"a" * 70_000 + b'"}')
+        assert huge.status_code == 413
+        assert huge.json()["error"] == "Request body too large"
+
+        def trickle() -> Iterator[bytes]:
+            yield b'{"app_id": "'
+            for _ in range(100):
+                yield b"b" * 1024
+
+        chunked = client.post("/users", content=trickle())
+        assert chunked.status_code == 413
