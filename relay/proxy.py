@@ -38,9 +38,10 @@ from .errors import (
 )
 from .models import ModelPolicy, model_of
 from .paths import encode_path, normalize_path
+from .pinning import pinned
 from .providers import PROVIDERS, Provider, forwarded_request_headers
 from .services import Services
-from .ssrf import UpstreamPolicy
+from .ssrf import Upstream, UpstreamPolicy
 from .upstream import response_headers
 
 __all__ = ["RelayEndpoint", "unsupported_provider"]
@@ -125,11 +126,14 @@ class RelayEndpoint:
         key = await self._key(services, user, provider)
         url = target.base_url + encode_path(path) + _query(provider, path, scope["query_string"])
         outgoing = forwarded_request_headers(provider, _first_values(scope), key)
-        outgoing.extend(target.headers)
         if length is not None:
             outgoing.append(("content-length", length))
         exchange = _Exchange(services, scope, receive, send, provider)
-        await exchange.run(method, url, outgoing, target.sni_hostname, body)
+        if target.pin is None:
+            await exchange.run(method, url, outgoing, body)
+            return
+        with pinned(target.pin.host, str(target.pin.address)):
+            await exchange.run(method, url, outgoing, body)
 
     async def _target(self, services: Services, provider: Provider, headers: Headers) -> _Target:
         if provider.base_url:
@@ -139,10 +143,7 @@ class RelayEndpoint:
         if override:
             return _Target(override)
         upstream = await self._policy.resolve(headers.get("x-relay-base-url"))
-        # Connect to the address that was checked, never to a second lookup of the name; the
-        # name still goes in `Host` and, over TLS, in SNI, where the certificate is checked.
-        sni = upstream.host if upstream.scheme == "https" else None
-        return _Target(upstream.origin, (("host", upstream.host_header),), sni)
+        return _Target(f"{upstream.scheme}://{upstream.host_header}", upstream)
 
     async def _key(self, services: Services, user: User, provider: Provider) -> str:
         record = await services.store.get_key(user.id, provider.name)
@@ -169,8 +170,8 @@ class RelayEndpoint:
 @dataclasses.dataclass(frozen=True)
 class _Target:
     base_url: str
-    headers: tuple[tuple[str, str], ...] = ()
-    sni_hostname: str | None = None
+    pin: Upstream | None = None
+    """An upstream the client named: connections to its host go to the address checked."""
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
@@ -225,7 +226,6 @@ class _Exchange:
         method: str,
         url: str,
         headers: list[tuple[str, str]],
-        sni_hostname: str | None,
         body: bytes | None,
     ) -> None:
         """Send the request (`body` when it was already read, else the client's stream) and
@@ -239,8 +239,6 @@ class _Exchange:
                 "pool": settings.connect_timeout,
             }
         }
-        if sni_hostname is not None:
-            extensions["sni_hostname"] = sni_hostname
         with anyio.CancelScope() as cancel_scope:
             watcher = asyncio.create_task(self._watch_client(cancel_scope))
             try:

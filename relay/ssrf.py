@@ -23,6 +23,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL: Final = ipaddress.ip_network("64:ff9b:1::/48")
+# Special-purpose ranges that this Python's `ipaddress` does not know as such: deprecated
+# site-local (RFC 3879, still routed inside older networks) and documentation (RFC 9637).
+_NOT_GLOBAL: Final = tuple(ipaddress.ip_network(n) for n in ("fec0::/10", "3fff::/20"))
 _METADATA: Final = frozenset(
     ipaddress.ip_address(a) for a in ("169.254.169.254", "100.100.100.200", "fd00:ec2::254")
 )
@@ -30,7 +33,7 @@ _METADATA: Final = frozenset(
 
 def is_public_address(ip: IPAddress) -> bool:
     """True for a globally routable unicast address, judging embedded IPv4 by itself."""
-    if ip in _METADATA:
+    if ip in _METADATA or any(ip in net for net in _NOT_GLOBAL):
         return False
     if isinstance(ip, ipaddress.IPv6Address):
         embedded: ipaddress.IPv4Address | None = ip.ipv4_mapped or ip.sixtofour
@@ -144,7 +147,7 @@ class UpstreamPolicy:
             raise _bad("x-relay-base-url must resolve to a public address")
         # Plain http only to an upstream the operator named as private.
         named = f"{host}:{port}" in self._hosts
-        if parts.scheme != "https" and not named and all(map(is_public_address, addresses)):
+        if parts.scheme != "https" and not named and any(map(is_public_address, addresses)):
             raise _bad("x-relay-base-url must use https")
         return Upstream(parts.scheme, host, port, addresses[0])
 

@@ -8,6 +8,7 @@ from typing import Final
 import httpx
 
 from .config import Settings
+from .pinning import PinningTransport
 
 __all__ = ["SSE_HEADERS", "new_http_client", "response_headers"]
 
@@ -59,11 +60,10 @@ def new_http_client(settings: Settings) -> httpx.AsyncClient:
         write=settings.upstream_timeout,
         pool=settings.connect_timeout,
     )
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
     return httpx.AsyncClient(
         timeout=timeout,
-        limits=httpx.Limits(
-            max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30
-        ),
+        transport=PinningTransport(limits),
         follow_redirects=False,
         trust_env=False,
     )
