@@ -17,12 +17,12 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from backends import KeyStore, StoreError, StoreUnavailable
 
-from . import accounts, health, keys
+from . import accounts, discovery, health, keys, openapi
 from .config import Settings
 from .cors import CORSMiddleware
 from .errors import RelayError, error_body
 from .models import ModelPolicy
-from .proxy import RelayEndpoint
+from .proxy import ModelRelay, ProviderRelay
 from .ratelimit import GlobalLimitMiddleware
 from .services import Services, open_services
 from .ssrf import Resolver, UpstreamPolicy
@@ -105,20 +105,23 @@ def create_app(
         async with open_services(settings, store) as services:
             yield {"services": services}
 
-    relay = RelayEndpoint(
-        UpstreamPolicy(settings.private_upstreams, resolver), ModelPolicy(settings.allowed_models)
-    )
+    upstreams = UpstreamPolicy(settings.private_upstreams, resolver)
+    allowed_models = ModelPolicy(settings.allowed_models)
+    provider_relay = ProviderRelay(upstreams, allowed_models)
     routes = [
         Route("/health", health.health, methods=["GET"]),
         Route("/version", health.version, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/users", accounts.register, methods=["POST"]),
         Route("/users", accounts.delete_user, methods=["DELETE"]),
         Route("/tokens/revoke", accounts.revoke_token, methods=["POST"]),
         Route("/keys", keys.list_keys, methods=["GET"]),
         Route("/keys/{provider}", keys.store_key, methods=["POST"]),
         Route("/keys/{provider}", keys.delete_key, methods=["DELETE"]),
-        Route("/relay/{provider}", relay),
-        Route("/relay/{provider}/{path:path}", relay),
+        Route("/models", discovery.models, methods=["GET"]),
+        Route("/relay", ModelRelay(upstreams, allowed_models), methods=["POST"]),
+        Route("/relay/{provider}", provider_relay),
+        Route("/relay/{provider}/{path:path}", provider_relay),
     ]
     app = Starlette(
         routes=routes,

@@ -37,7 +37,10 @@ async def store_key(request: Request) -> JSONResponse:
     body = await read_json(request, services.settings.request_body_limit)
     value = next((body[f] for f in KEY_FIELDS if f in body), None)
     key = value.strip() if isinstance(value, str) else ""
-    if not MIN_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+    # Keys travel in HTTP headers: printable ASCII only.
+    if not MIN_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH or not (
+        key.isascii() and key.isprintable()
+    ):
         raise BadRequest("A valid API key is required", code="invalid_key")
     record = services.cipher.encrypt(key, user_id=user.id, provider=provider)
     await services.store.put_key(user.id, provider, record, now_ms())

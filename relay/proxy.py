@@ -36,15 +36,17 @@ from .errors import (
     RelayError,
     UpstreamError,
 )
+from .jsonedit import parse_object
 from .models import ModelPolicy, model_of
 from .paths import encode_path, normalize_path
 from .pinning import pinned
 from .providers import PROVIDERS, Provider, forwarded_request_headers
+from .routing import route_model
 from .services import Services
 from .ssrf import Upstream, UpstreamPolicy
 from .upstream import response_headers
 
-__all__ = ["RelayEndpoint", "unsupported_provider"]
+__all__ = ["ModelRelay", "ProviderRelay", "unsupported_provider"]
 
 logger = logging.getLogger("relay.proxy")
 
@@ -75,65 +77,43 @@ def _upstream_path(raw_path: bytes) -> str:
     return "/" + parts[3] if len(parts) > 3 else "/"
 
 
-class RelayEndpoint:
-    """The ASGI app behind the relay routes."""
+class _Relay:
+    """What both relay routes share: the caller, the upstream, the key, the exchange."""
 
     def __init__(self, policy: UpstreamPolicy, models: ModelPolicy) -> None:
         self._policy = policy
         self._models = models
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        services: Services = scope["state"]["services"]
-        settings = services.settings
-        method = scope["method"]
-        if method not in ("GET", "POST"):
-            raise MethodNotAllowed("Method not allowed", headers={"allow": "POST"})
-        provider = PROVIDERS.get(scope["path_params"]["provider"])
-        if provider is None:
-            raise unsupported_provider()
-        headers = Headers(scope=scope)
+    async def _caller(self, services: Services, headers: Headers) -> User:
         user, token_digest = await authenticate_digest(services, headers)
         await services.limiter.check("relay", token_digest)
+        return user
 
-        raw = _upstream_path(scope.get("raw_path") or scope["path"].encode())
-        path = normalize_path(raw)
-        if path is None or not provider.allows(path):
-            raise _forbidden_path(raw if path is None else path, provider.name)
-        if method == "GET" and not provider.allows_read(path):
-            raise MethodNotAllowed("Method not allowed", headers={"allow": "POST"})
-
-        length = headers.get("content-length")
-        if length is not None and (
-            not length.isdigit() or int(length) > settings.request_body_limit
-        ):
-            if not length.isdigit():
-                raise BadRequest("Invalid Content-Length header", code="invalid_content_length")
-            raise PayloadTooLarge()
-
-        body = None
-        if self._models.enabled and method == "POST":
-            # Only a model allowlist makes the relay read a body it otherwise only streams.
-            try:
-                body = await _read_body(receive, settings.request_body_limit)
-            except ClientGone:
-                return
-            model = model_of(
-                provider, path, scope["query_string"], headers.get("content-type", ""), body
-            )
-            self._models.check(model, provider.name)
-
-        target = await self._target(services, provider, headers)
-        key = await self._key(services, user, provider)
-        url = target.base_url + encode_path(path) + _query(provider, path, scope["query_string"])
+    async def _forward(
+        self,
+        request: _Request,
+        provider: Provider,
+        path: str,
+        query: bytes,
+        body: bytes | None,
+    ) -> None:
+        """Send the request to `provider` at `path` and relay the answer. `body` is the
+        request body when it was already read; otherwise the client's stream is forwarded."""
+        services, scope = request.services, request.scope
+        target = await self._target(services, provider, request.headers)
+        key = await self._key(services, request.user, provider)
+        url = target.base_url + encode_path(path) + _query(provider, path, query)
         outgoing = forwarded_request_headers(provider, _first_values(scope), key)
-        if length is not None:
+        length = request.headers.get("content-length")
+        if body is None and length is not None:
             outgoing.append(("content-length", length))
-        exchange = _Exchange(services, scope, receive, send, provider)
+        shown = [(b"x-relay-provider", provider.name.encode()), (b"x-relay-key-hint", _hint(key))]
+        exchange = _Exchange(services, scope, request.receive, request.send, provider, shown)
         if target.pin is None:
-            await exchange.run(method, url, outgoing, body)
+            await exchange.run(scope["method"], url, outgoing, body)
             return
         with pinned(target.pin.host, str(target.pin.address)):
-            await exchange.run(method, url, outgoing, body)
+            await exchange.run(scope["method"], url, outgoing, body)
 
     async def _target(self, services: Services, provider: Provider, headers: Headers) -> _Target:
         if provider.base_url:
@@ -165,6 +145,99 @@ class RelayEndpoint:
                 code="key_unreadable",
                 status=500,
             ) from None
+
+
+class ProviderRelay(_Relay):
+    """`/relay/{provider}/{path}`: the provider's own API, path and all."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services: Services = scope["state"]["services"]
+        method = scope["method"]
+        if method not in ("GET", "POST"):
+            raise MethodNotAllowed("Method not allowed", headers={"allow": "POST"})
+        provider = PROVIDERS.get(scope["path_params"]["provider"])
+        if provider is None:
+            raise unsupported_provider()
+        headers = Headers(scope=scope)
+        user = await self._caller(services, headers)
+
+        raw = _upstream_path(scope.get("raw_path") or scope["path"].encode())
+        path = normalize_path(raw)
+        if path is None or not provider.allows(path):
+            raise _forbidden_path(raw if path is None else path, provider.name)
+        if method == "GET" and not provider.allows_read(path):
+            raise MethodNotAllowed("Method not allowed", headers={"allow": "POST"})
+        _check_length(headers, services.settings.request_body_limit)
+
+        body = None
+        if self._models.enabled and method == "POST":
+            # Only a model allowlist makes the relay read a body it otherwise only streams.
+            try:
+                body = await _read_body(receive, services.settings.request_body_limit)
+            except ClientGone:
+                return
+            content_type = headers.get("content-type", "")
+            model = model_of(provider, path, scope["query_string"], content_type, body)
+            self._models.check(model, provider.name)
+        request = _Request(services, scope, receive, send, headers, user)
+        await self._forward(request, provider, path, scope["query_string"], body)
+
+
+class ModelRelay(_Relay):
+    """`POST /relay`: one endpoint for every model; the body's `model` picks the provider."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services: Services = scope["state"]["services"]
+        headers = Headers(scope=scope)
+        user = await self._caller(services, headers)
+        _check_length(headers, services.settings.request_body_limit)
+        try:
+            raw = await _read_body(receive, services.settings.request_body_limit)
+        except ClientGone:
+            return
+        try:
+            body = parse_object(raw)
+        except ValueError:
+            raise BadRequest("Request body must be a JSON object", code="invalid_json") from None
+        models, streams = body.values("model"), body.values("stream")
+        if len(models) > 1 or len(streams) > 1:
+            raise BadRequest("model and stream may each be given once", code="invalid_json")
+        routed = route_model(models[0] if models else None, stream=streams == [True])
+        provider = PROVIDERS[routed.provider]
+        if not provider.allows(routed.path):
+            raise _forbidden_path(routed.path, provider.name)
+        self._models.check(routed.model, provider.name)
+        if provider.model_in != "body:model":  # Google: the model is in the path
+            body = body.remove("model").remove("stream")
+        elif routed.model != models[0]:
+            body = body.replace("model", routed.model)
+        request = _Request(services, scope, receive, send, headers, user)
+        await self._forward(request, provider, routed.path, b"", body.encode())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    services: Services
+    scope: Scope
+    receive: Receive
+    send: Send
+    headers: Headers
+    user: User
+
+
+def _check_length(headers: Headers, limit: int) -> None:
+    length = headers.get("content-length")
+    if length is None:
+        return
+    if not length.isdigit():
+        raise BadRequest("Invalid Content-Length header", code="invalid_content_length")
+    if int(length) > limit:
+        raise PayloadTooLarge()
+
+
+def _hint(key: str) -> bytes:
+    """Enough of a key for a person to tell which of theirs it is: `sk-...a1b2`."""
+    return f"{key[:3]}...{key[-4:]}".encode() if len(key) >= 16 else f"...{key[-2:]}".encode()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,8 +284,15 @@ class _Exchange:
     """One relayed request: body up, response down, the client watched throughout."""
 
     def __init__(
-        self, services: Services, scope: Scope, receive: Receive, send: Send, provider: Provider
+        self,
+        services: Services,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        provider: Provider,
+        shown: list[tuple[bytes, bytes]],
     ) -> None:
+        self.shown = shown
         self.services = services
         self.scope = scope
         self.receive = receive
@@ -319,7 +399,7 @@ class _Exchange:
             {
                 "type": "http.response.start",
                 "status": response.status_code,
-                "headers": response_headers(response.headers.raw, sse=sse),
+                "headers": response_headers(response.headers.raw, sse=sse) + self.shown,
             }
         )
         chunks = response.aiter_raw()
