@@ -5,10 +5,22 @@ from __future__ import annotations
 import importlib
 from typing import Final
 
-from .base import KeyStore, StoreError, StoreOptions, StoreUnavailable, User
+from .base import (
+    KEY_STATUSES,
+    KeyInfo,
+    KeyMeta,
+    KeyStore,
+    StoreError,
+    StoreOptions,
+    StoreUnavailable,
+    User,
+)
 
 __all__ = [
+    "KEY_STATUSES",
     "SCHEMES",
+    "KeyInfo",
+    "KeyMeta",
     "KeyStore",
     "StoreError",
     "StoreOptions",

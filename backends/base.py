@@ -15,7 +15,19 @@ import abc
 import dataclasses
 from collections.abc import AsyncIterator
 
-__all__ = ["KeyStore", "StoreError", "StoreOptions", "StoreUnavailable", "User"]
+__all__ = [
+    "KEY_STATUSES",
+    "UNVERIFIED",
+    "KeyInfo",
+    "KeyMeta",
+    "KeyStore",
+    "StoreError",
+    "StoreOptions",
+    "StoreUnavailable",
+    "User",
+]
+
+KEY_STATUSES = ("ok", "unverified", "invalid", "no_credit")
 
 
 class StoreError(Exception):
@@ -51,6 +63,32 @@ class User:
     """Epoch milliseconds at which the token was revoked; None: it was not."""
 
 
+@dataclasses.dataclass(frozen=True)
+class KeyMeta:
+    """What is known about a key besides its record; nothing secret (`hint` is a few
+    characters a person recognises their key by)."""
+
+    hint: str = ""
+    status: str = "unverified"
+    """One of `KEY_STATUSES`."""
+    verified_at: int | None = None
+
+
+UNVERIFIED = KeyMeta()
+"""The metadata of a key stored without any (no hint, never verified)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyInfo:
+    provider: str
+    hint: str
+    status: str
+    created_at: int
+    updated_at: int
+    verified_at: int | None
+    last_used_at: int | None
+
+
 class KeyStore(abc.ABC):
     @abc.abstractmethod
     async def create_user(self, user: User, token_hash: str) -> None:
@@ -78,12 +116,16 @@ class KeyStore(abc.ABC):
         """Erase the user and every key record of theirs, atomically. A missing user is a no-op."""
 
     @abc.abstractmethod
-    async def put_key(self, user_id: str, provider: str, record: bytes, at: int) -> bool:
-        """Store `record` as the user's key for `provider`, replacing any earlier one atomically.
+    async def put_key(
+        self, user_id: str, provider: str, record: bytes, at: int, meta: KeyMeta = UNVERIFIED
+    ) -> bool:
+        """Store `record` and its `meta` as the user's key for `provider`, replacing any earlier
+        one atomically (its `last_used_at` starts again at None).
 
         Returns True when a record was replaced, False when none existed. Concurrent writers
         to the same (user, provider) never interleave: the last write wins whole.
         `at` (epoch ms) becomes `updated_at`, and `created_at` for a new record.
+        A missing user raises `StoreError`.
         """
 
     @abc.abstractmethod
@@ -91,8 +133,22 @@ class KeyStore(abc.ABC):
         """The record stored for (user, provider), or None. One round trip to the server."""
 
     @abc.abstractmethod
-    async def list_providers(self, user_id: str) -> list[str]:
-        """The providers the user has a key for, sorted; `[]` for a missing user."""
+    async def list_keys(self, user_id: str) -> list[KeyInfo]:
+        """What is known about each of the user's keys, sorted by provider; `[]` for a missing
+        user. Never a record."""
+
+    @abc.abstractmethod
+    async def set_key_status(
+        self, user_id: str, provider: str, record: bytes, status: str, verified_at: int | None
+    ) -> bool:
+        """Set the key's status (and `verified_at`, when given) only if its record is still
+        exactly `record`: a key replaced meanwhile keeps its own status. False when it was
+        replaced or deleted."""
+
+    @abc.abstractmethod
+    async def touch_key(self, user_id: str, provider: str, at: int) -> None:
+        """Record that the key was used at `at` (epoch ms); a missing key is a no-op. Callers
+        throttle this: it is not meant to be written on every request."""
 
     @abc.abstractmethod
     async def delete_key(self, user_id: str, provider: str) -> bool:

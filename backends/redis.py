@@ -6,6 +6,7 @@ Layout, for namespace `ns`:
                               revoked_at?): found by its token in one HGETALL
     ns:user:<user id>         the user's token digest, to reach the record above by id
     ns:keys:<user id>         hash: provider -> key entry
+    ns:keyinfo:<user id>      hash: "<provider>:hint|status|verified_at|last_used_at" -> value
 
 A key entry is `0x01 | created_at (8 bytes) | updated_at (8 bytes) | record`. Every write that
 touches more than one key is one Lua script, so it is atomic; the store needs no migrations,
@@ -27,7 +28,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import KeyStore, StoreError, StoreOptions, StoreUnavailable, User
+from .base import (
+    UNVERIFIED,
+    KeyInfo,
+    KeyMeta,
+    KeyStore,
+    StoreError,
+    StoreOptions,
+    StoreUnavailable,
+    User,
+)
 
 __all__ = ["RedisStore", "connect"]
 
@@ -47,22 +57,49 @@ local digest = redis.call('GET', KEYS[1])
 if not digest then return 0 end
 return redis.call('HSETNX', ARGV[1] .. digest, 'revoked_at', ARGV[2])
 """
-# KEYS: user key, keys hash. ARGV: token key prefix.
+# KEYS: user key, keys hash, key info hash. ARGV: token key prefix.
 _DELETE_USER: Final = """
 local digest = redis.call('GET', KEYS[1])
 if digest then redis.call('DEL', ARGV[1] .. digest) end
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 return 1
 """
-# KEYS: user key, keys hash. ARGV: provider, entry. Keeps the first created_at (bytes 2-9).
+# KEYS: user key, keys hash, key info hash. ARGV: provider, entry, hint, status, verified_at
+# ('' for none). Keeps the first created_at (bytes 2-9 of the entry).
 _PUT_KEY: Final = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local old = redis.call('HGET', KEYS[2], ARGV[1])
+local p = ARGV[1]
+local old = redis.call('HGET', KEYS[2], p)
 local entry = ARGV[2]
 if old then entry = string.sub(entry, 1, 1) .. string.sub(old, 2, 9) .. string.sub(entry, 10) end
-redis.call('HSET', KEYS[2], ARGV[1], entry)
+redis.call('HSET', KEYS[2], p, entry)
+redis.call('HSET', KEYS[3], p .. ':hint', ARGV[3], p .. ':status', ARGV[4])
+redis.call('HDEL', KEYS[3], p .. ':last_used_at', p .. ':verified_at')
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], p .. ':verified_at', ARGV[5]) end
 if old then return 1 end
 return 0
+"""
+# KEYS: keys hash, key info hash. ARGV: provider.
+_DELETE_KEY: Final = """
+local p = ARGV[1]
+redis.call('HDEL', KEYS[2], p .. ':hint', p .. ':status', p .. ':verified_at', p .. ':last_used_at')
+return redis.call('HDEL', KEYS[1], p)
+"""
+# KEYS: keys hash, key info hash. ARGV: provider, record, status, verified_at ('' to keep).
+_SET_STATUS: Final = """
+local p = ARGV[1]
+local entry = redis.call('HGET', KEYS[1], p)
+if not entry or string.sub(entry, 18) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], p .. ':status', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], p .. ':verified_at', ARGV[4]) end
+return 1
+"""
+# KEYS: keys hash, key info hash. ARGV: provider, at.
+_TOUCH: Final = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[1] .. ':last_used_at', ARGV[2])
+end
+return 1
 """
 
 
@@ -154,6 +191,9 @@ class RedisStore(KeyStore):
         self._delete_user = client.register_script(_DELETE_USER)
         self._put_key = client.register_script(_PUT_KEY)
         self._replace_key = client.register_script(_REPLACE_KEY)
+        self._delete_key = client.register_script(_DELETE_KEY)
+        self._set_status = client.register_script(_SET_STATUS)
+        self._touch = client.register_script(_TOUCH)
 
     @classmethod
     def from_url(cls, url: str, options: StoreOptions | None = None) -> RedisStore:
@@ -168,6 +208,9 @@ class RedisStore(KeyStore):
 
     def _keys_key(self, user_id: str) -> str:
         return f"{self._ns}:keys:{user_id}"
+
+    def _key_hashes(self, user_id: str) -> list[str]:
+        return [f"{self._ns}:keys:{user_id}", f"{self._ns}:keyinfo:{user_id}"]
 
     async def create_user(self, user: User, token_hash: str) -> None:
         with _translate("create_user"):
@@ -190,14 +233,19 @@ class RedisStore(KeyStore):
     async def delete_user(self, user_id: str) -> None:
         with _translate("delete_user"):
             await self._delete_user(
-                keys=[self._user_key(user_id), self._keys_key(user_id)], args=[f"{self._ns}:token:"]
+                keys=[self._user_key(user_id), *self._key_hashes(user_id)],
+                args=[f"{self._ns}:token:"],
             )
 
-    async def put_key(self, user_id: str, provider: str, record: bytes, at: int) -> bool:
+    async def put_key(
+        self, user_id: str, provider: str, record: bytes, at: int, meta: KeyMeta = UNVERIFIED
+    ) -> bool:
         entry = _ENTRY.pack(RECORD_VERSION, at, at) + record
+        verified = "" if meta.verified_at is None else str(meta.verified_at)
         with _translate("put_key"):
             result = await self._put_key(
-                keys=[self._user_key(user_id), self._keys_key(user_id)], args=[provider, entry]
+                keys=[self._user_key(user_id), *self._key_hashes(user_id)],
+                args=[provider, entry, meta.hint, meta.status, verified],
             )
         if result == -1:
             raise StoreError("put_key: no such user")
@@ -214,14 +262,54 @@ class RedisStore(KeyStore):
             raise StoreError("get_key: key entry of unknown format")
         return entry[_ENTRY.size :]
 
-    async def list_providers(self, user_id: str) -> list[str]:
-        with _translate("list_providers"):
-            names = await self._redis.hkeys(self._keys_key(user_id))
-        return sorted(_text(n) for n in names)
+    async def list_keys(self, user_id: str) -> list[KeyInfo]:
+        entries_key, info_key = self._key_hashes(user_id)
+        with _translate("list_keys"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(entries_key)
+                pipe.hgetall(info_key)
+                entries, info = await pipe.execute()
+        fields = {_text(k): _text(v) for k, v in info.items()}
+
+        def number(provider: str, name: str) -> int | None:
+            value = fields.get(f"{provider}:{name}")
+            return None if value is None else int(value)
+
+        found = []
+        for raw_provider, entry in entries.items():
+            provider = _text(raw_provider)
+            _, created_at, updated_at = _ENTRY.unpack_from(entry)
+            found.append(
+                KeyInfo(
+                    provider=provider,
+                    hint=fields.get(f"{provider}:hint", ""),
+                    status=fields.get(f"{provider}:status", "unverified"),
+                    created_at=created_at,
+                    updated_at=updated_at,
+                    verified_at=number(provider, "verified_at"),
+                    last_used_at=number(provider, "last_used_at"),
+                )
+            )
+        return sorted(found, key=lambda k: k.provider)
+
+    async def set_key_status(
+        self, user_id: str, provider: str, record: bytes, status: str, verified_at: int | None
+    ) -> bool:
+        verified = "" if verified_at is None else str(verified_at)
+        with _translate("set_key_status"):
+            return bool(
+                await self._set_status(
+                    keys=self._key_hashes(user_id), args=[provider, record, status, verified]
+                )
+            )
+
+    async def touch_key(self, user_id: str, provider: str, at: int) -> None:
+        with _translate("touch_key"):
+            await self._touch(keys=self._key_hashes(user_id), args=[provider, at])
 
     async def delete_key(self, user_id: str, provider: str) -> bool:
         with _translate("delete_key"):
-            return bool(await self._redis.hdel(self._keys_key(user_id), provider))
+            return bool(await self._delete_key(keys=self._key_hashes(user_id), args=[provider]))
 
     async def iter_keys(self, batch: int = 500) -> AsyncIterator[tuple[str, str, bytes]]:
         prefix = f"{self._ns}:keys:"

@@ -19,10 +19,29 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import Executable
 
-from .base import KeyStore, StoreError, StoreOptions, StoreUnavailable, User
+from .base import (
+    UNVERIFIED,
+    KeyInfo,
+    KeyMeta,
+    KeyStore,
+    StoreError,
+    StoreOptions,
+    StoreUnavailable,
+    User,
+)
 from .tables import keys, users
 
 __all__ = ["SQLStore", "async_url", "ensure_sqlite_directory"]
+
+_INFO_COLUMNS = (
+    "provider",
+    "hint",
+    "status",
+    "created_at",
+    "updated_at",
+    "verified_at",
+    "last_used_at",
+)
 
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -167,15 +186,25 @@ class SQLStore(KeyStore):
             await conn.execute(delete(keys).where(keys.c.user_id == user_id))
             await conn.execute(delete(users).where(users.c.id == user_id))
 
-    async def put_key(self, user_id: str, provider: str, record: bytes, at: int) -> bool:
+    async def put_key(
+        self, user_id: str, provider: str, record: bytes, at: int, meta: KeyMeta = UNVERIFIED
+    ) -> bool:
         # Update first, insert only when there was nothing to update. Each statement is atomic,
         # and `ON CONFLICT DO NOTHING` waits for a concurrent inserter instead of failing, so
         # exactly one of several racing writers reports "created" and the last write wins whole.
         where = (keys.c.user_id == user_id) & (keys.c.provider == provider)
-        replace = update(keys).where(where).values(record=record, updated_at=at)
+        values = {
+            "record": record,
+            "updated_at": at,
+            "hint": meta.hint,
+            "status": meta.status,
+            "verified_at": meta.verified_at,
+            "last_used_at": None,
+        }
+        replace = update(keys).where(where).values(values)
         create = (
             self._insert(keys)
-            .values(user_id=user_id, provider=provider, record=record, created_at=at, updated_at=at)
+            .values(user_id=user_id, provider=provider, created_at=at, **values)
             .on_conflict_do_nothing(index_elements=[keys.c.user_id, keys.c.provider])
         )
         try:
@@ -194,9 +223,34 @@ class SQLStore(KeyStore):
         rows = await self._rows("get_key", query)
         return bytes(rows[0][0]) if rows else None
 
-    async def list_providers(self, user_id: str) -> list[str]:
-        query = select(keys.c.provider).where(keys.c.user_id == user_id).order_by(keys.c.provider)
-        return [row[0] for row in await self._rows("list_providers", query)]
+    async def list_keys(self, user_id: str) -> list[KeyInfo]:
+        columns = [keys.c[name] for name in _INFO_COLUMNS]
+        query = select(*columns).where(keys.c.user_id == user_id).order_by(keys.c.provider)
+        rows = await self._rows("list_keys", query)
+        return [KeyInfo(**{name: row._mapping[name] for name in _INFO_COLUMNS}) for row in rows]
+
+    async def set_key_status(
+        self, user_id: str, provider: str, record: bytes, status: str, verified_at: int | None
+    ) -> bool:
+        values: dict[str, object] = {"status": status}
+        if verified_at is not None:
+            values["verified_at"] = verified_at
+        statement = (
+            update(keys)
+            .where(keys.c.user_id == user_id, keys.c.provider == provider, keys.c.record == record)
+            .values(values)
+        )
+        async with self._begin("set_key_status") as conn:
+            return bool((await conn.execute(statement)).rowcount)
+
+    async def touch_key(self, user_id: str, provider: str, at: int) -> None:
+        statement = (
+            update(keys)
+            .where(keys.c.user_id == user_id, keys.c.provider == provider)
+            .values(last_used_at=at)
+        )
+        async with self._begin("touch_key") as conn:
+            await conn.execute(statement)
 
     async def delete_key(self, user_id: str, provider: str) -> bool:
         statement = delete(keys).where(keys.c.user_id == user_id, keys.c.provider == provider)

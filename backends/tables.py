@@ -49,6 +49,10 @@ keys = Table(
     Column("record", LargeBinary, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    Column("hint", String(32), nullable=False, server_default=""),
+    Column("status", String(16), nullable=False, server_default="unverified"),
+    Column("verified_at", BigInteger, nullable=True),
+    Column("last_used_at", BigInteger, nullable=True),
 )
 
 Index("ix_users_app_id", users.c.app_id)

@@ -5,12 +5,17 @@ Keys go in, encrypted; only provider names ever come out.
 
 from __future__ import annotations
 
+import dataclasses
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+from backends import KeyMeta
 
 from .auth import authenticate, now_ms
 from .bodies import read_json
 from .errors import BadRequest
+from .keyhealth import key_hint
 from .providers import PROVIDERS
 from .proxy import unsupported_provider
 from .services import Services
@@ -43,14 +48,20 @@ async def store_key(request: Request) -> JSONResponse:
     ):
         raise BadRequest("A valid API key is required", code="invalid_key")
     record = services.cipher.encrypt(key, user_id=user.id, provider=provider)
-    await services.store.put_key(user.id, provider, record, now_ms())
+    await services.store.put_key(user.id, provider, record, now_ms(), KeyMeta(key_hint(key)))
     return JSONResponse({"ok": True, "provider": provider})
 
 
 async def list_keys(request: Request) -> JSONResponse:
     services: Services = request.state.services
     user = await authenticate(services, request.headers)
-    return JSONResponse({"providers": await services.store.list_providers(user.id)})
+    keys = await services.store.list_keys(user.id)
+    return JSONResponse(
+        {
+            "providers": [k.provider for k in keys],
+            "keys": [dataclasses.asdict(k) for k in keys],
+        }
+    )
 
 
 async def delete_key(request: Request) -> JSONResponse:

@@ -36,7 +36,7 @@ ERROR_RESPONSES: Final[Mapping[int, tuple[str, str]]] = {
     429: ("TooManyRequests", "A rate limit was reached; retry after `Retry-After` seconds."),
     500: ("InternalError", "An unexpected error, for this request only (never a traceback)."),
     502: ("BadGateway", "The AI provider could not be reached."),
-    503: ("ServiceUnavailable", "The key store is unavailable; retry shortly."),
+    503: ("ServiceUnavailable", "The key store or the rate limiter is down; retry shortly."),
     504: ("GatewayTimeout", "The AI provider timed out before answering."),
 }
 # What any request may meet, whatever the endpoint.

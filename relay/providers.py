@@ -174,31 +174,36 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
 }
 
 
-def _clean(value: str) -> str:
-    """Header values lose CR, LF and NUL: nothing a client sends can split a header."""
-    return value.replace("\r", "").replace("\n", "").replace("\0", "")
+def _clean(value: str) -> bytes:
+    """A header value as the bytes the client sent, less CR, LF and NUL: nothing a client
+    sends can split a header, and non-ASCII bytes pass as they came."""
+    return value.replace("\r", "").replace("\n", "").replace("\0", "").encode("latin-1")
 
 
 def forwarded_request_headers(
     provider: Provider, client_headers: Mapping[str, str], key: str
-) -> list[tuple[str, str]]:
+) -> list[tuple[bytes, bytes]]:
     """The headers sent upstream: the allowlisted client headers, the defaults, the stored key.
 
     `client_headers` maps lower-cased names to values. Nothing else the client sent (its
     `Authorization`, `x-relay-token`, cookies, hop-by-hop headers) is ever forwarded.
     """
-    out: list[tuple[str, str]] = []
+    out: list[tuple[bytes, bytes]] = []
     for name in COMMON_REQUEST_HEADERS:
         value = client_headers.get(name)
         if value is not None:
-            out.append((name, _clean(value)))
+            out.append((name.encode(), _clean(value)))
     for upstream_name, client_names in provider.forwarded_headers:
         for client_name in client_names:
             value = client_headers.get(client_name)
             if value is not None:
-                out.append((upstream_name, _clean(value)))
+                out.append((upstream_name.encode(), _clean(value)))
                 break
     sent = {name for name, _ in out}
-    out.extend((name, value) for name, value in provider.default_headers if name not in sent)
-    out.append((provider.auth_header, provider.auth_prefix + key))
+    out.extend(
+        (name.encode(), value.encode())
+        for name, value in provider.default_headers
+        if name.encode() not in sent
+    )
+    out.append((provider.auth_header.encode(), (provider.auth_prefix + key).encode()))
     return out

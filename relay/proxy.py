@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 import anyio
@@ -37,6 +37,7 @@ from .errors import (
     UpstreamError,
 )
 from .jsonedit import parse_object
+from .keyhealth import key_hint
 from .models import ModelPolicy, model_of
 from .paths import encode_path, normalize_path
 from .pinning import pinned
@@ -101,14 +102,23 @@ class _Relay:
         request body when it was already read; otherwise the client's stream is forwarded."""
         services, scope = request.services, request.scope
         target = await self._target(services, provider, request.headers)
-        key = await self._key(services, request.user, provider)
+        record, key = await self._key(services, request.user, provider)
         url = target.base_url + encode_path(path) + _query(provider, path, query)
         outgoing = forwarded_request_headers(provider, _first_values(scope), key)
         length = request.headers.get("content-length")
         if body is None and length is not None:
-            outgoing.append(("content-length", length))
-        shown = [(b"x-relay-provider", provider.name.encode()), (b"x-relay-key-hint", _hint(key))]
-        exchange = _Exchange(services, scope, request.receive, request.send, provider, shown)
+            outgoing.append((b"content-length", length.encode()))
+        shown = [
+            (b"x-relay-provider", provider.name.encode()),
+            (b"x-relay-key-hint", key_hint(key).encode()),
+        ]
+
+        def answered(status_code: int) -> None:
+            services.key_health.observe(request.user.id, provider.name, record, status_code)
+
+        exchange = _Exchange(
+            services, scope, request.receive, request.send, provider, shown, answered
+        )
         if target.pin is None:
             await exchange.run(scope["method"], url, outgoing, body)
             return
@@ -125,7 +135,8 @@ class _Relay:
         upstream = await self._policy.resolve(headers.get("x-relay-base-url"))
         return _Target(f"{upstream.scheme}://{upstream.host_header}", upstream)
 
-    async def _key(self, services: Services, user: User, provider: Provider) -> str:
+    async def _key(self, services: Services, user: User, provider: Provider) -> tuple[bytes, str]:
+        """The stored record and the key it seals."""
         record = await services.store.get_key(user.id, provider.name)
         if record is None:
             name = provider.name
@@ -133,7 +144,7 @@ class _Relay:
                 f'No API key stored for provider "{name}". POST /keys/{name} first.', code="no_key"
             )
         try:
-            return services.cipher.decrypt(record, user_id=user.id, provider=provider.name)
+            return record, services.cipher.decrypt(record, user_id=user.id, provider=provider.name)
         except DecryptionError:
             logger.error(
                 "stored key could not be decrypted",
@@ -235,11 +246,6 @@ def _check_length(headers: Headers, limit: int) -> None:
         raise PayloadTooLarge()
 
 
-def _hint(key: str) -> bytes:
-    """Enough of a key for a person to tell which of theirs it is: `sk-...a1b2`."""
-    return f"{key[:3]}...{key[-4:]}".encode() if len(key) >= 16 else f"...{key[-2:]}".encode()
-
-
 @dataclasses.dataclass(frozen=True)
 class _Target:
     base_url: str
@@ -291,8 +297,10 @@ class _Exchange:
         send: Send,
         provider: Provider,
         shown: list[tuple[bytes, bytes]],
+        answered: Callable[[int], None],
     ) -> None:
         self.shown = shown
+        self.answered = answered
         self.services = services
         self.scope = scope
         self.receive = receive
@@ -305,7 +313,7 @@ class _Exchange:
         self,
         method: str,
         url: str,
-        headers: list[tuple[str, str]],
+        headers: list[tuple[bytes, bytes]],
         body: bytes | None,
     ) -> None:
         """Send the request (`body` when it was already read, else the client's stream) and
@@ -395,6 +403,7 @@ class _Exchange:
         settings = self.services.settings
         content_type = response.headers.get("content-type", "")
         sse = content_type.startswith("text/event-stream")
+        self.answered(response.status_code)
         await self.send(
             {
                 "type": "http.response.start",

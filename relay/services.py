@@ -13,8 +13,10 @@ import httpx
 
 from backends import KeyStore, StoreOptions, open_store, url_scheme
 
+from .background import Background
 from .config import Settings
 from .crypto import KeyCipher
+from .keyhealth import KeyHealth
 from .ratelimit import Limit, RateLimiter
 from .tokens import TokenHasher
 from .upstream import new_http_client
@@ -32,6 +34,8 @@ class Services:
     tokens: TokenHasher
     http: httpx.AsyncClient
     limiter: RateLimiter
+    background: Background
+    key_health: KeyHealth
     started_at: float
 
 
@@ -95,6 +99,11 @@ async def open_services(
             store = open_store(database_url, store_options(settings))
             stack.push_async_callback(store.close)
         http = await stack.enter_async_context(new_http_client(settings))
+        background = Background()
+        stack.push_async_callback(background.close)
         if settings.app_secret is None:
             logger.warning("APP_SECRET is not set: anyone can register with POST /users")
-        yield Services(settings, store, cipher, tokens, http, limiter, time.time())
+        key_health = KeyHealth(store, background)
+        yield Services(
+            settings, store, cipher, tokens, http, limiter, background, key_health, time.time()
+        )

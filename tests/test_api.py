@@ -246,7 +246,7 @@ def test_register_returns_token_expiring_in_90_days(client: httpx.Client) -> Non
     assert before + NINETY_DAYS_MS - 5000 <= body["expires_at"] <= after + NINETY_DAYS_MS + 5000
     assert "no-store" in response.headers.get("cache-control", "")
     assert "set-cookie" not in response.headers  # the token is never a cookie
-    assert assert_json(client.get("/keys", headers=auth(body["token"]))) == {"providers": []}
+    assert assert_json(client.get("/keys", headers=auth(body["token"])))["providers"] == []
 
 
 def test_register_gives_a_new_token_each_time(client: httpx.Client) -> None:
@@ -334,7 +334,7 @@ def test_app_secret_gates_registration(make_relay: Callable[..., RelayServer]) -
                 failures.append(f"{name}: {exc}")
         assert not failures, failures
         token = register(c, authorization=f"Bearer {secret}")
-        assert assert_json(c.get("/keys", headers=auth(token))) == {"providers": []}
+        assert assert_json(c.get("/keys", headers=auth(token)))["providers"] == []
         # The gate is only on registration.
         assert_json(c.get("/health"))
 
@@ -403,16 +403,30 @@ def test_store_and_list_keys(client: httpx.Client) -> None:
         response = client.post(f"/keys/{provider}", json={"key": A_VALID_KEY}, headers=auth(token))
         assert assert_json(response) == {"ok": True, "provider": provider}
     listed = assert_json(client.get("/keys", headers=auth(token)))
-    assert listed == {"providers": ["anthropic", "deepgram", "groq", "openai", "openai-compatible"]}
+    assert listed["providers"] == ["anthropic", "deepgram", "groq", "openai", "openai-compatible"]
 
 
 def test_list_keys_of_user_with_every_provider(
     client: httpx.Client, user: tuple[str, dict[str, str]]
 ) -> None:
-    token, _ = user
-    assert assert_json(client.get("/keys", headers=auth(token))) == {
-        "providers": sorted(PROVIDER_NAMES)
-    }
+    token, keys = user
+    listed = assert_json(client.get("/keys", headers=auth(token)))
+    assert listed["providers"] == sorted(PROVIDER_NAMES)
+    assert [k["provider"] for k in listed["keys"]] == sorted(PROVIDER_NAMES)
+    for entry in listed["keys"]:
+        key = keys[entry["provider"]]
+        assert set(entry) == {
+            "provider",
+            "hint",
+            "status",
+            "created_at",
+            "updated_at",
+            "verified_at",
+            "last_used_at",
+        }
+        assert entry["hint"] == f"{key[:3]}...{key[-4:]}"  # the hint, and nothing more
+        assert entry["status"] == "unverified"
+        assert entry["created_at"] == entry["updated_at"]
 
 
 @pytest.mark.parametrize("field", ["key", "apiKey", "api_key"])
@@ -434,7 +448,7 @@ def test_storing_again_replaces_the_key(client: httpx.Client, mock: MockProvider
     store_key(client, token, "openai", "sk-first-0123456789")
     store_key(client, token, "openai", "sk-second-0123456789")
     assert upstream_authorization(client, mock, token) == "Bearer sk-second-0123456789"
-    assert assert_json(client.get("/keys", headers=auth(token))) == {"providers": ["openai"]}
+    assert assert_json(client.get("/keys", headers=auth(token)))["providers"] == ["openai"]
 
 
 def test_ten_character_key_is_enough(client: httpx.Client, mock: MockProvider) -> None:
@@ -448,7 +462,7 @@ def test_store_key_for_unsupported_provider(client: httpx.Client, provider: str)
     token = register(client)
     response = client.post(f"/keys/{provider}", json={"key": A_VALID_KEY}, headers=auth(token))
     assert_error(response, 400, UNSUPPORTED_PROVIDER)
-    assert assert_json(client.get("/keys", headers=auth(token))) == {"providers": []}
+    assert assert_json(client.get("/keys", headers=auth(token)))["providers"] == []
 
 
 @pytest.mark.parametrize(
@@ -484,7 +498,7 @@ def test_delete_key_is_idempotent(client: httpx.Client) -> None:
     store_key(client, token, "groq", A_VALID_KEY)
     for _ in range(2):
         assert assert_json(client.delete("/keys/openai", headers=auth(token))) == {"ok": True}
-        assert assert_json(client.get("/keys", headers=auth(token))) == {"providers": ["groq"]}
+        assert assert_json(client.get("/keys", headers=auth(token)))["providers"] == ["groq"]
     # A provider that never had a key.
     assert assert_json(client.delete("/keys/mistral", headers=auth(token))) == {"ok": True}
     response = client.post(CHAT_PATH, json=CHAT_BODY, headers=auth(token))
@@ -549,7 +563,7 @@ def test_revoke_token(
     assert_token_dead(client, token)
     assert mock.requests == []
     # Other users are unaffected.
-    assert assert_json(client.get("/keys", headers=auth(other))) == {"providers": ["openai"]}
+    assert assert_json(client.get("/keys", headers=auth(other)))["providers"] == ["openai"]
     assert upstream_authorization(client, mock, other) == "Bearer sk-other-user-0123456789"
 
 
@@ -566,7 +580,7 @@ def test_delete_user(
     mock.clear()
     assert_token_dead(client, token)
     assert mock.requests == []
-    assert assert_json(client.get("/keys", headers=auth(other))) == {"providers": ["openai"]}
+    assert assert_json(client.get("/keys", headers=auth(other)))["providers"] == ["openai"]
     assert upstream_authorization(client, mock, other) == "Bearer sk-other-user-0123456789"
 
 
@@ -631,7 +645,7 @@ def test_store_key_malformed_json(client: httpx.Client, content: bytes) -> None:
     token = register(client)
     headers = {**auth(token), "content-type": "application/json"}
     assert_error(client.post("/keys/openai", content=content, headers=headers), 400)
-    assert assert_json(client.get("/keys", headers=auth(token))) == {"providers": []}
+    assert assert_json(client.get("/keys", headers=auth(token)))["providers"] == []
 
 
 # ---- body limit ----------------------------------------------------------------------------

@@ -135,3 +135,22 @@ def test_unauthenticated_bodies_are_never_read(
 
         chunked = client.post("/users", content=trickle())
         assert chunked.status_code == 413
+
+
+def test_non_ascii_header_bytes_pass_as_sent(relay: RelayServer, mock: MockProvider) -> None:
+    """Bytes 0x80-0xFF are legal in header values: forwarded as they came, never a 500."""
+    with relay.client() as client:
+        token = register(client)
+        store_key(client, token, "openrouter", "test-openrouter-key-hygiene")
+    body = b'{"model":"x"}'
+    status, _, _ = raw_exchange(
+        relay,
+        b"POST /relay/openrouter/api/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        b"x-relay-token: " + token.encode() + b"\r\nx-title: Caf\xe9 \xff\r\n"
+        b"content-type: application/json\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body,
+    )
+    assert status == 200
+    assert mock.last().header("x-title") == "Caf\xe9 \xff"

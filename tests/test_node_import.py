@@ -234,7 +234,7 @@ def test_every_token_and_key_keeps_working(tmp_path: Path, mock: MockProvider) -
         assert_refused(server, dave)
         with server.client() as client:
             listed = client.get("/keys", headers={"x-relay-token": alice.token})
-        assert listed.json() == {"providers": ["anthropic", "openai"]}
+        assert listed.json()["providers"] == ["anthropic", "openai"]
 
 
 def test_dry_run_reports_the_counts_and_writes_nothing(tmp_path: Path) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 
-from relay.providers import PROVIDERS, forwarded_request_headers
+from relay.providers import PROVIDERS, Provider, forwarded_request_headers
 from relay.proxy import _query
 
 KEY = "sk-stored-key-0123456789"
@@ -90,6 +92,14 @@ CONTRACT = {
 ALL = sorted(CONTRACT)
 
 
+def forwarded(provider: Provider, client: Mapping[str, str], key: str) -> list[tuple[str, str]]:
+    """`forwarded_request_headers`, as text: names ASCII, values the bytes sent (latin-1)."""
+    return [
+        (name.decode(), value.decode("latin-1"))
+        for name, value in forwarded_request_headers(provider, client, key)
+    ]
+
+
 def test_the_ten_providers_of_the_contract() -> None:
     assert sorted(PROVIDERS) == ALL
     assert len(PROVIDERS) == 10
@@ -105,7 +115,7 @@ def test_base_url(name: str) -> None:
 @pytest.mark.parametrize("name", ALL)
 def test_auth_header_scheme(name: str) -> None:
     _, header, prefix, _ = CONTRACT[name]
-    sent = forwarded_request_headers(PROVIDERS[name], {}, KEY)
+    sent = forwarded(PROVIDERS[name], {}, KEY)
     assert sorted(sent) == sorted([(header, prefix + KEY), *_defaults(name)])
 
 
@@ -274,7 +284,7 @@ NEVER_FORWARDED = {
 @pytest.mark.parametrize("name", ALL)
 def test_client_credentials_and_hop_by_hop_headers_are_never_forwarded(name: str) -> None:
     provider = PROVIDERS[name]
-    sent = forwarded_request_headers(provider, NEVER_FORWARDED, KEY)
+    sent = forwarded(provider, NEVER_FORWARDED, KEY)
     assert sorted(sent) == sorted(
         [(provider.auth_header, provider.auth_prefix + KEY), *_defaults(name)]
     )
@@ -287,7 +297,7 @@ def test_client_credentials_and_hop_by_hop_headers_are_never_forwarded(name: str
 def test_exactly_one_auth_header_carrying_the_stored_key(name: str) -> None:
     provider = PROVIDERS[name]
     client = {provider.auth_header: "client-value", "content-type": "application/json"}
-    sent = forwarded_request_headers(provider, client, KEY)
+    sent = forwarded(provider, client, KEY)
     auth = [value for header, value in sent if header == provider.auth_header]
     assert auth == [provider.auth_prefix + KEY]
     names = [header for header, _ in sent]
@@ -302,7 +312,7 @@ def test_common_headers_are_forwarded(name: str) -> None:
         "accept": "text/event-stream",
         "accept-language": "en",
     }
-    sent = dict(forwarded_request_headers(PROVIDERS[name], client, KEY))
+    sent = dict(forwarded(PROVIDERS[name], client, KEY))
     for header, value in client.items():
         assert sent[header] == value
 
@@ -319,26 +329,24 @@ def test_cr_lf_nul_are_stripped_from_forwarded_values(name: str, bad: str) -> No
         "http-referer": f"https://app.example/{bad}x",
         "x-title": f"My{bad}App",
     }
-    sent = forwarded_request_headers(PROVIDERS[name], client, KEY)
-    forwarded = dict(sent)
-    assert forwarded["content-type"] == "application/jsonx-injected: 1"
+    sent = forwarded(PROVIDERS[name], client, KEY)
+    headers = dict(sent)
+    assert headers["content-type"] == "application/jsonx-injected: 1"
     for header, value in sent:
         assert not set(value) & {"\r", "\n", "\0"}, header
         assert not set(header) & {"\r", "\n", "\0", ":", " "}, header
-    if "anthropic-version" in forwarded:
-        assert forwarded["anthropic-version"] == "2023-06-01x-injected: 1"
-    if "x-title" in forwarded:
-        assert forwarded["x-title"] == "MyApp"
-    if "openai-organization" in forwarded:
-        assert forwarded["openai-organization"] == "org-1"
+    if "anthropic-version" in headers:
+        assert headers["anthropic-version"] == "2023-06-01x-injected: 1"
+    if "x-title" in headers:
+        assert headers["x-title"] == "MyApp"
+    if "openai-organization" in headers:
+        assert headers["openai-organization"] == "org-1"
 
 
 def test_anthropic_version_defaults_only_when_the_client_sent_none() -> None:
     anthropic = PROVIDERS["anthropic"]
-    assert dict(forwarded_request_headers(anthropic, {}, KEY))["anthropic-version"] == "2023-06-01"
-    sent = forwarded_request_headers(
-        anthropic, {"anthropic-version": "2024-10-22", "anthropic-beta": "b1"}, KEY
-    )
+    assert dict(forwarded(anthropic, {}, KEY))["anthropic-version"] == "2023-06-01"
+    sent = forwarded(anthropic, {"anthropic-version": "2024-10-22", "anthropic-beta": "b1"}, KEY)
     assert [v for h, v in sent if h == "anthropic-version"] == ["2024-10-22"]
     assert dict(sent)["anthropic-beta"] == "b1"
     assert dict(sent)["x-api-key"] == KEY
@@ -346,7 +354,7 @@ def test_anthropic_version_defaults_only_when_the_client_sent_none() -> None:
 
 @pytest.mark.parametrize("name", [n for n in ALL if n != "anthropic"])
 def test_no_anthropic_version_default_elsewhere(name: str) -> None:
-    sent = dict(forwarded_request_headers(PROVIDERS[name], {}, KEY))
+    sent = dict(forwarded(PROVIDERS[name], {}, KEY))
     assert "anthropic-version" not in sent
 
 
@@ -360,7 +368,7 @@ def test_openai_compatible_forwards_anthropic_and_openai_headers_without_default
         "http-referer": "https://app.example",
         "x-title": "T",
     }
-    sent = dict(forwarded_request_headers(compatible, client, KEY))
+    sent = dict(forwarded(compatible, client, KEY))
     assert sent == {
         "anthropic-version": "2023-06-01",
         "anthropic-beta": "b",
@@ -378,7 +386,7 @@ def test_openai_forwards_organization_and_project_only() -> None:
         "http-referer": "https://app.example",
         "x-title": "T",
     }
-    sent = dict(forwarded_request_headers(PROVIDERS["openai"], client, KEY))
+    sent = dict(forwarded(PROVIDERS["openai"], client, KEY))
     assert sent == {
         "openai-organization": "org",
         "openai-project": "proj",
@@ -399,7 +407,7 @@ def test_openai_forwards_organization_and_project_only() -> None:
     ],
 )
 def test_openrouter_referer(client: dict[str, str], referer: str | None) -> None:
-    sent = forwarded_request_headers(PROVIDERS["openrouter"], client, KEY)
+    sent = forwarded(PROVIDERS["openrouter"], client, KEY)
     referers = [value for header, value in sent if header == "http-referer"]
     assert referers == ([referer] if referer else [])
     assert all(header != "x-relay-referer" for header, _ in sent)
@@ -407,7 +415,7 @@ def test_openrouter_referer(client: dict[str, str], referer: str | None) -> None
 
 def test_openrouter_title() -> None:
     sent = dict(
-        forwarded_request_headers(
+        forwarded(
             PROVIDERS["openrouter"], {"x-title": "My App", "x-relay-referer": "https://b"}, KEY
         )
     )
@@ -421,7 +429,7 @@ def test_openrouter_title() -> None:
 @pytest.mark.parametrize("name", [n for n in ALL if n != "openrouter"])
 def test_referer_and_title_are_openrouter_only(name: str) -> None:
     client = {"http-referer": "https://a", "x-relay-referer": "https://b", "x-title": "T"}
-    sent = dict(forwarded_request_headers(PROVIDERS[name], client, KEY))
+    sent = dict(forwarded(PROVIDERS[name], client, KEY))
     assert not {"http-referer", "x-relay-referer", "x-title"} & set(sent)
 
 

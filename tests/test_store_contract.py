@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 import backends
-from backends import KeyStore, StoreError, User, migrate
+from backends import KeyInfo, KeyMeta, KeyStore, StoreError, User, migrate
 from tests import servers
 
 pytestmark = pytest.mark.anyio
@@ -98,6 +98,10 @@ async def add_user(store: KeyStore, user_id: str = "user-1", token_hash: str = "
     user = make_user(user_id)
     await store.create_user(user, token_hash or digest(user_id))
     return user
+
+
+async def providers_of(store: KeyStore, user_id: str) -> list[str]:
+    return [key.provider for key in await store.list_keys(user_id)]
 
 
 def digest(seed: str) -> str:
@@ -209,12 +213,12 @@ async def test_delete_user_removes_the_user_and_every_key(store: KeyStore) -> No
     await store.delete_user("user-1")
 
     assert await store.user_for_token(digest("t1")) is None
-    assert await store.list_providers("user-1") == []
+    assert await providers_of(store, "user-1") == []
     for provider in ("openai", "anthropic", "google"):
         assert await store.get_key("user-1", provider) is None
     # Keys are gone, not merely hidden: a new user with the same id starts empty.
     await store.create_user(make_user("user-1"), digest("t1-again"))
-    assert await store.list_providers("user-1") == []
+    assert await providers_of(store, "user-1") == []
     assert await store.get_key("user-1", "openai") is None
     # Other users are untouched.
     assert await store.user_for_token(digest("t2")) == other
@@ -237,7 +241,7 @@ async def test_delete_user_twice_or_missing_is_a_no_op(store: KeyStore) -> None:
 
 async def test_missing_user_has_no_keys(store: KeyStore) -> None:
     assert await store.get_key("nobody", "openai") is None
-    assert await store.list_providers("nobody") == []
+    assert await providers_of(store, "nobody") == []
     assert await store.delete_key("nobody", "openai") is False
 
 
@@ -257,7 +261,7 @@ async def test_last_write_wins(store: KeyStore) -> None:
     for index, record in enumerate(records):
         await store.put_key("user-1", "openai", record, T0 + index)
     assert await store.get_key("user-1", "openai") == records[-1]
-    assert await store.list_providers("user-1") == ["openai"]
+    assert await providers_of(store, "user-1") == ["openai"]
 
 
 @pytest.mark.parametrize(
@@ -315,13 +319,13 @@ async def test_delete_key(store: KeyStore) -> None:
     assert await store.delete_key("user-1", "openai") is False
     assert await store.delete_key("user-1", "google") is False
     assert await store.get_key("user-1", "anthropic") == b"a"
-    assert await store.list_providers("user-1") == ["anthropic"]
+    assert await providers_of(store, "user-1") == ["anthropic"]
     # A deleted key can be stored again, as new.
     assert await store.put_key("user-1", "openai", b"o2", T0) is False
     assert await store.get_key("user-1", "openai") == b"o2"
 
 
-async def test_list_providers_is_sorted(store: KeyStore) -> None:
+async def test_list_keys_is_sorted_by_provider(store: KeyStore) -> None:
     await add_user(store)
     names = [
         "openrouter",
@@ -339,7 +343,7 @@ async def test_list_providers_is_sorted(store: KeyStore) -> None:
     for name in names:
         await store.put_key("user-1", name, name.encode(), T0)
     await store.put_key("user-1", "google", b"again", T0 + 1)
-    assert await store.list_providers("user-1") == sorted(names)
+    assert await providers_of(store, "user-1") == sorted(names)
 
 
 async def test_ping(store: KeyStore) -> None:
@@ -365,7 +369,7 @@ async def test_concurrent_writers_leave_exactly_one_record_intact(store: KeyStor
 
     stored = await store.get_key("user-1", "openai")
     assert stored in records
-    assert await store.list_providers("user-1") == ["openai"]
+    assert await providers_of(store, "user-1") == ["openai"]
 
 
 async def _racing_puts(store: KeyStore, provider: str, count: int) -> list[bool]:
@@ -407,7 +411,7 @@ async def test_concurrent_writers_on_different_providers(store: KeyStore) -> Non
         for provider in providers:
             group.start_soon(write, provider)
 
-    assert await store.list_providers("user-1") == providers
+    assert await providers_of(store, "user-1") == providers
     for provider in providers:
         assert await store.get_key("user-1", provider) == provider.encode()
 
@@ -462,8 +466,76 @@ async def test_replace_key_keeps_the_record_a_normal_key(store: KeyStore) -> Non
     await store.put_key("user-1", "openai", b"first", T0)
     await store.replace_key("user-1", "openai", b"first", b"second")
     assert await store.put_key("user-1", "openai", b"third", T0 + 1) is True
-    assert await store.list_providers("user-1") == ["openai"]
+    assert await providers_of(store, "user-1") == ["openai"]
     assert await store.get_key("user-1", "openai") == b"third"
+
+
+# ---------------------------------------------------------------------------------------------
+# Key metadata
+
+
+async def test_key_metadata_round_trips(store: KeyStore) -> None:
+    await add_user(store)
+    assert await store.list_keys("user-1") == []
+    meta = KeyMeta(hint="sk-...a1b2", status="ok", verified_at=T0 + 1)
+    await store.put_key("user-1", "openai", b"record", T0, meta)
+    await store.put_key("user-1", "anthropic", b"other", T0 + 5)
+    assert await store.list_keys("user-1") == [
+        KeyInfo("anthropic", "", "unverified", T0 + 5, T0 + 5, None, None),
+        KeyInfo("openai", "sk-...a1b2", "ok", T0, T0, T0 + 1, None),
+    ]
+    assert await store.list_keys("nobody") == []
+
+
+async def test_a_new_key_starts_over_but_keeps_its_creation_time(store: KeyStore) -> None:
+    await add_user(store)
+    await store.put_key("user-1", "openai", b"one", T0, KeyMeta("sk-...1111", "invalid", T0))
+    await store.touch_key("user-1", "openai", T0 + 3)
+    await store.put_key("user-1", "openai", b"two", T0 + 10, KeyMeta("sk-...2222"))
+    (info,) = await store.list_keys("user-1")
+    assert info == KeyInfo("openai", "sk-...2222", "unverified", T0, T0 + 10, None, None)
+
+
+async def test_set_key_status_only_for_the_record_it_saw(store: KeyStore) -> None:
+    await add_user(store)
+    await store.put_key("user-1", "openai", b"one", T0, KeyMeta("h", "ok", T0))
+    assert await store.set_key_status("user-1", "openai", b"one", "invalid", None)
+    (info,) = await store.list_keys("user-1")
+    assert (info.status, info.verified_at) == ("invalid", T0)
+    assert await store.set_key_status("user-1", "openai", b"one", "ok", T0 + 7)
+    (info,) = await store.list_keys("user-1")
+    assert (info.status, info.verified_at) == ("ok", T0 + 7)
+    # The user stored a new key meanwhile: a verdict about the old one must not stick to it.
+    await store.put_key("user-1", "openai", b"two", T0 + 9)
+    assert not await store.set_key_status("user-1", "openai", b"one", "invalid", None)
+    (info,) = await store.list_keys("user-1")
+    assert info.status == "unverified"
+    assert not await store.set_key_status("user-1", "mistral", b"one", "ok", None)
+    assert not await store.set_key_status("nobody", "openai", b"two", "ok", None)
+
+
+async def test_touch_key(store: KeyStore) -> None:
+    await add_user(store)
+    await store.touch_key("user-1", "openai", T0)  # no key: no-op, no error
+    assert await store.list_keys("user-1") == []
+    await store.put_key("user-1", "openai", b"one", T0)
+    await store.touch_key("user-1", "openai", T0 + 60_000)
+    (info,) = await store.list_keys("user-1")
+    assert info.last_used_at == T0 + 60_000
+    assert info.updated_at == T0
+
+
+async def test_deleting_a_key_or_user_deletes_its_metadata(store: KeyStore) -> None:
+    await add_user(store)
+    await store.put_key("user-1", "openai", b"one", T0, KeyMeta("sk-...a", "ok", T0))
+    await store.touch_key("user-1", "openai", T0 + 1)
+    await store.delete_key("user-1", "openai")
+    await store.put_key("user-1", "openai", b"two", T0 + 2)
+    (info,) = await store.list_keys("user-1")
+    assert info == KeyInfo("openai", "", "unverified", T0 + 2, T0 + 2, None, None)
+    await store.delete_user("user-1")
+    await add_user(store)
+    assert await store.list_keys("user-1") == []
 
 
 async def test_close_is_idempotent(store: KeyStore) -> None:
