@@ -26,9 +26,10 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from backends import KeyStore, StoreError, StoreUnavailable, User
+from backends import KeyMeta, KeyStore, StoreError, StoreUnavailable, User
 
 from .crypto import DecryptionError, KeyCipher
+from .keyhealth import key_hint
 from .providers import PROVIDERS
 
 __all__ = [
@@ -399,7 +400,7 @@ async def _import_keys(
             continue
         record = cipher.encrypt(plain, user_id=key.user_id, provider=key.provider)
         if not dry_run:
-            await store.put_key(key.user_id, key.provider, record, key.at)
+            await store.put_key(key.user_id, key.provider, record, key.at, KeyMeta(key_hint(plain)))
         written.add(pair)
         tally.keys_imported += 1
 
