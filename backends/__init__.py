@@ -13,6 +13,8 @@ from .base import (
     StoreError,
     StoreOptions,
     StoreUnavailable,
+    UsageRecord,
+    UsageStats,
     User,
 )
 
@@ -26,6 +28,8 @@ __all__ = [
     "StoreOptions",
     "StoreUnavailable",
     "UnknownScheme",
+    "UsageRecord",
+    "UsageStats",
     "User",
     "open_store",
     "url_scheme",

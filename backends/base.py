@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 __all__ = [
     "KEY_STATUSES",
@@ -89,6 +89,39 @@ class KeyInfo:
     last_used_at: int | None
 
 
+@dataclasses.dataclass(frozen=True)
+class UsageRecord:
+    """One relayed request: who, where, how it went. No content, no key."""
+
+    user_id: str
+    app_id: str
+    provider: str
+    model: str | None
+    status: int
+    """The provider's HTTP status, or the relay's own (502, 504) when it never answered."""
+    latency_ms: int
+    streamed: bool
+    input_tokens: int | None
+    output_tokens: int | None
+    created_at: int
+
+
+@dataclasses.dataclass(frozen=True)
+class UsageStats:
+    total: int
+    last_7d: int
+    last_30d: int
+    error_count: int
+    """Requests answered with a status of 400 or more."""
+    providers: dict[str, dict[str, int]]
+    """provider -> {"total": n, "errors": n}"""
+    top_models: list[tuple[str, int]]
+    """The ten most used models, most used first."""
+    last_request: int | None
+    input_tokens: int
+    output_tokens: int
+
+
 class KeyStore(abc.ABC):
     @abc.abstractmethod
     async def create_user(self, user: User, token_hash: str) -> None:
@@ -113,7 +146,8 @@ class KeyStore(abc.ABC):
 
     @abc.abstractmethod
     async def delete_user(self, user_id: str) -> None:
-        """Erase the user and every key record of theirs, atomically. A missing user is a no-op."""
+        """Erase the user, every key record of theirs and every usage record about them,
+        atomically. A missing user is a no-op."""
 
     @abc.abstractmethod
     async def put_key(
@@ -153,6 +187,22 @@ class KeyStore(abc.ABC):
     @abc.abstractmethod
     async def delete_key(self, user_id: str, provider: str) -> bool:
         """Delete the (user, provider) record. True if one existed; deleting again is a no-op."""
+
+    @abc.abstractmethod
+    async def record_usage(self, records: Sequence[UsageRecord]) -> None:
+        """Store usage records (a batch: the relay writes them off the request path)."""
+
+    @abc.abstractmethod
+    async def usage_stats(
+        self, now: int, *, user_id: str | None = None, app_id: str | None = None
+    ) -> UsageStats:
+        """Totals over the usage records of one user, or of one app (exactly one of the two);
+        `last_7d` and `last_30d` count back from `now` (epoch ms). Records of deleted users are
+        gone (`delete_user` erases them)."""
+
+    @abc.abstractmethod
+    async def count_users(self, app_id: str) -> int:
+        """How many users registered under `app_id` (revoked or expired ones included)."""
 
     @abc.abstractmethod
     def iter_keys(self, batch: int = 500) -> AsyncIterator[tuple[str, str, bytes]]:

@@ -7,6 +7,8 @@ Layout, for namespace `ns`:
     ns:user:<user id>         the user's token digest, to reach the record above by id
     ns:keys:<user id>         hash: provider -> key entry
     ns:keyinfo:<user id>      hash: "<provider>:hint|status|verified_at|last_used_at" -> value
+    ns:usage:<user id>        list of usage records (JSON, "v": 1), the newest 10 000 kept
+    ns:app:<app id>           set of the app's user ids
 
 A key entry is `0x01 | created_at (8 bytes) | updated_at (8 bytes) | record`. Every write that
 touches more than one key is one Lua script, so it is atomic; the store needs no migrations,
@@ -16,10 +18,13 @@ Redis Cluster is not supported (the scripts touch keys of several hash slots).
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
+import json
 import struct
-from collections.abc import AsyncIterator, Iterator
-from typing import Final
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, Final
 
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -36,19 +41,24 @@ from .base import (
     StoreError,
     StoreOptions,
     StoreUnavailable,
+    UsageRecord,
+    UsageStats,
     User,
 )
 
 __all__ = ["RedisStore", "connect"]
 
 RECORD_VERSION: Final = 1
+_USAGE_KEPT: Final = 10_000
+_DAY_MS: Final = 86_400_000
 _ENTRY: Final = struct.Struct(">BQQ")
 
-# KEYS: token key, user key. ARGV: token digest, then the record's field/value pairs.
+# KEYS: token key, user key, app set. ARGV: token digest, user id, the record's field/values.
 _CREATE_USER: Final = """
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('SET', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[2])
 return 1
 """
 # KEYS: user key. ARGV: token key prefix, revoked_at.
@@ -57,11 +67,17 @@ local digest = redis.call('GET', KEYS[1])
 if not digest then return 0 end
 return redis.call('HSETNX', ARGV[1] .. digest, 'revoked_at', ARGV[2])
 """
-# KEYS: user key, keys hash, key info hash. ARGV: token key prefix.
+# KEYS: user key, keys hash, key info hash, usage list. ARGV: token key prefix, app set
+# prefix, user id.
 _DELETE_USER: Final = """
 local digest = redis.call('GET', KEYS[1])
-if digest then redis.call('DEL', ARGV[1] .. digest) end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+if digest then
+  local token_key = ARGV[1] .. digest
+  local app = redis.call('HGET', token_key, 'app_id')
+  if app then redis.call('SREM', ARGV[2] .. app, ARGV[3]) end
+  redis.call('DEL', token_key)
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 return 1
 """
 # KEYS: user key, keys hash, key info hash. ARGV: provider, entry, hint, status, verified_at
@@ -178,6 +194,30 @@ def connect(url: str, options: StoreOptions) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
+def usage_stats_of(records: Sequence[dict[str, Any]], now: int) -> UsageStats:
+    """The totals `usage_stats` reports, from usage records as stored."""
+    errors = [r for r in records if r["status"] >= 400]
+    providers: dict[str, dict[str, int]] = {}
+    models: collections.Counter[str] = collections.Counter()
+    for r in records:
+        counts = providers.setdefault(r["provider"], {"total": 0, "errors": 0})
+        counts["total"] += 1
+        counts["errors"] += r["status"] >= 400
+        if r["model"] is not None:
+            models[r["model"]] += 1
+    return UsageStats(
+        total=len(records),
+        last_7d=sum(r["created_at"] >= now - 7 * _DAY_MS for r in records),
+        last_30d=sum(r["created_at"] >= now - 30 * _DAY_MS for r in records),
+        error_count=len(errors),
+        providers=providers,
+        top_models=sorted(models.items(), key=lambda item: (-item[1], item[0]))[:10],
+        last_request=max((r["created_at"] for r in records), default=None),
+        input_tokens=sum(r["input_tokens"] or 0 for r in records),
+        output_tokens=sum(r["output_tokens"] or 0 for r in records),
+    )
+
+
 class RedisStore(KeyStore):
     def __init__(
         self, client: aioredis.Redis, namespace: str = "byok-relay", *, owns_pool: bool = False
@@ -215,8 +255,12 @@ class RedisStore(KeyStore):
     async def create_user(self, user: User, token_hash: str) -> None:
         with _translate("create_user"):
             created = await self._create_user(
-                keys=[self._token_key(token_hash), self._user_key(user.id)],
-                args=[token_hash, *_user_fields(user)],
+                keys=[
+                    self._token_key(token_hash),
+                    self._user_key(user.id),
+                    f"{self._ns}:app:{user.app_id}",
+                ],
+                args=[token_hash, user.id, *_user_fields(user)],
             )
         if not created:
             raise StoreError("create_user: user id or token digest already exists")
@@ -233,8 +277,12 @@ class RedisStore(KeyStore):
     async def delete_user(self, user_id: str) -> None:
         with _translate("delete_user"):
             await self._delete_user(
-                keys=[self._user_key(user_id), *self._key_hashes(user_id)],
-                args=[f"{self._ns}:token:"],
+                keys=[
+                    self._user_key(user_id),
+                    *self._key_hashes(user_id),
+                    f"{self._ns}:usage:{user_id}",
+                ],
+                args=[f"{self._ns}:token:", f"{self._ns}:app:", user_id],
             )
 
     async def put_key(
@@ -310,6 +358,38 @@ class RedisStore(KeyStore):
     async def delete_key(self, user_id: str, provider: str) -> bool:
         with _translate("delete_key"):
             return bool(await self._delete_key(keys=self._key_hashes(user_id), args=[provider]))
+
+    async def record_usage(self, records: Sequence[UsageRecord]) -> None:
+        if not records:
+            return
+        with _translate("record_usage"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for record in records:
+                    name = f"{self._ns}:usage:{record.user_id}"
+                    pipe.rpush(name, json.dumps({"v": 1, **dataclasses.asdict(record)}))
+                    pipe.ltrim(name, -_USAGE_KEPT, -1)
+                await pipe.execute()
+
+    async def usage_stats(
+        self, now: int, *, user_id: str | None = None, app_id: str | None = None
+    ) -> UsageStats:
+        if (user_id is None) == (app_id is None):
+            raise ValueError("usage_stats: give exactly one of user_id and app_id")
+        with _translate("usage_stats"):
+            if user_id is not None:
+                owners = [user_id]
+            else:
+                owners = [_text(u) for u in await self._redis.smembers(f"{self._ns}:app:{app_id}")]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for owner in owners:
+                    pipe.lrange(f"{self._ns}:usage:{owner}", 0, -1)
+                lists = await pipe.execute()
+        records = [json.loads(raw) for raw_list in lists for raw in raw_list]
+        return usage_stats_of(records, now)
+
+    async def count_users(self, app_id: str) -> int:
+        with _translate("count_users"):
+            return int(await self._redis.scard(f"{self._ns}:app:{app_id}"))
 
     async def iter_keys(self, batch: int = 500) -> AsyncIterator[tuple[str, str, bytes]]:
         prefix = f"{self._ns}:keys:"

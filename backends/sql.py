@@ -6,11 +6,12 @@ The schema comes from the alembic migrations (`byok-relay migrate`), never from 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, event, select, text, tuple_, update
+from sqlalchemy import case, delete, event, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row, make_url
@@ -27,12 +28,15 @@ from .base import (
     StoreError,
     StoreOptions,
     StoreUnavailable,
+    UsageRecord,
+    UsageStats,
     User,
 )
-from .tables import keys, users
+from .tables import keys, usage, users
 
 __all__ = ["SQLStore", "async_url", "ensure_sqlite_directory"]
 
+_DAY_MS = 86_400_000
 _INFO_COLUMNS = (
     "provider",
     "hint",
@@ -183,6 +187,7 @@ class SQLStore(KeyStore):
 
     async def delete_user(self, user_id: str) -> None:
         async with self._begin("delete_user") as conn:
+            await conn.execute(delete(usage).where(usage.c.user_id == user_id))
             await conn.execute(delete(keys).where(keys.c.user_id == user_id))
             await conn.execute(delete(users).where(users.c.id == user_id))
 
@@ -257,6 +262,64 @@ class SQLStore(KeyStore):
         async with self._begin("delete_key") as conn:
             result = await conn.execute(statement)
         return bool(result.rowcount)
+
+    async def record_usage(self, records: Sequence[UsageRecord]) -> None:
+        if not records:
+            return
+        rows = [dataclasses.asdict(record) for record in records]
+        async with self._begin("record_usage") as conn:
+            await conn.execute(usage.insert(), rows)
+
+    async def usage_stats(
+        self, now: int, *, user_id: str | None = None, app_id: str | None = None
+    ) -> UsageStats:
+        if (user_id is None) == (app_id is None):
+            raise ValueError("usage_stats: give exactly one of user_id and app_id")
+        scope = usage.c.user_id == user_id if user_id is not None else usage.c.app_id == app_id
+        error = case((usage.c.status >= 400, 1), else_=0)
+        totals = select(
+            func.count(),
+            func.sum(case((usage.c.created_at >= now - 7 * _DAY_MS, 1), else_=0)),
+            func.sum(case((usage.c.created_at >= now - 30 * _DAY_MS, 1), else_=0)),
+            func.sum(error),
+            func.max(usage.c.created_at),
+            func.sum(usage.c.input_tokens),
+            func.sum(usage.c.output_tokens),
+        ).where(scope)
+        by_provider = (
+            select(usage.c.provider, func.count(), func.sum(error))
+            .where(scope)
+            .group_by(usage.c.provider)
+        )
+        by_model = (
+            select(usage.c.model, func.count().label("n"))
+            .where(scope, usage.c.model.is_not(None))
+            .group_by(usage.c.model)
+            .order_by(func.count().desc(), usage.c.model)
+            .limit(10)
+        )
+        with _translate("usage_stats"):
+            async with self._reader.connect() as conn:
+                total, week, month, errors, last, tokens_in, tokens_out = (
+                    await conn.execute(totals)
+                ).one()
+                providers = (await conn.execute(by_provider)).all()
+                models = (await conn.execute(by_model)).all()
+        return UsageStats(
+            total=total,
+            last_7d=int(week or 0),
+            last_30d=int(month or 0),
+            error_count=int(errors or 0),
+            providers={p: {"total": n, "errors": int(e or 0)} for p, n, e in providers},
+            top_models=[(m, n) for m, n in models],
+            last_request=last,
+            input_tokens=int(tokens_in or 0),
+            output_tokens=int(tokens_out or 0),
+        )
+
+    async def count_users(self, app_id: str) -> int:
+        query = select(func.count()).select_from(users).where(users.c.app_id == app_id)
+        return int((await self._rows("count_users", query))[0][0])
 
     async def iter_keys(self, batch: int = 500) -> AsyncIterator[tuple[str, str, bytes]]:
         after = ("", "")

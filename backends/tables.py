@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     String,
     Table,
 )
 
-__all__ = ["keys", "metadata", "users"]
+__all__ = ["keys", "metadata", "usage", "users"]
 
 metadata = MetaData(
     naming_convention={
@@ -55,4 +57,24 @@ keys = Table(
     Column("last_used_at", BigInteger, nullable=True),
 )
 
+usage = Table(
+    "usage",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("user_id", String(64), nullable=False),
+    Column("app_id", String(128), nullable=False),
+    Column("provider", String(64), nullable=False),
+    Column("model", String(256), nullable=True),
+    Column("status", Integer, nullable=False),
+    Column("latency_ms", Integer, nullable=False),
+    Column("streamed", Boolean, nullable=False),
+    Column("input_tokens", BigInteger, nullable=True),
+    Column("output_tokens", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+)
+
 Index("ix_users_app_id", users.c.app_id)
+Index("ix_usage_user_id_created_at", usage.c.user_id, usage.c.created_at)
+Index("ix_usage_app_id_created_at", usage.c.app_id, usage.c.created_at)

@@ -82,7 +82,7 @@ def drop_database(url: str) -> None:
 async def truncate(url: str) -> None:
     connection = await asyncpg.connect(_asyncpg_dsn(url), timeout=5)
     try:
-        await connection.execute("TRUNCATE keys, users")
+        await connection.execute("TRUNCATE keys, users, usage")
     finally:
         await connection.close()
 

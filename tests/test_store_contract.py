@@ -6,6 +6,7 @@ one branch that opens an empty store of that kind; every test below then runs ag
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -16,7 +17,16 @@ import anyio
 import pytest
 
 import backends
-from backends import KeyInfo, KeyMeta, KeyStore, StoreError, User, migrate
+from backends import (
+    KeyInfo,
+    KeyMeta,
+    KeyStore,
+    StoreError,
+    UsageRecord,
+    UsageStats,
+    User,
+    migrate,
+)
 from tests import servers
 
 pytestmark = pytest.mark.anyio
@@ -536,6 +546,77 @@ async def test_deleting_a_key_or_user_deletes_its_metadata(store: KeyStore) -> N
     await store.delete_user("user-1")
     await add_user(store)
     assert await store.list_keys("user-1") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Usage records
+
+DAY = 86_400_000
+
+
+def usage(user_id: str, app_id: str = "app-1", **changes: object) -> UsageRecord:
+    record = UsageRecord(user_id, app_id, "openai", "gpt-4o", 200, 120, False, 11, 7, T0)
+    return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
+
+
+async def test_usage_stats_add_up(store: KeyStore) -> None:
+    await add_user(store, "user-1")
+    await add_user(store, "user-2")
+    now = T0 + 40 * DAY
+    await store.record_usage(
+        [
+            usage("user-1", created_at=now - 1),
+            usage("user-1", created_at=now - 2, status=429, model="gpt-4o-mini"),
+            usage(
+                "user-1",
+                created_at=now - 8 * DAY,
+                provider="anthropic",
+                model="claude-3",
+                input_tokens=None,
+                output_tokens=3,
+                streamed=True,
+            ),
+            usage("user-1", created_at=now - 31 * DAY, status=500, model=None),
+            usage("user-2", created_at=now - 1, provider="google", model="gemini-pro"),
+        ]
+    )
+    stats = await store.usage_stats(now, user_id="user-1")
+    assert stats == UsageStats(
+        total=4,
+        last_7d=2,
+        last_30d=3,
+        error_count=2,
+        providers={"openai": {"total": 3, "errors": 2}, "anthropic": {"total": 1, "errors": 0}},
+        top_models=[("claude-3", 1), ("gpt-4o", 1), ("gpt-4o-mini", 1)],
+        last_request=now - 1,
+        input_tokens=33,
+        output_tokens=24,
+    )
+    app = await store.usage_stats(now, app_id="app-1")
+    assert app.total == 5
+    assert app.providers["google"] == {"total": 1, "errors": 0}
+    assert await store.count_users("app-1") == 2
+    assert await store.count_users("no-app") == 0
+    empty = await store.usage_stats(now, user_id="nobody")
+    assert (empty.total, empty.last_request, empty.providers, empty.top_models) == (0, None, {}, [])
+
+
+async def test_top_models_are_the_ten_most_used(store: KeyStore) -> None:
+    await add_user(store)
+    records = [usage("user-1", model=f"m{i:02d}") for i in range(12) for _ in range(i + 1)]
+    await store.record_usage(records)
+    stats = await store.usage_stats(T0, user_id="user-1")
+    assert stats.top_models == [(f"m{i:02d}", i + 1) for i in range(11, 1, -1)]
+
+
+async def test_deleting_a_user_erases_their_usage(store: KeyStore) -> None:
+    await add_user(store, "user-1")
+    await add_user(store, "user-2")
+    await store.record_usage([usage("user-1"), usage("user-2"), usage("user-1")])
+    await store.delete_user("user-1")
+    assert (await store.usage_stats(T0, user_id="user-1")).total == 0
+    assert (await store.usage_stats(T0, app_id="app-1")).total == 1
+    assert await store.count_users("app-1") == 1
 
 
 async def test_close_is_idempotent(store: KeyStore) -> None:
