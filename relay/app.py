@@ -17,7 +17,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from backends import KeyStore, StoreError, StoreUnavailable
 
-from . import accounts, discovery, health, keys, openapi
+from . import accounts, discovery, health, keys, openapi, stats
 from .config import Settings
 from .cors import CORSMiddleware
 from .errors import RelayError, error_body
@@ -116,7 +116,10 @@ def create_app(
         Route("/users", accounts.delete_user, methods=["DELETE"]),
         Route("/tokens/revoke", accounts.revoke_token, methods=["POST"]),
         Route("/keys", keys.list_keys, methods=["GET"]),
+        Route("/stats", stats.user_stats, methods=["GET"]),
+        Route("/stats/{app_id}", stats.app_stats, methods=["GET"]),
         Route("/keys/{provider}", keys.store_key, methods=["POST"]),
+        Route("/keys/{provider}/rotate", keys.rotate_key, methods=["POST"]),
         Route("/keys/{provider}", keys.delete_key, methods=["DELETE"]),
         Route("/models", discovery.models, methods=["GET"]),
         Route("/relay", ModelRelay(upstreams, allowed_models), methods=["POST"]),

@@ -14,17 +14,11 @@ from backends import KeyStore
 
 from .background import Background
 
-__all__ = ["KeyHealth", "key_hint"]
+__all__ = ["KeyHealth"]
 
 _STATUS_BY_ANSWER: Final = {401: "invalid", 402: "no_credit"}
 _TOUCH_EVERY: Final = 60.0
 _REMEMBERED: Final = 100_000
-
-
-def key_hint(key: str) -> str:
-    """Enough of a key for a person to tell which of theirs it is (`sk-...a1b2`): never more
-    than 7 of its characters, and only 2 of a short one."""
-    return f"{key[:3]}...{key[-4:]}" if len(key) >= 16 else f"...{key[-2:]}"
 
 
 class KeyHealth:

@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from backends import KeyMeta, KeyStore, StoreError, StoreUnavailable, User
 
 from .crypto import DecryptionError, KeyCipher
-from .keyhealth import key_hint
 from .providers import PROVIDERS
+from .verify import key_hint
 
 __all__ = [
     "DEFAULT_APP_ID",

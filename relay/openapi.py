@@ -23,7 +23,7 @@ from .providers import PROVIDERS
 __all__ = ["OPERATIONS", "Operation", "build_document", "document_bytes", "openapi_json"]
 
 JSON = dict[str, Any]
-Auth = Literal["none", "token", "app_secret"]
+Auth = Literal["none", "token", "app_secret", "operator"]
 
 # Every error the relay answers itself: `#/components/responses/<name>`, JSON in the Error shape.
 ERROR_RESPONSES: Final[Mapping[int, tuple[str, str]]] = {
@@ -33,6 +33,7 @@ ERROR_RESPONSES: Final[Mapping[int, tuple[str, str]]] = {
     404: ("NotFound", "No such route."),
     405: ("MethodNotAllowed", "The route does not serve this method (see `Allow`)."),
     413: ("PayloadTooLarge", "The request body is over `REQUEST_BODY_LIMIT_BYTES`."),
+    422: ("KeyRejected", "The provider refused the new key; the stored key was not changed."),
     429: ("TooManyRequests", "A rate limit was reached; retry after `Retry-After` seconds."),
     500: ("InternalError", "An unexpected error, for this request only (never a traceback)."),
     502: ("BadGateway", "The AI provider could not be reached."),
@@ -167,13 +168,48 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "POST",
         "/keys/{provider}",
         "storeKey",
-        "Store or replace the caller's key for a provider (encrypted at rest)",
+        "Store or replace the caller's key for a provider (encrypted at rest); with "
+        "`verify=true`, only a key the provider accepts",
         "keys",
         ((200, "Stored.", "KeyStored"),),
-        (400, 401, 413, 503),
+        (400, 401, 413, 422, 503),
+        "token",
+        "StoreKeyBody",
+        ("Provider", "Verify"),
+    ),
+    Operation(
+        "POST",
+        "/keys/{provider}/rotate",
+        "rotateKey",
+        "Check a new key's shape and ask the provider about it, then replace the stored key; "
+        "the old key is untouched on any failure",
+        "keys",
+        ((200, "Replaced (or stored: `rotated` says whether a key existed).", "KeyStored"),),
+        (400, 401, 413, 422, 503),
         "token",
         "StoreKeyBody",
         ("Provider",),
+    ),
+    Operation(
+        "GET",
+        "/stats",
+        "userStats",
+        "The caller's usage: requests, errors, providers, models, tokens",
+        "usage",
+        ((200, "Totals.", "UsageStats"),),
+        (401, 503),
+        "token",
+    ),
+    Operation(
+        "GET",
+        "/stats/{app_id}",
+        "appStats",
+        "A whole app's usage, for the operator (`Authorization: Bearer <APP_SECRET>`)",
+        "usage",
+        ((200, "Totals, with the app's user count.", "AppUsageStats"),),
+        (401, 503),
+        "operator",
+        parameters=("AppId",),
     ),
     Operation(
         "DELETE",
@@ -264,6 +300,29 @@ def _object(properties: JSON, required: tuple[str, ...] = (), **extra: Any) -> J
     return {"type": "object", "required": list(required), "properties": properties, **extra}
 
 
+def _usage_stats(**extra: JSON) -> JSON:
+    count = {"type": "integer", "minimum": 0}
+    properties: JSON = {
+        "total": count,
+        "last_7d": count,
+        "last_30d": count,
+        "error_count": count,
+        "error_rate": {"type": "number", "minimum": 0, "maximum": 1},
+        "providers": {
+            "type": "object",
+            "additionalProperties": _object({"total": count, "errors": count}, ("total", "errors")),
+        },
+        "top_models": {
+            "type": "array",
+            "items": _object({"model": {"type": "string"}, "total": count}, ("model", "total")),
+        },
+        "last_request": {"type": ["integer", "null"]},
+        "tokens": _object({"input": count, "output": count}, ("input", "output")),
+        **extra,
+    }
+    return _object(properties, tuple(properties))
+
+
 def _schemas() -> JSON:
     provider = _ref("schemas", "ProviderName")
     ok_true = {"type": "boolean", "const": True}
@@ -339,8 +398,46 @@ def _schemas() -> JSON:
         ),
         "Ok": _object({"ok": ok_true}, ("ok",)),
         "OkMessage": _object({"ok": ok_true, "message": {"type": "string"}}, ("ok", "message")),
-        "KeyList": _object({"providers": {"type": "array", "items": provider}}, ("providers",)),
-        "KeyStored": _object({"ok": ok_true, "provider": provider}, ("ok", "provider")),
+        "KeyList": _object(
+            {
+                "providers": {"type": "array", "items": provider},
+                "keys": {"type": "array", "items": _ref("schemas", "KeyInfo")},
+            },
+            ("providers", "keys"),
+        ),
+        "KeyInfo": _object(
+            {
+                "provider": provider,
+                "hint": {"type": "string", "description": "`sk-...a1b2`: never more of a key."},
+                "status": {"enum": ["ok", "unverified", "invalid", "no_credit"]},
+                "created_at": {"type": "integer"},
+                "updated_at": {"type": "integer"},
+                "verified_at": {"type": ["integer", "null"]},
+                "last_used_at": {"type": ["integer", "null"]},
+            },
+            (
+                "provider",
+                "hint",
+                "status",
+                "created_at",
+                "updated_at",
+                "verified_at",
+                "last_used_at",
+            ),
+        ),
+        "KeyStored": _object(
+            {
+                "ok": ok_true,
+                "provider": provider,
+                "rotated": {"type": "boolean"},
+                "status": {"enum": ["ok", "unverified"]},
+            },
+            ("ok", "provider"),
+        ),
+        "UsageStats": _usage_stats(),
+        "AppUsageStats": _usage_stats(
+            app_id={"type": "string"}, user_count={"type": "integer", "minimum": 0}
+        ),
     }
 
 
@@ -414,6 +511,19 @@ def _parameters() -> JSON:
             "description": "With `deep`: a provider with a fixed base URL; otherwise 400.",
             "schema": {"type": "string", "enum": [n for n, p in PROVIDERS.items() if p.base_url]},
         },
+        "AppId": {
+            "name": "app_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+        },
+        "Verify": {
+            "name": "verify",
+            "in": "query",
+            "required": False,
+            "description": "`true`: check the key's shape and ask the provider before storing.",
+            "schema": {"type": "string"},
+        },
         "UpstreamPath": {
             "name": "path",
             "in": "path",
@@ -468,6 +578,7 @@ _SECURITY: Final[Mapping[Auth, list[JSON]]] = {
     "none": [],
     "token": [{"relayToken": []}],
     "app_secret": [{}, {"appSecret": []}],
+    "operator": [{"appSecret": []}],
 }
 
 
@@ -517,7 +628,7 @@ def build_document() -> JSON:
                 "routes answer 404 and wrong methods 405, both JSON."
             ),
         },
-        "tags": [{"name": name} for name in ("meta", "accounts", "keys", "relay")],
+        "tags": [{"name": name} for name in ("meta", "accounts", "keys", "relay", "usage")],
         "paths": paths,
         "components": {
             "schemas": _schemas(),

@@ -10,10 +10,25 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Final
 
-__all__ = ["PROVIDERS", "Provider", "forwarded_request_headers"]
+__all__ = ["PROVIDERS", "KeyShape", "Provider", "forwarded_request_headers"]
 
 # Forwarded to every provider when the client sends them.
 COMMON_REQUEST_HEADERS: Final = ("content-type", "accept", "accept-encoding", "accept-language")
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyShape:
+    """What a provider's keys look like, for `relay.verify.check_format`."""
+
+    pattern: str = r"[\x20-\x7e]{10,}"
+    """A regular expression the whole key must match."""
+    prefix: str = ""
+    """What this provider's keys start with: a key sent to another provider is recognised by its
+    longest matching prefix (so `sk-ant-` is Anthropic's although OpenAI's `sk-` matches too)."""
+    expected: str = "Keys are at least 10 printable ASCII characters."
+    """One sentence telling a person what a key of this provider looks like."""
+    foreign: bool = False
+    """Also accept keys that carry another provider's prefix (openai-compatible: any server's)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +53,15 @@ class Provider:
     """Where a request names its model, for `ALLOWED_MODELS`: `body:<field>` (JSON or form),
     `query:<name>`, `path:rest` (the path after the allowed prefix) or `path:action` (the
     same, up to `:`)."""
+    title: str = ""
+    """The provider's name as people write it (`OpenAI`); empty: `name`."""
+    key_shape: KeyShape = KeyShape()
+    verify_path: str | None = None
+    """A free, read-only GET that needs a valid key (the models listing), sent when a key is
+    saved with verification or rotated; None: no such request exists, a key cannot be checked."""
+    verify_credit: tuple[str, ...] = ()
+    """The JSON path, in the answer to `verify_path`, of the credit left on the key: a number at
+    or below zero means the key cannot pay (OpenRouter's key-info endpoint reports it)."""
 
     def allows(self, path: str) -> bool:
         return any(path == p or path.startswith(p + "/") for p in self.allowed_paths)
@@ -82,6 +106,13 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             ),
             read_paths=("/v1/responses",),
             forwarded_headers=_OPENAI_HEADERS,
+            title="OpenAI",
+            key_shape=KeyShape(
+                r"sk-[A-Za-z0-9_-]{20,}",
+                "sk-",
+                'OpenAI keys start with "sk-" (also "sk-proj-" or "sk-svcacct-").',
+            ),
+            verify_path="/v1/models",
         ),
         Provider(
             "anthropic",
@@ -91,6 +122,11 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             allowed_paths=("/v1/messages", "/v1/complete"),
             forwarded_headers=_ANTHROPIC_HEADERS,
             default_headers=(("anthropic-version", "2023-06-01"),),
+            title="Anthropic",
+            key_shape=KeyShape(
+                r"sk-ant-[A-Za-z0-9_-]{20,}", "sk-ant-", 'Anthropic keys start with "sk-ant-".'
+            ),
+            verify_path="/v1/models",
         ),
         Provider(
             "google",
@@ -100,6 +136,13 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             allowed_paths=("/v1beta/models", "/v1/models"),
             sse_query=((":streamGenerateContent", "alt", "sse"),),
             model_in="path:action",
+            title="Google",
+            key_shape=KeyShape(
+                r"AIza[0-9A-Za-z_-]{35}",
+                "AIza",
+                'Google AI Studio keys start with "AIza" and are 39 characters long.',
+            ),
+            verify_path="/v1beta/models",
         ),
         Provider(
             "groq",
@@ -110,6 +153,9 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
                 "/openai/v1/completions",
                 "/openai/v1/embeddings",
             ),
+            title="Groq",
+            key_shape=KeyShape(r"gsk_[A-Za-z0-9]{20,}", "gsk_", 'Groq keys start with "gsk_".'),
+            verify_path="/openai/v1/models",
         ),
         Provider(
             "openrouter",
@@ -120,6 +166,12 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
                 ("http-referer", ("http-referer", "x-relay-referer")),
                 ("x-title", ("x-title",)),
             ),
+            title="OpenRouter",
+            key_shape=KeyShape(
+                r"sk-or-[A-Za-z0-9_-]{20,}", "sk-or-", 'OpenRouter keys start with "sk-or-".'
+            ),
+            verify_path="/api/v1/key",
+            verify_credit=("data", "limit_remaining"),
         ),
         Provider(
             "mistral",
@@ -131,6 +183,9 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
                 "/v1/embeddings",
                 "/v1/fim/completions",
             ),
+            title="Mistral",
+            key_shape=KeyShape(r"[A-Za-z0-9]{32}", "", "Mistral keys are 32 letters and digits."),
+            verify_path="/v1/models",
         ),
         Provider(
             "elevenlabs",
@@ -147,6 +202,14 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             ),
             read_paths=("/v1/voices",),
             model_in="body:model_id",
+            title="ElevenLabs",
+            key_shape=KeyShape(
+                r"sk_[0-9a-fA-F]{32,}|[0-9a-fA-F]{32}",
+                "sk_",
+                'ElevenLabs keys start with "sk_" and continue in hexadecimal digits '
+                "(older keys are 32 hexadecimal digits).",
+            ),
+            verify_path="/v1/models",
         ),
         Provider(
             "huggingface",
@@ -154,6 +217,12 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             *_BEARER,
             allowed_paths=("/models",),
             model_in="path:rest",
+            title="Hugging Face",
+            key_shape=KeyShape(
+                r"hf_[A-Za-z0-9]{20,}", "hf_", 'Hugging Face tokens start with "hf_".'
+            ),
+            # Its token check (whoami) lives on huggingface.co, not on the inference host.
+            verify_path=None,
         ),
         Provider(
             "deepgram",
@@ -162,6 +231,9 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             "Token ",
             allowed_paths=("/v1/listen", "/v1/speak", "/v1/read"),
             model_in="query:model",
+            title="Deepgram",
+            key_shape=KeyShape(r"[0-9a-fA-F]{40}", "", "Deepgram keys are 40 hexadecimal digits."),
+            verify_path="/v1/projects",
         ),
         Provider(
             "openai-compatible",
@@ -169,6 +241,9 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             *_BEARER,
             allowed_paths=_compatible_paths(),
             forwarded_headers=_OPENAI_HEADERS + _ANTHROPIC_HEADERS,
+            title="OpenAI-compatible",
+            key_shape=KeyShape(foreign=True),
+            verify_path="/v1/models",
         ),
     )
 }

@@ -24,9 +24,9 @@ import httpx
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
-from backends import User
+from backends import UsageRecord, User
 
-from .auth import authenticate_digest
+from .auth import authenticate_digest, now_ms
 from .crypto import DecryptionError
 from .errors import (
     BadRequest,
@@ -37,7 +37,6 @@ from .errors import (
     UpstreamError,
 )
 from .jsonedit import parse_object
-from .keyhealth import key_hint
 from .models import ModelPolicy, model_of
 from .paths import encode_path, normalize_path
 from .pinning import pinned
@@ -46,12 +45,15 @@ from .routing import route_model
 from .services import Services
 from .ssrf import Upstream, UpstreamPolicy
 from .upstream import response_headers
+from .usage import NO_USAGE, Usage, UsageMeter
+from .verify import key_hint
 
 __all__ = ["ModelRelay", "ProviderRelay", "unsupported_provider"]
 
 logger = logging.getLogger("relay.proxy")
 
 STREAM_ERROR_FRAME: Final = b'event: error\ndata: {"error":"Stream interrupted by provider"}\n\n'
+CLIENT_CLOSED: Final = 499  # recorded when the client left before the provider answered
 
 
 class ClientGone(Exception):
@@ -97,9 +99,11 @@ class _Relay:
         path: str,
         query: bytes,
         body: bytes | None,
+        model: str | None,
     ) -> None:
         """Send the request to `provider` at `path` and relay the answer. `body` is the
-        request body when it was already read; otherwise the client's stream is forwarded."""
+        request body when it was already read; otherwise the client's stream is forwarded.
+        `model` is the model the request names, when the relay read it."""
         services, scope = request.services, request.scope
         target = await self._target(services, provider, request.headers)
         record, key = await self._key(services, request.user, provider)
@@ -113,11 +117,30 @@ class _Relay:
             (b"x-relay-key-hint", key_hint(key).encode()),
         ]
 
-        def answered(status_code: int) -> None:
-            services.key_health.observe(request.user.id, provider.name, record, status_code)
+        user = request.user
 
+        def answered(status_code: int) -> None:
+            services.key_health.observe(user.id, provider.name, record, status_code)
+
+        def finished(status: int, streamed: bool, usage: Usage) -> None:
+            services.usage.add(
+                UsageRecord(
+                    user_id=user.id,
+                    app_id=user.app_id,
+                    provider=provider.name,
+                    model=model or usage.model,
+                    status=status,
+                    latency_ms=round((time.monotonic() - started) * 1000),
+                    streamed=streamed,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    created_at=now_ms(),
+                )
+            )
+
+        started = time.monotonic()
         exchange = _Exchange(
-            services, scope, request.receive, request.send, provider, shown, answered
+            services, scope, request.receive, request.send, provider, shown, answered, finished
         )
         if target.pin is None:
             await exchange.run(scope["method"], url, outgoing, body)
@@ -180,7 +203,7 @@ class ProviderRelay(_Relay):
             raise MethodNotAllowed("Method not allowed", headers={"allow": "POST"})
         _check_length(headers, services.settings.request_body_limit)
 
-        body = None
+        body = model = None
         if self._models.enabled and method == "POST":
             # Only a model allowlist makes the relay read a body it otherwise only streams.
             try:
@@ -191,7 +214,7 @@ class ProviderRelay(_Relay):
             model = model_of(provider, path, scope["query_string"], content_type, body)
             self._models.check(model, provider.name)
         request = _Request(services, scope, receive, send, headers, user)
-        await self._forward(request, provider, path, scope["query_string"], body)
+        await self._forward(request, provider, path, scope["query_string"], body, model)
 
 
 class ModelRelay(_Relay):
@@ -223,7 +246,7 @@ class ModelRelay(_Relay):
         elif routed.model != models[0]:
             body = body.replace("model", routed.model)
         request = _Request(services, scope, receive, send, headers, user)
-        await self._forward(request, provider, routed.path, b"", body.encode())
+        await self._forward(request, provider, routed.path, b"", body.encode(), routed.model)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,9 +321,14 @@ class _Exchange:
         provider: Provider,
         shown: list[tuple[bytes, bytes]],
         answered: Callable[[int], None],
+        finished: Callable[[int, bool, Usage], None],
     ) -> None:
         self.shown = shown
         self.answered = answered
+        self.finished = finished
+        self.status = 502  # until the provider answers
+        self.streamed = False
+        self.meter: UsageMeter | None = None
         self.services = services
         self.scope = scope
         self.receive = receive
@@ -327,6 +355,23 @@ class _Exchange:
                 "pool": settings.connect_timeout,
             }
         }
+        try:
+            await self._exchange(method, url, headers, body, extensions)
+        except RelayError as error:
+            self.status = error.status
+            raise
+        finally:
+            usage = self.meter.result() if self.meter is not None else NO_USAGE
+            self.finished(self.status, self.streamed, usage)
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None,
+        extensions: dict[str, object],
+    ) -> None:
         with anyio.CancelScope() as cancel_scope:
             watcher = asyncio.create_task(self._watch_client(cancel_scope))
             try:
@@ -353,6 +398,8 @@ class _Exchange:
             finally:
                 watcher.cancel()
         if cancel_scope.cancelled_caught:
+            if self.meter is None:
+                self.status = CLIENT_CLOSED
             logger.info(
                 "client left; upstream request cancelled",
                 extra={
@@ -388,9 +435,12 @@ class _Exchange:
                 return
 
     async def _open(self, request: httpx.Request) -> httpx.Response:
+        """Send the request; the provider has `RELAY_UPSTREAM_TIMEOUT` to start answering
+        (httpx's own read timeout is set to the longer of that and the idle timeout)."""
         try:
-            return await self.services.http.send(request, stream=True)
-        except httpx.TimeoutException:
+            with anyio.fail_after(self.services.settings.upstream_timeout):
+                return await self.services.http.send(request, stream=True)
+        except (httpx.TimeoutException, TimeoutError):
             raise UpstreamError(
                 "AI provider timed out", code="upstream_timeout", status=504
             ) from None
@@ -403,6 +453,8 @@ class _Exchange:
         settings = self.services.settings
         content_type = response.headers.get("content-type", "")
         sse = content_type.startswith("text/event-stream")
+        self.status, self.streamed = response.status_code, sse
+        self.meter = meter = UsageMeter(content_type, response.headers.get("content-encoding"))
         self.answered(response.status_code)
         await self.send(
             {
@@ -421,6 +473,7 @@ class _Exchange:
                     except StopAsyncIteration:
                         break
                 timeout = settings.stream_idle_timeout
+                meter.feed(chunk)
                 await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (httpx.TransportError, TimeoutError) as exc:
             reason = "idle timeout" if isinstance(exc, TimeoutError) else type(exc).__name__

@@ -18,6 +18,7 @@ from .config import Settings
 from .crypto import KeyCipher
 from .keyhealth import KeyHealth
 from .ratelimit import Limit, RateLimiter
+from .recorder import UsageRecorder
 from .tokens import TokenHasher
 from .upstream import new_http_client
 
@@ -36,6 +37,7 @@ class Services:
     limiter: RateLimiter
     background: Background
     key_health: KeyHealth
+    usage: UsageRecorder
     started_at: float
 
 
@@ -104,6 +106,18 @@ async def open_services(
         if settings.app_secret is None:
             logger.warning("APP_SECRET is not set: anyone can register with POST /users")
         key_health = KeyHealth(store, background)
+        usage = UsageRecorder(store)
+        await usage.start()
+        stack.push_async_callback(usage.close)
         yield Services(
-            settings, store, cipher, tokens, http, limiter, background, key_health, time.time()
+            settings,
+            store,
+            cipher,
+            tokens,
+            http,
+            limiter,
+            background,
+            key_health,
+            usage,
+            time.time(),
         )

@@ -20,6 +20,25 @@ Scenario selection, first match wins:
 
 Tuning query parameters: ``delay_ms``, ``interval_ms``, ``chunks``, ``status``.
 See ``SCENARIOS`` for the list of scenario names.
+
+Key checks. The requests a relay sends to check a key (``GET`` of a models listing:
+``/v1/models``, ``/openai/v1/models``, ``/v1beta/models``; OpenRouter ``/api/v1/key``; Deepgram
+``/v1/projects``; ElevenLabs ``/v1/user`` and ``/v1/models`` with ``xi-api-key``) carry no scenario
+of the test's, so when none is given their answer is chosen by the key they carry (in
+``authorization``, ``x-api-key``, ``x-goog-api-key``, ``xi-api-key`` or ``?key=``), in each
+provider's own shape; see ``KEY_MARKERS``. A key containing ``mock401``, ``mock403``,
+``mock402`` or ``mock500`` gets that status; ``mock429`` a 429 with ``retry-after``;
+``mockquota`` the provider's own way of saying the account cannot pay (OpenAI 429
+``insufficient_quota``, Anthropic 400 "credit balance is too low", Google 429 "prepayment credits
+are depleted", ElevenLabs 401 ``quota_exceeded``, Deepgram 402, OpenRouter 200 with
+``limit_remaining: 0``); ``mockinvalid`` the provider's real answer to a bad key (Google: 400
+``API_KEY_INVALID``, elsewhere as ``mock401``); ``mockscoped`` a genuine key lacking the
+permission to list (OpenAI 401 "Missing scopes", ElevenLabs 401 ``missing_permissions``);
+``mockslow`` waits 5 s before answering normally (and notices the client giving up). Keys that
+may only hold hexadecimal digits (Deepgram, ElevenLabs) use ``deadbeef401``, ``deadbeef402``,
+``deadbeef403``, ``deadbeef429``, ``deadbeef500``, ``deadbeef0402`` (quota), ``deadbeef0504``
+(slow), ``deadbeef0400`` (invalid) and ``deadbeef0403`` (scoped). Any other key gets a realistic
+200.
 """
 
 from __future__ import annotations
@@ -48,6 +67,7 @@ import uvicorn
 __all__ = [
     "AUDIO_BYTES",
     "IMAGE_BYTES",
+    "KEY_MARKERS",
     "SCENARIOS",
     "MockApp",
     "MockProvider",
@@ -313,7 +333,14 @@ def _route(method: str, path: str, headers: list[tuple[str, str]]) -> _Route:
         return _Route("eleven_stt", "elevenlabs")
     if method == "GET" and path in ("/v1/voices", "/v2/voices"):
         return _Route("eleven_voices", "elevenlabs")
+    if method == "GET" and path == "/v1/user":
+        return _Route("eleven_user", "elevenlabs")
     # Deepgram
+    if method == "GET" and path == "/v1/projects":
+        return _Route("deepgram_projects", "deepgram")
+    # OpenRouter's key information
+    if method == "GET" and path == "/api/v1/key":
+        return _Route("openrouter_key", "openrouter")
     if method == "POST" and path == "/v1/listen":
         return _Route("deepgram_listen", "deepgram")
     if method == "POST" and path == "/v1/speak":
@@ -335,6 +362,8 @@ def _route(method: str, path: str, headers: list[tuple[str, str]]) -> _Route:
     if method == "GET" and path.endswith("/v1/models"):
         if any(k == "anthropic-version" for k, _ in headers):
             return _Route("anthropic_models", "anthropic")
+        if any(k == "xi-api-key" for k, _ in headers):
+            return _Route("eleven_models", "elevenlabs")
         return _Route("openai_models", "openai")
     # HuggingFace inference API
     if method == "POST" and (m := _HF_RE.match(path)):
@@ -881,6 +910,411 @@ def _error_reply(
 
 
 # --------------------------------------------------------------------------------------------
+# Key checks: answers chosen by the key
+# --------------------------------------------------------------------------------------------
+
+_PROBE_KINDS = frozenset(
+    {
+        "openai_models",
+        "anthropic_models",
+        "gemini_models",
+        "openrouter_key",
+        "deepgram_projects",
+        "eleven_user",
+        "eleven_models",
+    }
+)
+_KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "xi-api-key")
+_SLOW_PROBE_S = 5.0
+
+KEY_MARKERS: tuple[tuple[str, str], ...] = (
+    ("mockquota", "quota"),
+    ("mockslow", "slow"),
+    ("mockinvalid", "invalid"),
+    ("mockscoped", "scoped"),
+    ("mock401", "401"),
+    ("mock402", "402"),
+    ("mock403", "403"),
+    ("mock429", "429"),
+    ("mock500", "500"),
+    ("deadbeef0402", "quota"),
+    ("deadbeef0504", "slow"),
+    ("deadbeef0400", "invalid"),
+    ("deadbeef0403", "scoped"),
+    ("deadbeef401", "401"),
+    ("deadbeef402", "402"),
+    ("deadbeef403", "403"),
+    ("deadbeef429", "429"),
+    ("deadbeef500", "500"),
+)
+"""(substring of the key, lower-cased; what the key checks answer), first match wins."""
+
+
+def _sent_keys(rec: Recorded) -> list[str]:
+    keys = [v for k, v in rec.headers if k in _KEY_HEADERS]
+    keys += _parse_query(rec.query_string).get("key", [])
+    return [k.lower() for k in keys]
+
+
+def _key_verdict(rec: Recorded) -> str | None:
+    keys = _sent_keys(rec)
+    for marker, verdict in KEY_MARKERS:
+        if any(marker in k for k in keys):
+            return verdict
+    return None
+
+
+def _masked(rec: Recorded) -> str:
+    """The key as providers quote it back in errors: a few characters of each end."""
+    keys = [v for k, v in rec.headers if k in _KEY_HEADERS]
+    key = keys[0].split(" ", 1)[-1] if keys else ""
+    return f"{key[:8]}{'*' * 20}{key[-4:]}" if len(key) > 12 else "****"
+
+
+def _eleven_models() -> list[dict[str, Any]]:
+    def model(model_id: str, name: str) -> dict[str, Any]:
+        return {
+            "model_id": model_id,
+            "name": name,
+            "can_be_finetuned": False,
+            "can_do_text_to_speech": True,
+            "can_do_voice_conversion": False,
+            "token_cost_factor": 1.0,
+            "languages": [{"language_id": "en", "name": "English"}],
+        }
+
+    return [
+        model("eleven_multilingual_v2", "Eleven Multilingual v2"),
+        model("eleven_flash_v2_5", "Eleven Flash v2.5"),
+    ]
+
+
+def _eleven_user(ctx: _Ctx) -> dict[str, Any]:
+    return {
+        "user_id": "mockuser0000000000000000000",
+        "subscription": {
+            "tier": "creator",
+            "character_count": 1234,
+            "character_limit": 100_000,
+            "can_extend_character_limit": True,
+            "status": "active",
+        },
+        "is_new_user": False,
+        "xi_api_key": _masked(ctx.rec),
+        "can_use_delayed_payment_methods": False,
+    }
+
+
+def _deepgram_projects() -> dict[str, Any]:
+    return {
+        "projects": [
+            {"project_id": "3f2c1a9e-0000-4000-8000-000000000001", "name": "Mock project"},
+        ]
+    }
+
+
+def _openrouter_key(ctx: _Ctx, remaining: float | None) -> dict[str, Any]:
+    return {
+        "data": {
+            "label": _masked(ctx.rec),
+            "usage": 0.0123,
+            "limit": None if remaining is None else 10.0,
+            "limit_remaining": remaining,
+            "is_free_tier": False,
+            "is_provisioning_key": False,
+            "rate_limit": {"requests": 20, "interval": "10s"},
+        }
+    }
+
+
+_GOOGLE_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+_RETRY_AFTER = [("retry-after", "7")]
+
+
+def _probe_openai(verdict: str, masked: str) -> tuple[int, Any, list[tuple[str, str]]]:
+    def err(message: str, kind: str, code: str | None) -> dict[str, Any]:
+        return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+    bad_key = err(
+        f"Incorrect API key provided: {masked}. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        "invalid_request_error",
+        "invalid_api_key",
+    )
+    answers: dict[str, tuple[int, Any, list[tuple[str, str]]]] = {
+        "401": (401, bad_key, []),
+        "invalid": (401, bad_key, []),
+        "403": (
+            403,
+            err(
+                "Country, region, or territory not supported",
+                "request_forbidden",
+                "unsupported_country_region_territory",
+            ),
+            [],
+        ),
+        "402": (402, _error_body("openai", 402, "Payment required (mock)."), []),
+        "quota": (
+            429,
+            err(
+                "You exceeded your current quota, please check your plan and billing details. "
+                "For more information on this error, read the docs: "
+                "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                "insufficient_quota",
+                "insufficient_quota",
+            ),
+            [("x-request-id", "req_mock_quota")],
+        ),
+        "429": (
+            429,
+            err(
+                "Rate limit reached for requests (mock). Please try again in 7s.",
+                "requests",
+                "rate_limit_exceeded",
+            ),
+            list(_RATELIMIT_HEADERS),
+        ),
+        "500": (
+            500,
+            err(
+                "The server had an error while processing your request. Sorry about that!",
+                "server_error",
+                None,
+            ),
+            [],
+        ),
+        "scoped": (
+            401,
+            err(
+                "You have insufficient permissions for this operation. Missing scopes: "
+                "api.model.read. Check that you have the correct role in your organization "
+                "(Reader, Writer, Owner) and project (Member, Owner), and if you're using a "
+                "restricted API key, that it has the necessary scopes.",
+                "invalid_request_error",
+                None,
+            ),
+            [],
+        ),
+    }
+    return answers[verdict]
+
+
+def _probe_anthropic(verdict: str, masked: str) -> tuple[int, Any, list[tuple[str, str]]]:
+    def err(kind: str, message: str) -> dict[str, Any]:
+        return {"type": "error", "error": {"type": kind, "message": message}}
+
+    bad_key = err("authentication_error", "invalid x-api-key")
+    denied = err(
+        "permission_error", "Your API key does not have permission to use the specified resource."
+    )
+    answers: dict[str, tuple[int, Any, list[tuple[str, str]]]] = {
+        "401": (401, bad_key, []),
+        "invalid": (401, bad_key, []),
+        "403": (403, denied, []),
+        "scoped": (403, denied, []),
+        "402": (402, err("billing_error", "Your account has a billing problem (mock)."), []),
+        "quota": (
+            400,
+            err(
+                "invalid_request_error",
+                "Your credit balance is too low to access the Anthropic API. Please go to "
+                "Plans & Billing to upgrade or purchase credits.",
+            ),
+            [],
+        ),
+        "429": (
+            429,
+            err("rate_limit_error", "Number of requests has exceeded your rate limit (mock)."),
+            _RATELIMIT_HEADERS + _ANTHROPIC_RATELIMIT_HEADERS,
+        ),
+        "500": (500, err("api_error", "Internal server error"), []),
+    }
+    return answers[verdict]
+
+
+def _probe_gemini(verdict: str, masked: str) -> tuple[int, Any, list[tuple[str, str]]]:
+    def err(
+        status: int, google: str, message: str, details: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": status, "message": message, "status": google}
+        if details is not None:
+            body["details"] = details
+        return {"error": body}
+
+    def info(reason: str) -> list[dict[str, Any]]:
+        metadata = {"service": "generativelanguage.googleapis.com"}
+        return [
+            {
+                "@type": _GOOGLE_ERROR_INFO,
+                "reason": reason,
+                "domain": "googleapis.com",
+                "metadata": metadata,
+            }
+        ]
+
+    invalid = "API key not valid. Please pass a valid API key."
+    suspended = f"Permission denied: Consumer 'api_key:{masked}' has been suspended."
+    answers: dict[str, tuple[int, Any, list[tuple[str, str]]]] = {
+        "401": (
+            401,
+            err(
+                401,
+                "UNAUTHENTICATED",
+                "Request had invalid authentication credentials. Expected OAuth 2 access "
+                "token, login cookie or other valid authentication credential.",
+            ),
+            [],
+        ),
+        "invalid": (400, err(400, "INVALID_ARGUMENT", invalid, info("API_KEY_INVALID")), []),
+        "403": (403, err(403, "PERMISSION_DENIED", suspended, info("CONSUMER_SUSPENDED")), []),
+        "scoped": (403, err(403, "PERMISSION_DENIED", suspended, info("CONSUMER_SUSPENDED")), []),
+        "402": (402, _error_body("gemini", 402, "Payment required (mock)."), []),
+        "quota": (
+            429,
+            err(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "Your prepayment credits are depleted. Please go to AI Studio at "
+                "https://ai.studio/projects to manage your project and billing.",
+            ),
+            [],
+        ),
+        "429": (
+            429,
+            err(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "You exceeded your current quota, please check your plan and billing details. "
+                "For more information on this error, head to: "
+                "https://ai.google.dev/gemini-api/docs/rate-limits.",
+                [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                        "violations": [
+                            {
+                                "quotaMetric": "generativelanguage.googleapis.com/"
+                                "generate_content_free_tier_requests",
+                                "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                            }
+                        ],
+                    },
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"},
+                ],
+            ),
+            list(_RETRY_AFTER),
+        ),
+        "500": (
+            500,
+            err(500, "INTERNAL", "An internal error has occurred. Please retry (mock)."),
+            [],
+        ),
+    }
+    return answers[verdict]
+
+
+def _probe_elevenlabs(verdict: str, masked: str) -> tuple[int, Any, list[tuple[str, str]]]:
+    def err(status: str, message: str) -> dict[str, Any]:
+        return {"detail": {"status": status, "message": message}}
+
+    bad_key = err("invalid_api_key", "Invalid API key")
+    answers: dict[str, tuple[int, Any, list[tuple[str, str]]]] = {
+        "401": (401, bad_key, []),
+        "invalid": (401, bad_key, []),
+        "403": (403, err("access_denied", "Access denied (mock)."), []),
+        "402": (402, err("payment_required", "Your subscription payment failed (mock)."), []),
+        "quota": (
+            401,
+            err(
+                "quota_exceeded",
+                "This request exceeds your quota of 10000. You have 0 credits remaining, "
+                "while 1 credits are required for this request.",
+            ),
+            [],
+        ),
+        "429": (
+            429,
+            err("too_many_concurrent_requests", "Too many concurrent requests (mock)."),
+            list(_RETRY_AFTER),
+        ),
+        "500": (500, err("internal_server_error", "Internal server error (mock)."), []),
+        "scoped": (
+            401,
+            err(
+                "missing_permissions",
+                "The API key you used is missing the permission models_read to execute this "
+                "operation.",
+            ),
+            [],
+        ),
+    }
+    return answers[verdict]
+
+
+def _probe_deepgram(verdict: str, masked: str) -> tuple[int, Any, list[tuple[str, str]]]:
+    def err(code: str, message: str) -> dict[str, Any]:
+        return {"err_code": code, "err_msg": message, "request_id": f"mock-{code.lower()}"}
+
+    bad_key = err("INVALID_AUTH", "Invalid credentials.")
+    no_credit = err(
+        "ASR_PAYMENT_REQUIRED",
+        "Project does not have enough credits for an ASR request and does not have an "
+        "overage agreement.",
+    )
+    answers: dict[str, tuple[int, Any, list[tuple[str, str]]]] = {
+        "401": (401, bad_key, []),
+        "invalid": (401, bad_key, []),
+        "403": (403, err("FORBIDDEN", "Access to this project is denied (mock)."), []),
+        "scoped": (403, err("INSUFFICIENT_PERMISSIONS", "Insufficient permissions."), []),
+        "402": (402, no_credit, []),
+        "quota": (402, no_credit, []),
+        "429": (429, err("TOO_MANY_REQUESTS", "Too many requests (mock)."), list(_RETRY_AFTER)),
+        "500": (500, err("INTERNAL_SERVER_ERROR", "Internal server error (mock)."), []),
+    }
+    return answers[verdict]
+
+
+def _probe_openrouter(verdict: str, masked: str) -> tuple[int, Any, list[tuple[str, str]]]:
+    def err(status: int, message: str) -> dict[str, Any]:
+        return {"error": {"code": status, "message": message}}
+
+    answers: dict[str, tuple[int, Any, list[tuple[str, str]]]] = {
+        "401": (401, err(401, "User not found."), []),
+        "invalid": (401, err(401, "User not found."), []),
+        "403": (403, err(403, "This API key has been disabled (mock)."), []),
+        "scoped": (403, err(403, "This API key has been disabled (mock)."), []),
+        "402": (
+            402,
+            err(
+                402,
+                "Insufficient credits. Add more using https://openrouter.ai/settings/credits",
+            ),
+            [],
+        ),
+        "429": (429, err(429, "Rate limit exceeded (mock)."), list(_RETRY_AFTER)),
+        "500": (500, err(500, "Internal Server Error"), []),
+    }
+    return answers[verdict]
+
+
+_PROBE_FAMILIES: dict[str, Callable[[str, str], tuple[int, Any, list[tuple[str, str]]]]] = {
+    "openai": _probe_openai,
+    "anthropic": _probe_anthropic,
+    "gemini": _probe_gemini,
+    "elevenlabs": _probe_elevenlabs,
+    "deepgram": _probe_deepgram,
+    "openrouter": _probe_openrouter,
+}
+
+
+def _probe_reply(ctx: _Ctx, verdict: str) -> _Reply:
+    """The answer of a key check to a key carrying a marker (not ``slow``)."""
+    if ctx.route.kind == "openrouter_key" and verdict == "quota":
+        return _json_reply(_openrouter_key(ctx, remaining=0))
+    status, body, headers = _PROBE_FAMILIES[ctx.route.family](verdict, _masked(ctx.rec))
+    return _json_reply(body, status, headers)
+
+
+# --------------------------------------------------------------------------------------------
 # Reply selection
 # --------------------------------------------------------------------------------------------
 
@@ -960,6 +1394,14 @@ def _default_reply(ctx: _Ctx, allow_stream: bool = True) -> _Reply:
         return _json_reply(_deepgram_read(ctx))
     if kind == "hf_model":
         return _binary_reply(IMAGE_BYTES, "image/png", chunked=False)
+    if kind == "eleven_models":
+        return _json_reply(_eleven_models())
+    if kind == "eleven_user":
+        return _json_reply(_eleven_user(ctx))
+    if kind == "deepgram_projects":
+        return _json_reply(_deepgram_projects())
+    if kind == "openrouter_key":
+        return _json_reply(_openrouter_key(ctx, remaining=None))
     message = f"Unknown request URL: {ctx.rec.method} {ctx.rec.path}. (mock provider)"
     return _error_reply(ctx.route, 404, message)
 
@@ -1096,6 +1538,14 @@ class MockApp:
     async def _answer(self, ctx: _Ctx, ex: _Exchange, send: Send) -> None:
         scenario = ctx.scenario()
         route = ctx.route
+        if scenario == "default" and route.kind in _PROBE_KINDS:
+            verdict = _key_verdict(ctx.rec)
+            if verdict == "slow":
+                if await self._pause(ex, _SLOW_PROBE_S) and ex.disconnected_at is not None:
+                    return
+            elif verdict is not None:
+                await self._play(ctx, ex, send, _probe_reply(ctx, verdict))
+                return
         if scenario == "ratelimited":
             headers = list(_RATELIMIT_HEADERS)
             if route.family == "anthropic":

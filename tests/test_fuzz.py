@@ -42,6 +42,8 @@ from tests.relayserver import RelayServer, register, relay_env, store_key
 pytestmark = pytest.mark.sqlite
 
 SEED = 20_240_611
+FUZZ_APP_SECRET = "fuzz-operator-secret"
+OPERATOR = f"Bearer {FUZZ_APP_SECRET}"
 MAX_EXAMPLES = 30
 CHECKS = [
     not_a_server_error,
@@ -128,6 +130,8 @@ def fuzz_relay(
         RATE_LIMIT_RELAY=unlimited,
         RATE_LIMIT_REGISTER=unlimited,
         RATE_LIMIT_HEALTH=unlimited,
+        # Configured, so that the operator's statistics answer rather than 503.
+        APP_SECRET=FUZZ_APP_SECRET,
         # A stray mock scenario (a fuzzed `"model": "mock-stall"`) must not hold the run up.
         RELAY_CONNECT_TIMEOUT="2",
         RELAY_UPSTREAM_TIMEOUT="5",
@@ -153,7 +157,7 @@ def http(fuzz_relay: RelayServer) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def fuzz_token(http: httpx.Client) -> str:
     """The shared fuzz user, with a key stored for every provider."""
-    token = register(http, app_id="fuzz")
+    token = register(http, app_id="fuzz", authorization=OPERATOR)
     for name in PROVIDERS:
         store_key(http, token, name, provider_key(name))
     return token
@@ -205,7 +209,7 @@ def call_and_check(
     """Send `case` with `token`, run the schema checks, and check that the body is JSON unless
     it is successfully relayed provider content."""
     # Pinned: the fuzzer's own `x-relay-base-url` values never reach the relay.
-    headers = {"x-relay-token": token, "x-relay-base-url": mock.url}
+    headers = {"x-relay-token": token, "x-relay-base-url": mock.url, "authorization": OPERATOR}
     response = case.call_and_validate(base_url=relay.url, headers=headers, checks=CHECKS)
     relayed = case.path in RELAY_PATHS
     content_type = response.headers.get("content-type", [""])[0].split(";")[0].strip()
@@ -231,7 +235,11 @@ def test_fuzz(
 ) -> None:
     """Every documented operation, valid and invalid inputs."""
     operation = (case.method.upper(), case.path)
-    token = register(http, app_id="fuzz-own") if operation in OWN_USER else fuzz_token
+    token = (
+        register(http, app_id="fuzz-own", authorization=OPERATOR)
+        if operation in OWN_USER
+        else fuzz_token
+    )
     response = call_and_check(case, fuzz_relay, mock, token)
 
     if operation == ("POST", "/keys/{provider}") and response.status_code == 200:

@@ -150,7 +150,7 @@ def test_documented_statuses_per_endpoint(document: dict[str, Any]) -> None:
     assert statuses("/version", "get") == {"200"}
     assert statuses("/openapi.json", "get") == {"200"}
     assert statuses("/users", "post") == {"200", "400", "401", "413", "503"}
-    assert statuses("/keys/{provider}", "post") == {"200", "400", "401", "413", "503"}
+    assert statuses("/keys/{provider}", "post") == {"200", "400", "401", "413", "422", "503"}
     assert statuses("/models", "get") == {"200"}
     assert statuses("/relay", "post") == {
         *("200", "400", "401", "403", "413", "502", "503", "504"),

@@ -377,6 +377,21 @@ def test_first_byte_timeout_is_504(slow_relay: tuple[RelayServer, str]) -> None:
     assert time.monotonic() - started < 2
 
 
+def test_first_byte_timeout_shorter_than_the_idle_timeout(make_relay: RelayFactory) -> None:
+    server = make_relay(RELAY_UPSTREAM_TIMEOUT="0.3")  # idle stays at its default, 120 s
+    with server.client() as c:
+        token = register(c)
+        store_key(c, token, "openai", "test-openai-key-first-byte")
+        started = time.monotonic()
+        response = c.post(
+            "/relay/openai/v1/chat/completions?scenario=slow_headers&delay_ms=3000",
+            json=CHAT,
+            headers=relay_headers(token),
+        )
+    assert_error(response, 504, "AI provider timed out")
+    assert time.monotonic() - started < 2
+
+
 def test_idle_stream_ends_with_error_event(slow_relay: tuple[RelayServer, str]) -> None:
     server, token = slow_relay
     with (

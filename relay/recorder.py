@@ -1,0 +1,64 @@
+"""Usage records, written in batches by one task, never on a request's path.
+
+`UsageRecorder.add` only appends to a queue; a background task writes what has queued at
+least once a second, or as soon as `BATCH` records wait. A write that fails is logged and its
+batch dropped: bookkeeping never fails or slows a relay call. On shutdown the queue is flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Final
+
+from backends import KeyStore, StoreError, UsageRecord
+
+__all__ = ["UsageRecorder"]
+
+logger = logging.getLogger("relay")
+
+BATCH: Final = 200
+INTERVAL: Final = 1.0
+MAX_QUEUED: Final = 100_000
+
+
+class UsageRecorder:
+    def __init__(self, store: KeyStore) -> None:
+        self._store = store
+        self._queue: list[UsageRecord] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, record: UsageRecord) -> None:
+        if len(self._queue) >= MAX_QUEUED:  # the store has been down a long while
+            return
+        self._queue.append(record)
+        if len(self._queue) >= BATCH:
+            self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    async def flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
+            try:
+                await self._store.record_usage(batch)
+            except StoreError as exc:
+                logger.warning("usage records dropped: %s", exc, extra={"records": len(batch)})
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(INTERVAL):
+                    await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
