@@ -73,7 +73,7 @@ _COUNTS: Final = (
     ("usageMetadata", "promptTokenCount", "candidatesTokenCount"),  # Gemini
 )
 _MODEL_KEYS: Final = ("model", "modelVersion")  # OpenAI, Anthropic; Gemini
-_WRAPPERS: Final = ("response", "x_groq")
+_WRAPPERS: Final = ("message", "response", "x_groq")
 """Keys under which an event nests the object that reports: Anthropic's `message_start`, OpenAI
 Responses' `response.*` events, Groq's `x_groq`."""
 
