@@ -249,6 +249,21 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
 }
 
 
+# Encodings the usage meter can read as a copy passes (zlib); the client accepts them too, since
+# it offered them. Brotli and zstd answers would pass through unmetered.
+_METERABLE_ENCODINGS: Final = frozenset({"gzip", "deflate", "identity"})
+
+
+def _meterable_encodings(accept_encoding: str) -> str:
+    """The client's `accept-encoding`, less the encodings the relay cannot meter."""
+    kept = [
+        part.strip()
+        for part in accept_encoding.split(",")
+        if part.split(";")[0].strip().lower() in _METERABLE_ENCODINGS
+    ]
+    return ", ".join(kept) or "identity"
+
+
 def _clean(value: str) -> bytes:
     """A header value as the bytes the client sent, less CR, LF and NUL: nothing a client
     sends can split a header, and non-ASCII bytes pass as they came."""
@@ -267,6 +282,8 @@ def forwarded_request_headers(
     for name in COMMON_REQUEST_HEADERS:
         value = client_headers.get(name)
         if value is not None:
+            if name == "accept-encoding":
+                value = _meterable_encodings(value)
             out.append((name.encode(), _clean(value)))
     for upstream_name, client_names in provider.forwarded_headers:
         for client_name in client_names:

@@ -467,3 +467,19 @@ def test_query_is_untouched_for_other_providers(name: str, query: bytes) -> None
     expected = "?" + query.decode() if query else ""
     assert _query(PROVIDERS[name], "/v1/chat/completions:streamGenerateContent", query) == expected
     assert _query(PROVIDERS[name], "/v1/chat/completions", query) == expected
+
+
+@pytest.mark.parametrize(
+    ("offered", "forwarded_value"),
+    [
+        ("gzip, deflate, br, zstd", "gzip, deflate"),
+        ("br;q=1.0, gzip;q=0.8", "gzip;q=0.8"),
+        ("br", "identity"),
+        ("identity", "identity"),
+    ],
+)
+def test_only_encodings_the_usage_meter_reads_are_offered_upstream(
+    offered: str, forwarded_value: str
+) -> None:
+    sent = dict(forwarded(PROVIDERS["openai"], {"accept-encoding": offered}, KEY))
+    assert sent["accept-encoding"] == forwarded_value
