@@ -12,7 +12,7 @@ from relay.crypto import DecryptionError, KeyCipher, derive_key
 OLD = "old-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 NEW = "new-secret-ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210"
 SALT = "byok-relay-salt"
-KEY = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
+KEY = "test-key-abcdefghijklmnopqrstuvwxyz0123456789"
 
 # scrypt costs ~50 ms per secret: every cipher is built once for the module.
 NEW_ONLY = KeyCipher([NEW], SALT)
