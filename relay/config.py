@@ -91,6 +91,7 @@ class Settings:
     rate_limit_register: str = "10/hour"
     rate_limit_health: str = "6/minute"
     rate_limit_fail: str = "closed"
+    cache_ttl: float = 1.0
     forwarded_allow_ips: tuple[str, ...] = ()
     token_expiry_days: float = 90
     request_body_limit: int = 10 * 1024 * 1024
@@ -213,6 +214,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         rate_limit_register=_limit(get, "RATE_LIMIT_REGISTER", "10/hour"),
         rate_limit_health=_limit(get, "RATE_LIMIT_HEALTH", "6/minute"),
         rate_limit_fail=_choice(get, "RATE_LIMIT_FAIL", ("closed", "open")),
+        cache_ttl=_number(get, "CACHE_TTL", 1, minimum=0, maximum=1),
         forwarded_allow_ips=_csv(get("FORWARDED_ALLOW_IPS")),
         token_expiry_days=_number(get, "TOKEN_EXPIRY_DAYS", 90, minimum=0, maximum=36_500),
         request_body_limit=int(

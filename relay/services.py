@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from backends import KeyStore, StoreOptions, open_store, url_scheme
+from backends.cache import CachedStore
 
 from .background import Background
 from .config import Settings
@@ -100,6 +101,8 @@ async def open_services(
         if store is None:
             store = open_store(database_url, store_options(settings))
             stack.push_async_callback(store.close)
+        if settings.cache_ttl > 0:
+            store = CachedStore(store, settings.cache_ttl)
         http = await stack.enter_async_context(new_http_client(settings))
         background = Background()
         stack.push_async_callback(background.close)

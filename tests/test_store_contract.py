@@ -27,6 +27,7 @@ from backends import (
     User,
     migrate,
 )
+from backends.cache import CachedStore
 from tests import servers
 
 pytestmark = pytest.mark.anyio
@@ -56,6 +57,7 @@ def _migrated_sqlite_copy(factory: pytest.TempPathFactory, path: Path) -> None:
 @pytest.fixture(
     params=[
         pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("cached-sqlite", marks=pytest.mark.sqlite),
         pytest.param("postgres", marks=pytest.mark.postgres),
         pytest.param("redis", marks=pytest.mark.redis),
     ]
@@ -65,11 +67,13 @@ async def store(
 ) -> AsyncIterator[KeyStore]:
     """An empty, migrated store of each backend; closed after the test."""
     namespace = None
-    if request.param == "sqlite":
+    if request.param in ("sqlite", "cached-sqlite"):
         path = tmp_path / "x.db"
         # Alembic runs its own event loop, so it must not run on this one's thread.
         await anyio.to_thread.run_sync(_migrated_sqlite_copy, tmp_path_factory, path)
         opened = backends.open_store(f"sqlite:///{path}")
+        if request.param == "cached-sqlite":  # what a relay process uses: one process's view
+            opened = CachedStore(opened, ttl=1.0)
     elif request.param == "postgres":
         url = request.getfixturevalue("postgres_url")
         await servers.truncate(url)
