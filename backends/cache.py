@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .base import UNVERIFIED, KeyInfo, KeyMeta, KeyStore, UsageRecord, UsageStats, User
 
@@ -81,7 +81,7 @@ class _Entries(Generic[K, V]):
         self._loading.clear()
 
 
-def _retrieve(future: asyncio.Future[object]) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     # Every waiter may have left before a failed read finished; its error is theirs, not a
     # "never retrieved" warning's.
     if not future.cancelled():
