@@ -48,8 +48,11 @@ class UsageRecorder:
         await self.flush()
 
     async def flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
+        """Write what is queued now; records added meanwhile wait for the next round, so that
+        steady traffic is written in full batches, not a few records per write."""
+        queued, self._queue = self._queue, []
+        for start in range(0, len(queued), BATCH):
+            batch = queued[start : start + BATCH]
             try:
                 await self._store.record_usage(batch)
             except StoreError as exc:
