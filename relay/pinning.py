@@ -3,22 +3,23 @@
 An openai-compatible upstream is named by the client; `relay.ssrf` resolves and checks the
 name, and the request then runs inside `pinned(name, address)`. Connections keep the name
 everywhere else: in the pool's key (a connection is only reused for the same name), in SNI
-and in certificate verification; only the TCP connect goes to the pinned address. Without a
-pin, a name resolves as usual (every other provider).
+and in certificate verification; only the TCP connect goes to the pinned address, through
+`PinningResolver`, the one resolver of the upstream connection pool. Without a pin, a name
+resolves as usual (every other provider).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ssl
-from collections.abc import Iterable, Iterator, Mapping
+import ipaddress
+import socket
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 
-import certifi
-import httpcore
-import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
 
-__all__ = ["PinningTransport", "pinned"]
+__all__ = ["PinningResolver", "pinned"]
 
 _pins: ContextVar[Mapping[str, str] | None] = ContextVar("byok_relay_pins", default=None)
 
@@ -33,29 +34,34 @@ def pinned(host: str, address: str) -> Iterator[None]:
         _pins.reset(token)
 
 
-class _PinnedBackend(httpcore.AnyIOBackend):
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's signature
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+class PinningResolver(AbstractResolver):
+    """The pinned address of a name when the calling task has one, else the system's answer.
+
+    The pool must call it from the requesting task (aiohttp does with its DNS cache off), so
+    that the task's pins are the ones seen.
+    """
+
+    def __init__(self) -> None:
+        self._system = ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         pins = _pins.get()
-        address = pins.get(host, host) if pins else host
-        return await super().connect_tcp(address, port, timeout, local_address, socket_options)
+        address = pins.get(host) if pins else None
+        if address is None:
+            return await self._system.resolve(host, port, family)
+        version = ipaddress.ip_address(address).version
+        return [
+            {
+                "hostname": host,
+                "host": address,
+                "port": port,
+                "family": socket.AF_INET6 if version == 6 else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
 
-
-class PinningTransport(httpx.AsyncHTTPTransport):
-    """httpx's own transport, whose connection pool connects through the pins."""
-
-    def __init__(self, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> None:
-        super().__init__(limits=limits)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context or ssl.create_default_context(cafile=certifi.where()),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_PinnedBackend(),
-        )
+    async def close(self) -> None:
+        await self._system.close()

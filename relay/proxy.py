@@ -378,12 +378,8 @@ class _Exchange:
                 content: bytes | AsyncIterator[bytes] | None = body
                 if content is None and method == "POST":
                     content = self._body()
-                request = self.services.http.build_request(
-                    method,
-                    url,
-                    headers=headers,
-                    content=content,
-                    extensions=extensions,
+                request = httpx.Request(
+                    method, url, headers=headers, content=content, extensions=extensions
                 )
                 if not isinstance(content, AsyncIterator):
                     self.body_done.set()
@@ -439,7 +435,7 @@ class _Exchange:
         (httpx's own read timeout is set to the longer of that and the idle timeout)."""
         try:
             with anyio.fail_after(self.services.settings.upstream_timeout):
-                return await self.services.http.send(request, stream=True)
+                return await self.services.transport.handle_async_request(request)
         except (httpx.TimeoutException, TimeoutError):
             raise UpstreamError(
                 "AI provider timed out", code="upstream_timeout", status=504

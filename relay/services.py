@@ -21,7 +21,7 @@ from .keyhealth import KeyHealth
 from .ratelimit import Limit, RateLimiter
 from .recorder import UsageRecorder
 from .tokens import TokenHasher
-from .upstream import new_http_client
+from .upstream import new_http_client, new_transport
 
 __all__ = ["Services", "open_services", "store_options"]
 
@@ -35,6 +35,9 @@ class Services:
     cipher: KeyCipher
     tokens: TokenHasher
     http: httpx.AsyncClient
+    """For the relay's own calls (key verification, deep health); closes `transport`."""
+    transport: httpx.AsyncBaseTransport
+    """The upstream connection pool: relayed requests go straight to it."""
     limiter: RateLimiter
     background: Background
     key_health: KeyHealth
@@ -103,7 +106,8 @@ async def open_services(
             stack.push_async_callback(store.close)
         if settings.cache_ttl > 0:
             store = CachedStore(store, settings.cache_ttl)
-        http = await stack.enter_async_context(new_http_client(settings))
+        transport = new_transport()
+        http = await stack.enter_async_context(new_http_client(settings, transport))
         background = Background()
         stack.push_async_callback(background.close)
         if settings.app_secret is None:
@@ -118,6 +122,7 @@ async def open_services(
             cipher,
             tokens,
             http,
+            transport,
             limiter,
             background,
             key_health,

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Final
 
 import httpx
 
 from .config import Settings
-from .pinning import PinningTransport
+from .transport import AiohttpTransport
 
-__all__ = ["SSE_HEADERS", "new_http_client", "response_headers"]
+__all__ = ["SSE_HEADERS", "new_http_client", "new_transport", "response_headers"]
 
 # Response headers passed back to the client, by exact name or by prefix. Everything else a
 # provider sends (cookies, hop-by-hop headers, its own server and caching headers) stays here.
@@ -43,16 +44,29 @@ RETURNED_HEADERS: Final = frozenset(
 )
 RETURNED_PREFIXES: Final = ("x-ratelimit-", "ratelimit-", "anthropic-ratelimit-", "x-goog-")
 
+# Open upstream connections per process, streams included: each open stream holds one.
+MAX_CONNECTIONS: Final = 10_000
+
 SSE_HEADERS: Final = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 
 
-def new_http_client(settings: Settings) -> httpx.AsyncClient:
-    """One client per process, made in the lifespan: pooled connections to every provider.
+def new_transport() -> AiohttpTransport:
+    """The process's one upstream connection pool, made in the lifespan. The relay path sends
+    through it directly: one request in, one streamed response out, nothing kept between
+    requests (no cookies, no redirects); timeouts travel in each request's extensions."""
+    return AiohttpTransport(httpx.Limits(max_connections=MAX_CONNECTIONS, keepalive_expiry=30))
+
+
+def new_http_client(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """The client of the relay's own calls to providers (key verification, deep health), over
+    `transport` (closed with the client).
 
     No redirects (a provider never legitimately redirects an API call, and a redirect could lead
     anywhere), no environment proxies or netrc (`trust_env=False`: an operator routes egress with
-    `RELAY_<PROVIDER>_BASE_URL`), and timeouts per phase; the idle timeout between streamed
-    chunks is applied by the proxy itself.
+    `RELAY_<PROVIDER>_BASE_URL`), no cookies carried from one user's call to another's, and
+    timeouts per phase.
     """
     timeout = httpx.Timeout(
         connect=settings.connect_timeout,
@@ -60,10 +74,10 @@ def new_http_client(settings: Settings) -> httpx.AsyncClient:
         write=settings.upstream_timeout,
         pool=settings.connect_timeout,
     )
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
     return httpx.AsyncClient(
         timeout=timeout,
-        transport=PinningTransport(limits),
+        transport=transport or new_transport(),
+        cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
         follow_redirects=False,
         trust_env=False,
     )

@@ -2,10 +2,10 @@
 
 Nothing here sends traffic anywhere but 127.0.0.1. Hostile values must be refused before any
 connection, and every test proves it three ways: the answer is a 400 `invalid_base_url`, the mock
-provider recorded nothing, and a guard around `anyio.connect_tcp` (what httpcore dials with)
-recorded no dial at all. The guard also refuses to dial anything but 127.0.0.1, so a regression
-fails loudly here instead of reaching the network. Names resolve through `FakeResolver`, never
-through DNS.
+provider recorded nothing, and a guard around `aiohappyeyeballs.start_connection` (what the
+upstream transport's aiohttp pool dials with) recorded no dial at all. The guard also refuses
+to dial anything but 127.0.0.1, so a regression fails loudly here instead of reaching the
+network. Names resolve through `FakeResolver`, never through DNS.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
+import aiohappyeyeballs
 import httpx
 import pytest
 import uvicorn
@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 import relay.services
 from relay.errors import BadRequest
 from relay.ssrf import IPAddress, Upstream, UpstreamPolicy, is_public_address
+from relay.transport import AiohttpTransport
 from tests.conftest import LogCapture, provider_key
 from tests.mockprovider import MockProvider
 from tests.relayserver import RelayServer, register, relay_env, store_key
@@ -85,16 +86,18 @@ class FakeResolver:
 def dialled() -> Iterator[list[tuple[str, int]]]:
     """Every TCP dial made in this process while the module runs; only 127.0.0.1 goes through."""
     attempts: list[tuple[str, int]] = []
-    original = anyio.connect_tcp
+    original = aiohappyeyeballs.start_connection
 
-    async def guarded(remote_host: Any, remote_port: int, **kwargs: Any) -> Any:
-        attempts.append((str(remote_host), int(remote_port)))
-        if str(remote_host) != "127.0.0.1":
-            raise OSError(f"test guard: refused to dial {remote_host}:{remote_port}")
-        return await original(remote_host, remote_port, **kwargs)
+    async def guarded(addr_infos: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
+        for *_, sockaddr in addr_infos:
+            host, port = str(sockaddr[0]), int(sockaddr[1])
+            attempts.append((host, port))
+            if host != "127.0.0.1":
+                raise OSError(f"test guard: refused to dial {host}:{port}")
+        return await original(addr_infos, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(anyio, "connect_tcp", guarded)
+        patch.setattr(aiohappyeyeballs, "start_connection", guarded)
         yield attempts
 
 
@@ -544,16 +547,14 @@ def test_tls_verifies_the_name_on_every_request(
     connection keyed by the address alone would carry `evil.example` over `good.example`'s TLS.
     """
     pki = make_pki(tmp_path, "good.example")
-    original = relay.services.new_http_client
+    original = relay.services.new_transport
 
-    def trusting_test_ca(settings: Any) -> httpx.AsyncClient:
-        client = original(settings)
-        client._transport._pool._ssl_context.load_verify_locations(  # type: ignore[attr-defined]
-            cadata=pki.ca_pem.decode()
-        )
-        return client
+    def trusting_test_ca() -> AiohttpTransport:
+        transport = original()
+        transport.ssl_context.load_verify_locations(cadata=pki.ca_pem.decode())
+        return transport
 
-    monkeypatch.setattr(relay.services, "new_http_client", trusting_test_ca)
+    monkeypatch.setattr(relay.services, "new_transport", trusting_test_ca)
     upstream_app = Recorder()
     tls = {"ssl_certfile": str(pki.cert_file), "ssl_keyfile": str(pki.key_file)}
     with _ThreadedServer(upstream_app, **tls) as upstream:
