@@ -377,7 +377,7 @@ class _Exchange:
             try:
                 content: bytes | AsyncIterator[bytes] | None = body
                 if content is None and method == "POST":
-                    content = self._body()
+                    content = await self._content()
                 request = httpx.Request(
                     method, url, headers=headers, content=content, extensions=extensions
                 )
@@ -404,21 +404,30 @@ class _Exchange:
                 },
             )
 
-    async def _body(self) -> AsyncIterator[bytes]:
-        limit = self.services.settings.request_body_limit
-        received = 0
+    async def _content(self) -> bytes | AsyncIterator[bytes]:
+        """The request body: whole when it came in one message (a chat request usually does,
+        and a whole body is cheaper to send), else a stream that forwards it as it arrives."""
+        first, more = await self._next_chunk(0)
+        return self._body(first) if more else first
+
+    async def _next_chunk(self, received: int) -> tuple[bytes, bool]:
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk: bytes = message.get("body", b"")
+        if received + len(chunk) > self.services.settings.request_body_limit:
+            raise PayloadTooLarge()
+        return chunk, message.get("more_body", False)
+
+    async def _body(self, first: bytes) -> AsyncIterator[bytes]:
+        chunk, more, received = first, True, len(first)
         while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk: bytes = message.get("body", b"")
-            received += len(chunk)
-            if received > limit:
-                raise PayloadTooLarge()
             if chunk:
                 yield chunk
-            if not message.get("more_body", False):
+            if not more:
                 break
+            chunk, more = await self._next_chunk(received)
+            received += len(chunk)
         self.body_done.set()
 
     async def _watch_client(self, cancel_scope: anyio.CancelScope) -> None:
@@ -434,7 +443,7 @@ class _Exchange:
         """Send the request; the provider has `RELAY_UPSTREAM_TIMEOUT` to start answering
         (httpx's own read timeout is set to the longer of that and the idle timeout)."""
         try:
-            with anyio.fail_after(self.services.settings.upstream_timeout):
+            async with asyncio.timeout(self.services.settings.upstream_timeout):
                 return await self.services.transport.handle_async_request(request)
         except (httpx.TimeoutException, TimeoutError):
             raise UpstreamError(
@@ -460,17 +469,18 @@ class _Exchange:
             }
         )
         chunks = response.aiter_raw()
-        timeout = settings.upstream_timeout
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                with anyio.fail_after(timeout):
-                    try:
-                        chunk = await chunks.__anext__()
-                    except StopAsyncIteration:
-                        break
-                timeout = settings.stream_idle_timeout
-                meter.feed(chunk)
-                await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+            # One deadline for the whole stream, moved on as chunks arrive: the first chunk
+            # has RELAY_UPSTREAM_TIMEOUT, each later one RELAY_STREAM_IDLE_TIMEOUT.
+            async with asyncio.timeout(settings.upstream_timeout) as deadline:
+                async for chunk in chunks:
+                    deadline.reschedule(None)  # the client may be slow to take it: not idle
+                    meter.feed(chunk)
+                    await self.send(
+                        {"type": "http.response.body", "body": chunk, "more_body": True}
+                    )
+                    deadline.reschedule(loop.time() + settings.stream_idle_timeout)
         except (httpx.TransportError, TimeoutError) as exc:
             reason = "idle timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
             logger.warning(
