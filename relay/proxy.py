@@ -19,7 +19,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
-import anyio
 import httpx
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
@@ -335,6 +334,7 @@ class _Exchange:
         self.send = send
         self.provider = provider
         self.body_done = asyncio.Event()
+        self.client_left = False
         self.started = time.monotonic()
 
     async def run(
@@ -372,28 +372,35 @@ class _Exchange:
         body: bytes | None,
         extensions: dict[str, object],
     ) -> None:
-        with anyio.CancelScope() as cancel_scope:
-            watcher = asyncio.create_task(self._watch_client(cancel_scope))
+        exchange = asyncio.current_task()
+        assert exchange is not None
+        watcher = asyncio.create_task(self._watch_client(exchange))
+        left = False
+        try:
+            content: bytes | AsyncIterator[bytes] | None = body
+            if content is None and method == "POST":
+                content = await self._content()
+            request = httpx.Request(
+                method, url, headers=headers, content=content, extensions=extensions
+            )
+            if not isinstance(content, AsyncIterator):
+                self.body_done.set()
+            response = await self._open(request)
             try:
-                content: bytes | AsyncIterator[bytes] | None = body
-                if content is None and method == "POST":
-                    content = await self._content()
-                request = httpx.Request(
-                    method, url, headers=headers, content=content, extensions=extensions
-                )
-                if not isinstance(content, AsyncIterator):
-                    self.body_done.set()
-                response = await self._open(request)
-                try:
-                    await self._relay(response)
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await response.aclose()
-            except ClientGone:
-                cancel_scope.cancel()
+                await self._relay(response)
             finally:
-                watcher.cancel()
-        if cancel_scope.cancelled_caught:
+                # Shielded: the connection goes back to the pool (or closes) whatever happens.
+                await asyncio.shield(response.aclose())
+        except ClientGone:
+            left = True
+        except asyncio.CancelledError:
+            # The watcher's cancellation is ours to absorb; any other (shutdown) goes on.
+            if not self.client_left or exchange.uncancel() > 0:
+                raise
+            left = True
+        finally:
+            watcher.cancel()
+        if left:
             if self.meter is None:
                 self.status = CLIENT_CLOSED
             logger.info(
@@ -430,13 +437,16 @@ class _Exchange:
             received += len(chunk)
         self.body_done.set()
 
-    async def _watch_client(self, cancel_scope: anyio.CancelScope) -> None:
-        """Once the body is read, the next ASGI message can only be the client leaving."""
+    async def _watch_client(self, exchange: asyncio.Task[object]) -> None:
+        """Once the body is read, the next ASGI message can only be the client leaving: then
+        the exchange is cancelled, wherever it waits (for the provider's headers or its next
+        chunk, or for the client to take the last one)."""
         await self.body_done.wait()
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
-                cancel_scope.cancel()
+                self.client_left = True
+                exchange.cancel()
                 return
 
     async def _open(self, request: httpx.Request) -> httpx.Response:

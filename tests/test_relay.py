@@ -352,6 +352,20 @@ def test_client_disconnect_before_headers_cancels_upstream(
     seen = mock.wait_for_disconnect(timeout=2)
     assert seen is not None, "upstream request kept running after the client left"
     assert seen - left < 1.0
+    with relay.client() as client:
+        # The cancellation stayed inside that exchange: the next request is served, and the
+        # abandoned one is counted as a 499 (an error) in the user's usage.
+        response = client.post(
+            "/relay/openai/v1/chat/completions", json=CHAT, headers=relay_headers(user[0])
+        )
+        assert response.status_code == 200
+        deadline = time.monotonic() + 3  # a record is queued just after its answer is sent
+        while True:
+            stats = client.get("/stats", headers=relay_headers(user[0])).json()
+            if stats["total"] == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert (stats["total"], stats["error_count"]) == (2, 1)
 
 
 @pytest.fixture
