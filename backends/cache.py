@@ -9,7 +9,9 @@ is the whole cross-instance protocol: no messages between instances, nothing to 
 
 Only answers that found something are kept (a flood of made-up tokens cannot fill memory or
 hide a token registered a moment later), and concurrent misses on one entry share a single
-read, so an entry expiring under load costs one round trip, not one per waiting request.
+read. An entry read in the second half of its life is refreshed in the background while it
+is still served, so a token or key in steady use is never waited for; the refreshed entry
+again lives `ttl` from the moment its read began.
 """
 
 from __future__ import annotations
@@ -40,16 +42,21 @@ class _Entries(Generic[K, V]):
     async def get(self, key: K, load: Callable[[], Awaitable[V | None]]) -> V | None:
         entry = self._values.get(key)
         if entry is not None:
-            if entry[0] > time.monotonic():
+            left = entry[0] - time.monotonic()
+            if left > 0:
+                if left < self._ttl / 2 and key not in self._loading:
+                    self._start(key, load)  # refreshed ahead: a key in use never misses
                 return entry[1]
             del self._values[key]
-        future = self._loading.get(key)
-        if future is None:
-            future = asyncio.ensure_future(self._load(key, load))
-            future.add_done_callback(_retrieve)
-            self._loading[key] = future
+        future = self._loading.get(key) or self._start(key, load)
         # Shielded: a caller that goes away must not cancel the read the others wait for.
         return await asyncio.shield(future)
+
+    def _start(self, key: K, load: Callable[[], Awaitable[V | None]]) -> asyncio.Future[V | None]:
+        future = asyncio.ensure_future(self._load(key, load))
+        future.add_done_callback(_retrieve)
+        self._loading[key] = future
+        return future
 
     async def _load(self, key: K, load: Callable[[], Awaitable[V | None]]) -> V | None:
         epoch, started = self._epoch, time.monotonic()
@@ -60,10 +67,12 @@ class _Entries(Generic[K, V]):
                 del self._loading[key]
         # A write that landed while this read ran may or may not be in `value`: use it once,
         # keep it never.
-        if value is not None and epoch == self._epoch:
-            if len(self._values) >= self._max_entries:
-                del self._values[next(iter(self._values))]  # the oldest insertion
-            self._values[key] = (started + self._ttl, value)
+        if epoch == self._epoch:
+            self._values.pop(key, None)  # re-inserted last: the eviction order is by age
+            if value is not None:
+                if len(self._values) >= self._max_entries:
+                    del self._values[next(iter(self._values))]  # the oldest
+                self._values[key] = (started + self._ttl, value)
         return value
 
     def drop(self, key: K) -> None:

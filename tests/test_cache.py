@@ -233,3 +233,47 @@ async def test_memory_is_bounded(inner: KeyStore, reads: Counter[str]) -> None:
 async def test_a_ttl_of_zero_is_no_cache_not_a_cache(inner: KeyStore) -> None:
     with pytest.raises(ValueError, match="positive"):
         CachedStore(inner, ttl=0)
+
+
+async def test_an_entry_in_use_is_refreshed_ahead_and_still_dies_within_the_ttl(
+    cached: CachedStore, inner: KeyStore, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await cached.get_key("u1", "openai") == b"record-1"
+    real_get = inner.get_key
+
+    async def slow_get(user_id: str, provider: str) -> bytes | None:
+        await asyncio.sleep(0.05)
+        return await real_get(user_id, provider)
+
+    monkeypatch.setattr(inner, "get_key", slow_get)
+    other = backends.open_store(db_url)  # another instance's write
+    try:
+        await other.put_key("u1", "openai", b"record-2", T0 + 1)
+        written = time.monotonic()
+        seen: list[bytes | None] = []
+        slowest = 0.0
+        while time.monotonic() < written + TTL + 0.1:
+            started = time.monotonic()
+            seen.append(await cached.get_key("u1", "openai"))
+            slowest = max(slowest, time.monotonic() - started)
+            await asyncio.sleep(0.01)
+    finally:
+        await other.close()
+    assert slowest < 0.04  # never waited for the 50 ms read: refreshed while still served
+    assert seen[0] == b"record-1"
+    assert seen[-1] == b"record-2"  # and the change still arrived within the TTL
+
+
+async def test_a_refresh_that_finds_nothing_forgets_the_entry(
+    cached: CachedStore, db_url: str
+) -> None:
+    assert await cached.get_key("u1", "openai") == b"record-1"
+    other = backends.open_store(db_url)
+    try:
+        await other.delete_key("u1", "openai")
+    finally:
+        await other.close()
+    await asyncio.sleep(TTL * 0.6)
+    assert await cached.get_key("u1", "openai") == b"record-1"  # still served; refresh begins
+    await asyncio.sleep(0.05)
+    assert await cached.get_key("u1", "openai") is None
