@@ -335,6 +335,7 @@ class _Exchange:
         self.provider = provider
         self.body_done = asyncio.Event()
         self.client_left = False
+        self.recorded = False
         self.started = time.monotonic()
 
     async def run(
@@ -361,6 +362,14 @@ class _Exchange:
             self.status = error.status
             raise
         finally:
+            self._record()
+
+    def _record(self) -> None:
+        """Report the exchange once: before the last byte reaches the client when it ends
+        well (a client that asks for its usage next finds this request counted), else when it
+        ends."""
+        if not self.recorded:
+            self.recorded = True
             usage = self.meter.result() if self.meter is not None else NO_USAGE
             self.finished(self.status, self.streamed, usage)
 
@@ -389,8 +398,9 @@ class _Exchange:
             try:
                 await self._relay(response)
             finally:
-                # Shielded: the connection goes back to the pool (or closes) whatever happens.
-                await asyncio.shield(response.aclose())
+                # Never suspends, so no cancellation can stop it halfway: the connection goes
+                # back to the pool (or closes) whatever happened.
+                await response.aclose()
         except ClientGone:
             left = True
         except asyncio.CancelledError:
@@ -498,6 +508,7 @@ class _Exchange:
                 extra={"provider": self.provider.name, "reason": reason},
             )
             if sse:
+                self._record()
                 await self.send(
                     {"type": "http.response.body", "body": STREAM_ERROR_FRAME, "more_body": False}
                 )
@@ -506,6 +517,7 @@ class _Exchange:
             return
         except OSError:
             return  # the client is gone; the watcher cancels the rest
+        self._record()
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
         logger.debug(
             "relayed",

@@ -359,12 +359,7 @@ def test_client_disconnect_before_headers_cancels_upstream(
             "/relay/openai/v1/chat/completions", json=CHAT, headers=relay_headers(user[0])
         )
         assert response.status_code == 200
-        deadline = time.monotonic() + 3  # a record is queued just after its answer is sent
-        while True:
-            stats = client.get("/stats", headers=relay_headers(user[0])).json()
-            if stats["total"] == 2 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        stats = client.get("/stats", headers=relay_headers(user[0])).json()
         assert (stats["total"], stats["error_count"]) == (2, 1)
 
 
