@@ -17,7 +17,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from backends import KeyStore, StoreError, StoreUnavailable
 
-from . import accounts, discovery, health, keys, openapi, stats
+from . import accounts, discovery, health, heap, keys, openapi, stats
 from .config import Settings
 from .cors import CORSMiddleware
 from .errors import RelayError, error_body
@@ -93,16 +93,24 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    settings: Settings, store: KeyStore | None = None, resolver: Resolver | None = None
+    settings: Settings,
+    store: KeyStore | None = None,
+    resolver: Resolver | None = None,
+    *,
+    settle_heap: bool = False,
 ) -> ASGIApp:
     """The relay for `settings`. A given `store` replaces the one `DATABASE_URL` names, and a
-    given `resolver` the system's DNS for openai-compatible upstreams (tests, embedding)."""
+    given `resolver` the system's DNS for openai-compatible upstreams (tests, embedding).
+    `settle_heap` tunes the process's garbage collector once started (`relay.heap`): for a
+    process that only serves, as `byok-relay serve` runs it."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
         # Lifespan state reaches every request's scope["state"], middleware outside the
         # Starlette app included.
         async with open_services(settings, store) as services:
+            if settle_heap:
+                heap.settle()
             yield {"services": services}
 
     upstreams = UpstreamPolicy(settings.private_upstreams, resolver)

@@ -78,7 +78,7 @@ def app_from_env() -> object:
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    return create_app(settings)
+    return create_app(settings, settle_heap=True)
 
 
 def _load_settings() -> Settings:
