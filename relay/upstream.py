@@ -46,6 +46,10 @@ RETURNED_PREFIXES: Final = ("x-ratelimit-", "ratelimit-", "anthropic-ratelimit-"
 
 # Open upstream connections per process, streams included: each open stream holds one.
 MAX_CONNECTIONS: Final = 10_000
+# Seconds an idle upstream connection is kept for reuse (httpx's own default). Busy providers
+# reuse theirs long before; after a burst of streams, thousands of idle connections (and their
+# memory and file descriptors) are let go within seconds instead of lingering.
+KEEPALIVE_EXPIRY: Final = 5.0
 
 SSE_HEADERS: Final = ((b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"))
 
@@ -54,7 +58,9 @@ def new_transport() -> AiohttpTransport:
     """The process's one upstream connection pool, made in the lifespan. The relay path sends
     through it directly: one request in, one streamed response out, nothing kept between
     requests (no cookies, no redirects); timeouts travel in each request's extensions."""
-    return AiohttpTransport(httpx.Limits(max_connections=MAX_CONNECTIONS, keepalive_expiry=30))
+    return AiohttpTransport(
+        httpx.Limits(max_connections=MAX_CONNECTIONS, keepalive_expiry=KEEPALIVE_EXPIRY)
+    )
 
 
 def new_http_client(
