@@ -1,0 +1,1 @@
+"""The byok-relay benchmark: `python -m bench` (see `bench.__main__`)."""

@@ -1,0 +1,86 @@
+"""The floor: the least a Starlette proxy can do, to show what the relay's own work costs.
+
+    python -m bench.floor UPSTREAM_URL      prints {"port": P} and serves on 127.0.0.1:P
+
+One route, `POST /relay/openai/{path}`, forwards the method, path, query string, body and
+content-type to the upstream and streams the answer back as it arrives: no authentication, no
+key lookup, no limits, no usage meter. It sends through the relay's own upstream transport
+(`relay.upstream.new_transport`) the way the relay does, straight to it, and runs on uvicorn as
+the relay does (uvloop, httptools, no access log, one worker, the same garbage-collector
+settings), so the gap between the floor and the relay is the relay's own work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import sys
+from collections.abc import AsyncIterator
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from bench.processes import raise_file_limit
+from relay import heap
+from relay.upstream import new_transport
+
+__all__ = ["create_app", "main"]
+
+
+async def forward(request: Request) -> Response:
+    transport: httpx.AsyncBaseTransport = request.state.transport
+    url = f"{request.state.upstream}/{request.path_params['path']}"
+    query = request.scope["query_string"]
+    if query:
+        url += "?" + query.decode("latin-1")
+    content_type = request.headers.get("content-type", "application/json")
+    outgoing = httpx.Request(
+        request.method, url, headers={"content-type": content_type}, content=await request.body()
+    )
+    response = await transport.handle_async_request(outgoing)
+    # `aclose` is a coroutine function, so Starlette awaits it instead of using a thread.
+    return StreamingResponse(
+        response.aiter_raw(),
+        status_code=response.status_code,
+        headers={"content-type": response.headers.get("content-type", "application/json")},
+        background=BackgroundTask(response.aclose),
+    )
+
+
+def create_app(upstream: str) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
+        async with new_transport() as transport:
+            heap.settle()  # the collector settings `byok-relay serve` uses
+            yield {"transport": transport, "upstream": upstream.rstrip("/")}
+
+    routes = [Route("/relay/openai/{path:path}", forward, methods=["POST"])]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def main() -> None:
+    raise_file_limit()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    print(json.dumps({"port": sock.getsockname()[1]}), flush=True)
+    config = uvicorn.Config(
+        create_app(sys.argv[1]),
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+        backlog=4096,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()

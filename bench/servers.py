@@ -1,0 +1,128 @@
+"""The three servers under test, each a process of its own on 127.0.0.1.
+
+- the mock upstream (`bench.upstream`) and the floor proxy (`bench.floor`) bind a free port
+  themselves and announce it on stdout;
+- the relay runs as production runs it, `python -m relay serve --port P --workers W`, in a
+  temporary directory, on SQLite, pointed at the mock upstream, with rate limits set very high
+  but active; its log (JSON lines on stderr, warnings and up) goes to `relay.log` there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+
+from bench.processes import Children, free_port, wait_http
+
+__all__ = [
+    "Server",
+    "create_user",
+    "log_entries",
+    "start_floor",
+    "start_relay",
+    "start_upstream",
+]
+
+BENCH_KEY: Final = "sk-bench-" + "0" * 32
+HIGH_LIMIT: Final = "100000000/minute"
+
+
+@dataclasses.dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    workers: int = 1
+    log: Path | None = None  # the relay's: JSON lines, warnings and up
+
+
+def log_entries(log: Path | None) -> list[dict[str, Any]]:
+    """What a relay has logged so far (a line that is not JSON is kept as its message)."""
+    if log is None or not log.exists():
+        return []
+    entries: list[dict[str, Any]] = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            entries.append({"level": "?", "message": line})
+    return entries
+
+
+def _announced(children: Children, name: str, args: list[str]) -> Server:
+    """Start a bench server that prints `{"port": P}` once it listens."""
+    process = children.start([sys.executable, "-m", *args], stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    process.stdout.close()
+    if not line:
+        raise RuntimeError(f"{name} did not start (status {process.wait()})")
+    server = Server(name, process, json.loads(line)["port"])
+    wait_http(process, server.port)
+    return server
+
+
+def start_upstream(children: Children) -> Server:
+    return _announced(children, "upstream", ["bench.upstream"])
+
+
+def start_floor(children: Children, upstream: Server) -> Server:
+    return _announced(children, "floor", ["bench.floor", f"http://127.0.0.1:{upstream.port}"])
+
+
+def relay_env(upstream: Server, workdir: Path) -> dict[str, str]:
+    """Production settings except the store (SQLite here), the upstream and the limits."""
+    keep = ("PATH", "HOME", "LANG", "SYSTEMROOT")
+    return {
+        **{name: value for name, value in os.environ.items() if name in keep},
+        "RELAY_ENV": "production",
+        "ENCRYPTION_SECRET": "bench-encryption-secret-0123456789abcdef",
+        "DATABASE_URL": f"sqlite:///{workdir}/relay.db",
+        "RELAY_OPENAI_BASE_URL": f"http://127.0.0.1:{upstream.port}",
+        "RATE_LIMIT_GLOBAL": HIGH_LIMIT,
+        "RATE_LIMIT_RELAY": HIGH_LIMIT,
+        "LOG_LEVEL": "warning",
+    }
+
+
+def start_relay(children: Children, upstream: Server, workdir: Path, workers: int) -> Server:
+    """The relay on a free port; tried again on another port should that one be taken."""
+    log = workdir / f"relay-{workers}w.log"
+    for _ in range(3):
+        port = free_port()
+        args = ["serve", "--port", str(port), "--workers", str(workers)]
+        with log.open("ab") as stderr:
+            process = children.start(
+                [sys.executable, "-m", "relay", *args],
+                cwd=workdir,
+                env=relay_env(upstream, workdir),
+                stderr=stderr,
+            )
+        try:
+            wait_http(process, port, timeout=60)
+        except RuntimeError:
+            children.stop(process)
+            continue
+        return Server("relay", process, port, workers, log)
+    tail = log.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"the relay did not start; its log ends with:\n{tail}")
+
+
+def create_user(relay: Server) -> str:
+    """Register a user and store its (fake) OpenAI key; the user's relay token."""
+    base_url = f"http://127.0.0.1:{relay.port}"
+    with httpx.Client(base_url=base_url, timeout=30, trust_env=False) as client:
+        response = client.post("/users", json={"app_id": "bench"})
+        response.raise_for_status()
+        token: str = response.json()["token"]
+        client.post(
+            "/keys/openai", json={"key": BENCH_KEY}, headers={"x-relay-token": token}
+        ).raise_for_status()
+    return token
