@@ -116,7 +116,12 @@ def create_app(
     upstreams = UpstreamPolicy(settings.private_upstreams, resolver)
     allowed_models = ModelPolicy(settings.allowed_models)
     provider_relay = ProviderRelay(upstreams, allowed_models)
+    # The relay routes first: the router tries routes in order, and nearly every request is
+    # relayed. No two patterns match the same path, so the order changes nothing else.
     routes = [
+        Route("/relay", ModelRelay(upstreams, allowed_models), methods=["POST"]),
+        Route("/relay/{provider}", provider_relay),
+        Route("/relay/{provider}/{path:path}", provider_relay),
         Route("/health", health.health, methods=["GET"]),
         Route("/version", health.version, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
@@ -130,9 +135,6 @@ def create_app(
         Route("/keys/{provider}/rotate", keys.rotate_key, methods=["POST"]),
         Route("/keys/{provider}", keys.delete_key, methods=["DELETE"]),
         Route("/models", discovery.models, methods=["GET"]),
-        Route("/relay", ModelRelay(upstreams, allowed_models), methods=["POST"]),
-        Route("/relay/{provider}", provider_relay),
-        Route("/relay/{provider}/{path:path}", provider_relay),
     ]
     app = Starlette(
         routes=routes,
