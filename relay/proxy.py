@@ -1,9 +1,9 @@
 """`/relay/{provider}/{path}`: the streaming proxy.
 
 A raw ASGI endpoint, so nothing buffers: the request body streams to the provider as the client
-sends it, and the provider's bytes stream back as they arrive, undecoded and unre-chunked. While
-the exchange runs, a watcher listens for the client leaving and cancels the upstream request at
-once, whether the provider is still thinking (before headers) or mid-stream.
+sends it, and the provider's bytes stream back as they arrive, undecoded and unre-chunked. Once
+an exchange has run for 20 ms, a watcher listens for the client leaving and cancels the upstream
+request at once, whether the provider is still thinking (before headers) or mid-stream.
 
 Errors before the response starts are raised as `RelayError`s (the app's handlers answer them);
 after it has started, an SSE stream ends with an `event: error` frame and any other body is cut
@@ -53,6 +53,7 @@ logger = logging.getLogger("relay.proxy")
 
 STREAM_ERROR_FRAME: Final = b'event: error\ndata: {"error":"Stream interrupted by provider"}\n\n'
 CLIENT_CLOSED: Final = 499  # recorded when the client left before the provider answered
+WATCH_AFTER: Final = 0.02  # seconds into an exchange before the client is watched for leaving
 
 
 class ClientGone(Exception):
@@ -335,6 +336,7 @@ class _Exchange:
         self.provider = provider
         self.body_done = asyncio.Event()
         self.client_left = False
+        self.watcher: asyncio.Task[None] | None = None
         self.recorded = False
         self.started = time.monotonic()
 
@@ -383,7 +385,9 @@ class _Exchange:
     ) -> None:
         exchange = asyncio.current_task()
         assert exchange is not None
-        watcher = asyncio.create_task(self._watch_client(exchange))
+        # Most answers are over within a few milliseconds: only an exchange still running
+        # after WATCH_AFTER gets a task listening for the client leaving.
+        watch = asyncio.get_running_loop().call_later(WATCH_AFTER, self._watch, exchange)
         left = False
         try:
             content: bytes | AsyncIterator[bytes] | None = body
@@ -409,7 +413,9 @@ class _Exchange:
                 raise
             left = True
         finally:
-            watcher.cancel()
+            watch.cancel()
+            if self.watcher is not None:
+                self.watcher.cancel()
         if left:
             if self.meter is None:
                 self.status = CLIENT_CLOSED
@@ -446,6 +452,9 @@ class _Exchange:
             chunk, more = await self._next_chunk(received)
             received += len(chunk)
         self.body_done.set()
+
+    def _watch(self, exchange: asyncio.Task[object]) -> None:
+        self.watcher = asyncio.create_task(self._watch_client(exchange))
 
     async def _watch_client(self, exchange: asyncio.Task[object]) -> None:
         """Once the body is read, the next ASGI message can only be the client leaving: then
