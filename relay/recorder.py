@@ -18,7 +18,7 @@ __all__ = ["UsageRecorder"]
 
 logger = logging.getLogger("relay")
 
-BATCH: Final = 1000
+BATCH: Final = 200
 INTERVAL: Final = 1.0
 MAX_QUEUED: Final = 100_000
 
