@@ -1,6 +1,6 @@
 """The floor: the least a Starlette proxy can do, to show what the relay's own work costs.
 
-    python -m bench.floor UPSTREAM_URL      prints {"port": P} and serves on 127.0.0.1:P
+    python -m bench.floor UPSTREAM_URL [TRANSPORT]   prints {"port": P}, serves on 127.0.0.1:P
 
 One route, `POST /relay/openai/{path}`, forwards the method, path, query string, body and
 content-type to the upstream and streams the answer back as it arrives: no authentication, no
@@ -8,6 +8,9 @@ key lookup, no limits, no usage meter. It sends through the relay's own upstream
 (`relay.upstream.new_transport`) the way the relay does, straight to it, and runs on uvicorn as
 the relay does (uvloop, httptools, no access log, one worker, the same garbage-collector
 settings), so the gap between the floor and the relay is the relay's own work.
+
+TRANSPORT swaps the upstream transport for another with the same httpx API (`TRANSPORTS`), which
+is how `bench.transports` compares them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import contextlib
 import json
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Final
 
 import httpx
 import uvicorn
@@ -30,7 +34,29 @@ from bench.processes import raise_file_limit
 from relay import heap
 from relay.upstream import new_transport
 
-__all__ = ["create_app", "main"]
+__all__ = ["TRANSPORTS", "create_app", "main"]
+
+
+def _httpx_pool() -> httpx.AsyncBaseTransport:
+    """httpx 0.28's own connection pool (httpcore), sized like the relay's."""
+    return httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=10_000))
+
+
+def _httpx_aiohttp() -> httpx.AsyncBaseTransport:
+    """The `httpx-aiohttp` package's transport (not a dependency: `pip install httpx-aiohttp`)."""
+    from httpx_aiohttp import AiohttpTransport  # type: ignore[import-not-found]
+
+    transport: httpx.AsyncBaseTransport = AiohttpTransport(
+        limits=httpx.Limits(max_connections=10_000)
+    )
+    return transport
+
+
+TRANSPORTS: Final[dict[str, Callable[[], httpx.AsyncBaseTransport]]] = {
+    "relay": new_transport,
+    "httpx": _httpx_pool,
+    "httpx-aiohttp": _httpx_aiohttp,
+}
 
 
 async def forward(request: Request) -> Response:
@@ -53,12 +79,12 @@ async def forward(request: Request) -> Response:
     )
 
 
-def create_app(upstream: str) -> Starlette:
+def create_app(upstream: str, transport: str = "relay") -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
-        async with new_transport() as transport:
+        async with TRANSPORTS[transport]() as transport_:
             heap.settle()  # the collector settings `byok-relay serve` uses
-            yield {"transport": transport, "upstream": upstream.rstrip("/")}
+            yield {"transport": transport_, "upstream": upstream.rstrip("/")}
 
     routes = [Route("/relay/openai/{path:path}", forward, methods=["POST"])]
     return Starlette(routes=routes, lifespan=lifespan)
@@ -71,7 +97,7 @@ def main() -> None:
     sock.bind(("127.0.0.1", 0))
     print(json.dumps({"port": sock.getsockname()[1]}), flush=True)
     config = uvicorn.Config(
-        create_app(sys.argv[1]),
+        create_app(*sys.argv[1:3]),
         loop="uvloop",
         http="httptools",
         access_log=False,

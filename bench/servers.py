@@ -56,7 +56,7 @@ def log_entries(log: Path | None) -> list[dict[str, Any]]:
     return entries
 
 
-def _announced(children: Children, name: str, args: list[str]) -> Server:
+def announced(children: Children, name: str, args: list[str]) -> Server:
     """Start a bench server that prints `{"port": P}` once it listens."""
     process = children.start([sys.executable, "-m", *args], stdout=subprocess.PIPE)
     assert process.stdout is not None
@@ -70,11 +70,11 @@ def _announced(children: Children, name: str, args: list[str]) -> Server:
 
 
 def start_upstream(children: Children) -> Server:
-    return _announced(children, "upstream", ["bench.upstream"])
+    return announced(children, "upstream", ["bench.upstream"])
 
 
 def start_floor(children: Children, upstream: Server) -> Server:
-    return _announced(children, "floor", ["bench.floor", f"http://127.0.0.1:{upstream.port}"])
+    return announced(children, "floor", ["bench.floor", f"http://127.0.0.1:{upstream.port}"])
 
 
 def relay_env(upstream: Server, workdir: Path) -> dict[str, str]:
