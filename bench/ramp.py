@@ -89,8 +89,9 @@ def _verdict(run: dict[str, Any]) -> str:
 def ramp(bench: Bench) -> dict[str, Any]:
     """More and more concurrent SSE streams through the relay until they are not held cleanly
     (an error; a lost, repeated, out-of-order or late frame; streams never all open at once)
-    or the cap is reached. Direct runs at the first step, the last and the one the relay
-    failed, to show that the generator and the mock could hold those. The servers' resident
+    or the cap is reached. Direct and the floor run at the first step, the last and the one the
+    relay failed: direct shows that the generator and the mock could hold those, the floor what
+    the same stack holds without the relay's work. The servers' resident
     memory is sampled while they hold the streams."""
     plan = bench.plan
     idle = {name: rss_bytes(server.process.pid) for name, server in bench.servers().items()}
@@ -98,10 +99,10 @@ def ramp(bench: Bench) -> dict[str, Any]:
     result: dict[str, Any] = {
         "frames": plan.ramp_frames,
         "open_rate": plan.open_rate,
-        "idle_rss_bytes": {"direct": idle["direct"], "relay": idle["relay"]},
+        "idle_rss_bytes": idle,
         "relay_fds": {"before": open_fds(relay_pid)},
         "steps": [],
-        "held": {"direct": 0, "relay": 0},
+        "held": {"direct": 0, "floor": 0, "relay": 0},
         "stopped_by": "cap",
         "kib_per_stream": None,
     }
@@ -113,9 +114,15 @@ def ramp(bench: Bench) -> dict[str, Any]:
         step["relay"] = relay = hold_streams(bench, "relay", streams, interval, idle["relay"])
         relay["log"] = log_summary(log_entries(bench.relay.log)[logged:])
         if index in (0, len(steps) - 1) or not relay["held"]:
-            step["direct"] = hold_streams(bench, "direct", streams, interval, idle["direct"])
+            # The floor too: how much of the memory per stream is the stack's, not the relay's.
+            for name in ("direct", "floor"):
+                step[name] = hold_streams(bench, name, streams, interval, idle[name])
         result["steps"].append(step)
-        shown = f", direct {_verdict(step['direct'])}" if "direct" in step else ""
+        shown = "".join(
+            f", {name} {_verdict(step[name])} ({step[name]['kib_per_stream']} KiB/stream)"
+            for name in ("floor", "direct")
+            if name in step
+        )
         progress(
             f"{streams} streams, a frame every {interval} ms: relay {_verdict(relay)}, "
             f"max {relay['max_late_ms']:.0f} ms late, {relay['kib_per_stream']} KiB/stream{shown}"
@@ -123,8 +130,9 @@ def ramp(bench: Bench) -> dict[str, Any]:
         if relay["held"]:
             result["held"]["relay"] = streams
             result["kib_per_stream"] = relay["kib_per_stream"]
-        if "direct" in step and step["direct"]["held"]:
-            result["held"]["direct"] = streams
+        for name in ("direct", "floor"):
+            if name in step and step[name]["held"]:
+                result["held"][name] = streams
         if not relay["held"]:
             result["stopped_by"] = "relay" if step["direct"]["held"] else "direct failed too"
             break

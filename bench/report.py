@@ -175,7 +175,7 @@ def _ramp(ramp: dict[str, Any]) -> list[str]:
     lines = [
         f"SSE stream ramp: {ramp['frames']} frames a stream, opened at {ramp['open_rate']:.0f}/s; "
         "held: every frame, in order, none over one interval late, all streams open at once",
-        f"{'streams':>8}{'interval':>10}  {'relay':<44}direct",
+        f"{'streams':>8}{'interval':>10}  {'relay':<44}{'floor':<44}direct",
     ]
 
     def verdict(run: dict[str, Any] | None, streams: int) -> str:
@@ -197,7 +197,7 @@ def _ramp(ramp: dict[str, Any]) -> list[str]:
         relay, streams = step["relay"], step["streams"]
         lines.append(
             f"{streams:>8}{step['interval_ms']:>7} ms  {verdict(relay, streams):<44}"
-            f"{verdict(step.get('direct'), streams)}"
+            f"{verdict(step.get('floor'), streams):<44}{verdict(step.get('direct'), streams)}"
         )
         for kind, count in relay["error_kinds"].items():
             lines.append(f"{'':20}relay error x{count}: {kind}")
@@ -205,8 +205,9 @@ def _ramp(ramp: dict[str, Any]) -> list[str]:
             lines.append(f"{'':20}relay log x{entry['count']}: {entry['level']} {entry['message']}")
     held, idle = ramp["held"], ramp["idle_rss_bytes"]
     lines.append(
-        f"  largest count held: relay {held['relay']}, direct {held['direct']} "
-        f"(stopped by: {ramp['stopped_by']}); idle RSS: relay {idle['relay'] / 2**20:.1f} MiB, "
+        f"  largest count held: relay {held['relay']}, floor {held['floor']}, direct "
+        f"{held['direct']} (stopped by: {ramp['stopped_by']}); idle RSS: relay "
+        f"{idle['relay'] / 2**20:.1f} MiB, floor {idle['floor'] / 2**20:.1f} MiB, "
         f"mock {idle['direct'] / 2**20:.1f} MiB"
     )
     fds = ramp["relay_fds"]

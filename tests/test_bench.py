@@ -73,7 +73,7 @@ def test_quick_benchmark_fills_every_section(tmp_path: Path) -> None:
     assert ramp["held"]["relay"] > 0
     assert is_number(ramp["kib_per_stream"])
     for step in ramp["steps"]:
-        for run in (step["relay"], step.get("direct")):
+        for run in (step["relay"], step.get("floor"), step.get("direct")):
             if run is not None:
                 assert run["errors"] == 0, run["error_kinds"]
                 assert run["lost_frames"] == run["out_of_order_frames"] == 0, run
