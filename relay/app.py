@@ -21,6 +21,7 @@ from . import accounts, discovery, health, heap, keys, openapi, stats
 from .config import Settings
 from .cors import CORSMiddleware
 from .errors import RelayError, error_body
+from .lane import Handler, RelayLane
 from .models import ModelPolicy
 from .proxy import ModelRelay, ProviderRelay
 from .ratelimit import GlobalLimitMiddleware
@@ -136,22 +137,24 @@ def create_app(
         Route("/keys/{provider}", keys.delete_key, methods=["DELETE"]),
         Route("/models", discovery.models, methods=["GET"]),
     ]
+    handlers: dict[type[Exception], Handler] = {
+        RelayError: _relay_error,
+        HTTPException: _http_exception,
+        StoreError: _store_error,
+        Exception: _server_error,
+    }
     app = Starlette(
         routes=routes,
-        exception_handlers={
-            RelayError: _relay_error,
-            HTTPException: _http_exception,
-            StoreError: _store_error,
-            Exception: _server_error,
-        },
+        exception_handlers=cast(Any, handlers),
         lifespan=lifespan,
     )
     # No 307 to `path/` (an empty, non-JSON answer whose Location echoes the Host header).
     app.router.redirect_slashes = False
     # Outermost first: CORS (so that even a 500 from the server-error handler is readable by
     # the page, and preflights are answered before anything counts them), then the client's
-    # address from trusted proxies, then the per-IP limit. All pure ASGI.
-    inner: ASGIApp = GlobalLimitMiddleware(app)
+    # address from trusted proxies, then the per-IP limit, then the relay lane (relayed
+    # requests skip the router). All pure ASGI.
+    inner: ASGIApp = GlobalLimitMiddleware(RelayLane(app, provider_relay, handlers))
     if settings.forwarded_allow_ips:
         # uvicorn's own, typed against its ASGI types rather than Starlette's.
         proxied = ProxyHeadersMiddleware(cast(Any, inner), list(settings.forwarded_allow_ips))
