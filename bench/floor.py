@@ -32,23 +32,25 @@ from starlette.routing import Route
 
 from bench.processes import raise_file_limit
 from relay import heap
-from relay.upstream import new_transport
+from relay.upstream import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, new_transport
 
 __all__ = ["TRANSPORTS", "create_app", "main"]
 
 
+# The relay's pool size and idle expiry, for the transports compared with its own.
+LIMITS: Final = httpx.Limits(max_connections=MAX_CONNECTIONS, keepalive_expiry=KEEPALIVE_EXPIRY)
+
+
 def _httpx_pool() -> httpx.AsyncBaseTransport:
     """httpx 0.28's own connection pool (httpcore), sized like the relay's."""
-    return httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=10_000))
+    return httpx.AsyncHTTPTransport(limits=LIMITS)
 
 
 def _httpx_aiohttp() -> httpx.AsyncBaseTransport:
     """The `httpx-aiohttp` package's transport (not a dependency: `pip install httpx-aiohttp`)."""
     from httpx_aiohttp import AiohttpTransport  # type: ignore[import-not-found]
 
-    transport: httpx.AsyncBaseTransport = AiohttpTransport(
-        limits=httpx.Limits(max_connections=10_000)
-    )
+    transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=LIMITS)
     return transport
 
 

@@ -117,8 +117,9 @@ def create_app(
     upstreams = UpstreamPolicy(settings.private_upstreams, resolver)
     allowed_models = ModelPolicy(settings.allowed_models)
     provider_relay = ProviderRelay(upstreams, allowed_models)
-    # The relay routes first: the router tries routes in order, and nearly every request is
-    # relayed. No two patterns match the same path, so the order changes nothing else.
+    # `/relay/{provider}/...` reaches the proxy through the lane below (`relay.lane`); its
+    # routes stay here for 405s and the OpenAPI document. `POST /relay` goes first: the router
+    # tries routes in order, and no two patterns match the same path.
     routes = [
         Route("/relay", ModelRelay(upstreams, allowed_models), methods=["POST"]),
         Route("/relay/{provider}", provider_relay),

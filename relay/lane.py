@@ -56,7 +56,7 @@ class RelayLane:
             handler = self._handler(exc)
             if handler is None:
                 raise
-            if not isinstance(exc, self._expected):
+            if handler is self.handlers.get(Exception):  # the catch-all: a bug, not a refusal
                 logger.exception("unexpected error relaying a request")
             response = await handler(Request(scope), exc)
             await response(scope, receive, send)
@@ -67,7 +67,3 @@ class RelayLane:
             if handler is not None:
                 return handler
         return None
-
-    @property
-    def _expected(self) -> tuple[type[Exception], ...]:
-        return tuple(cls for cls in self.handlers if cls is not Exception)

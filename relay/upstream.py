@@ -63,9 +63,7 @@ def new_transport() -> AiohttpTransport:
     )
 
 
-def new_http_client(
-    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
-) -> httpx.AsyncClient:
+def new_http_client(settings: Settings, transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
     """The client of the relay's own calls to providers (key verification, deep health), over
     `transport` (closed with the client).
 
@@ -82,7 +80,7 @@ def new_http_client(
     )
     return httpx.AsyncClient(
         timeout=timeout,
-        transport=transport or new_transport(),
+        transport=transport,
         cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
         follow_redirects=False,
         trust_env=False,
