@@ -40,7 +40,7 @@ class RelayLane:
         if not provider or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope = {**scope, "path_params": {"provider": provider}}
+        scope["path_params"] = {"provider": provider}  # in place, as Starlette's router does
         started = False
 
         async def watched_send(message: Message) -> None:

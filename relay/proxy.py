@@ -43,7 +43,7 @@ from .providers import PROVIDERS, Provider, forwarded_request_headers
 from .routing import route_model
 from .services import Services
 from .ssrf import Upstream, UpstreamPolicy
-from .upstream import response_headers
+from .upstream import response_headers, upstream_url
 from .usage import NO_USAGE, Usage, UsageMeter
 from .verify import key_hint
 
@@ -312,6 +312,27 @@ def _query(provider: Provider, path: str, query_string: bytes) -> str:
 class _Exchange:
     """One relayed request: body up, response down, the client watched throughout."""
 
+    # An exchange lives as long as its stream: slots keep thousands of open ones small.
+    __slots__ = (
+        "answered",
+        "body_read",
+        "body_waiter",
+        "client_left",
+        "finished",
+        "meter",
+        "provider",
+        "receive",
+        "recorded",
+        "scope",
+        "send",
+        "services",
+        "shown",
+        "started",
+        "status",
+        "streamed",
+        "watcher",
+    )
+
     def __init__(
         self,
         services: Services,
@@ -334,7 +355,8 @@ class _Exchange:
         self.receive = receive
         self.send = send
         self.provider = provider
-        self.body_done = asyncio.Event()
+        self.body_read = False  # the whole request body is in: what comes next is a disconnect
+        self.body_waiter: asyncio.Event | None = None  # the watcher's, while it waits for that
         self.client_left = False
         self.watcher: asyncio.Task[None] | None = None
         self.recorded = False
@@ -358,31 +380,6 @@ class _Exchange:
                 "pool": settings.connect_timeout,
             }
         }
-        try:
-            await self._exchange(method, url, headers, body, extensions)
-        except RelayError as error:
-            self.status = error.status
-            raise
-        finally:
-            self._record()
-
-    def _record(self) -> None:
-        """Report the exchange once: before the last byte reaches the client when it ends
-        well (a client that asks for its usage next finds this request counted), else when it
-        ends."""
-        if not self.recorded:
-            self.recorded = True
-            usage = self.meter.result() if self.meter is not None else NO_USAGE
-            self.finished(self.status, self.streamed, usage)
-
-    async def _exchange(
-        self,
-        method: str,
-        url: str,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes | None,
-        extensions: dict[str, object],
-    ) -> None:
         exchange = asyncio.current_task()
         assert exchange is not None
         # Most answers are over within a few milliseconds: only an exchange still running
@@ -393,11 +390,11 @@ class _Exchange:
             content: bytes | AsyncIterator[bytes] | None = body
             if content is None and method == "POST":
                 content = await self._content()
+            else:
+                self._body_read()
             request = httpx.Request(
-                method, url, headers=headers, content=content, extensions=extensions
+                method, upstream_url(url), headers=headers, content=content, extensions=extensions
             )
-            if not isinstance(content, AsyncIterator):
-                self.body_done.set()
             response = await self._open(request)
             try:
                 await self._relay(response)
@@ -412,13 +409,17 @@ class _Exchange:
             if not self.client_left or exchange.uncancel() > 0:
                 raise
             left = True
+        except RelayError as error:
+            self.status = error.status
+            raise
         finally:
             watch.cancel()
             if self.watcher is not None:
                 self.watcher.cancel()
-        if left:
-            if self.meter is None:
+            if left and self.meter is None:
                 self.status = CLIENT_CLOSED
+            self._record()
+        if left:
             logger.info(
                 "client left; upstream request cancelled",
                 extra={
@@ -427,11 +428,28 @@ class _Exchange:
                 },
             )
 
+    def _record(self) -> None:
+        """Report the exchange once: before the last byte reaches the client when it ends
+        well (a client that asks for its usage next finds this request counted), else when it
+        ends."""
+        if not self.recorded:
+            self.recorded = True
+            usage = self.meter.result() if self.meter is not None else NO_USAGE
+            self.finished(self.status, self.streamed, usage)
+
     async def _content(self) -> bytes | AsyncIterator[bytes]:
         """The request body: whole when it came in one message (a chat request usually does,
         and a whole body is cheaper to send), else a stream that forwards it as it arrives."""
         first, more = await self._next_chunk(0)
-        return self._body(first) if more else first
+        if more:
+            return self._body(first)
+        self._body_read()
+        return first
+
+    def _body_read(self) -> None:
+        self.body_read = True
+        if self.body_waiter is not None:
+            self.body_waiter.set()
 
     async def _next_chunk(self, received: int) -> tuple[bytes, bool]:
         message = await self.receive()
@@ -451,7 +469,7 @@ class _Exchange:
                 break
             chunk, more = await self._next_chunk(received)
             received += len(chunk)
-        self.body_done.set()
+        self._body_read()
 
     def _watch(self, exchange: asyncio.Task[object]) -> None:
         self.watcher = asyncio.create_task(self._watch_client(exchange))
@@ -460,7 +478,9 @@ class _Exchange:
         """Once the body is read, the next ASGI message can only be the client leaving: then
         the exchange is cancelled, wherever it waits (for the provider's headers or its next
         chunk, or for the client to take the last one)."""
-        await self.body_done.wait()
+        if not self.body_read:  # the body is still arriving: its messages are not ours
+            self.body_waiter = asyncio.Event()
+            await self.body_waiter.wait()
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":

@@ -100,6 +100,29 @@ def test_request_body_is_forwarded_byte_for_byte(
     assert mock.last().header("content-type") == "application/json"
 
 
+def test_request_body_arriving_slowly_is_forwarded_whole(
+    client: httpx.Client, mock: MockProvider, user: Token
+) -> None:
+    # The body is still arriving when the disconnect watcher starts (20 ms in): its messages
+    # must all reach the body, none the watcher, and the request must not look abandoned.
+    parts = [b'{"model":"gpt-4o-mini",', b'"messages":[{"role":"user",', b'"content":"hi"}]}']
+
+    def trickle() -> Iterator[bytes]:
+        for part in parts:
+            time.sleep(0.05)
+            yield part
+
+    response = client.post(
+        "/relay/openai/v1/chat/completions",
+        content=trickle(),
+        headers=relay_headers(user[0], content_type="application/json"),
+    )
+    assert response.status_code == 200, response.text
+    assert mock.last().body == b"".join(parts)
+    stats = client.get("/stats", headers=relay_headers(user[0])).json()
+    assert (stats["total"], stats["error_count"]) == (1, 0)
+
+
 def test_response_body_is_relayed_unchanged(
     client: httpx.Client, mock: MockProvider, user: Token
 ) -> None:
