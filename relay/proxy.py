@@ -396,6 +396,8 @@ class _Exchange:
                 method, upstream_url(url), headers=headers, content=content, extensions=extensions
             )
             response = await self._open(request)
+            # Sent: a long prompt need not stay in memory as long as the answer streams.
+            del request, content, body
             try:
                 await self._relay(response)
             finally:
@@ -517,7 +519,10 @@ class _Exchange:
                 "headers": response_headers(response.headers.raw, sse=sse) + self.shown,
             }
         )
-        chunks = response.aiter_raw()
+        # The transport's own stream: raw bytes as they arrive, without httpx's re-chunking
+        # generator around it (closed by `response.aclose()`).
+        chunks = response.stream
+        assert isinstance(chunks, httpx.AsyncByteStream)
         loop = asyncio.get_running_loop()
         try:
             # One deadline for the whole stream, moved on as chunks arrive: the first chunk

@@ -57,13 +57,21 @@ NO_AUTO_HEADERS: Final = frozenset({"User-Agent", "Accept", "Accept-Encoding", "
 def map_exceptions() -> Iterator[None]:
     try:
         yield
-    except httpx.TransportError:
-        raise
     except Exception as exc:
-        for source, target in EXCEPTIONS:
-            if isinstance(exc, source):
-                raise target(str(exc) or type(exc).__name__) from exc
-        raise
+        mapped = _mapped(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def _mapped(exc: Exception) -> httpx.TransportError | None:
+    """The httpx exception to raise for `exc`; None when it is one already or has none."""
+    if isinstance(exc, httpx.TransportError):
+        return None
+    for source, target in EXCEPTIONS:
+        if isinstance(exc, source):
+            return target(str(exc) or type(exc).__name__)
+    return None
 
 
 class _RequestBody:
@@ -88,10 +96,21 @@ class _ResponseBody(httpx.AsyncByteStream):
         self._response = response
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with map_exceptions():
-            # Each chunk as it arrives: an SSE frame is never held back for more.
-            async for chunk in self._response.content.iter_any():
-                yield chunk
+        # Each chunk as it arrives: an SSE frame is never held back for more. (Straight from
+        # `readany`: an open stream keeps fewer frames alive than with `iter_any` and a
+        # context manager around it.)
+        content = self._response.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except Exception as exc:
+                mapped = _mapped(exc)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+            if not chunk:
+                return
+            yield chunk
 
     async def aclose(self) -> None:
         # Back to the pool when read to the end, closed otherwise.
