@@ -92,9 +92,12 @@ class _Tally:
     def absorb(self, obj: object) -> None:
         if not isinstance(obj, dict):
             return
-        for node in (obj, *(obj.get(key) for key in _WRAPPERS)):
-            if not isinstance(node, dict):
-                continue
+        nodes = [obj]
+        for key in _WRAPPERS:
+            node = obj.get(key)
+            if isinstance(node, dict):
+                nodes.append(node)
+        for node in nodes:
             for holder, input_key, output_key in _COUNTS:
                 counts = node.get(holder)
                 if isinstance(counts, dict):
@@ -171,7 +174,9 @@ _USAGE_OR_MODEL: Final = re.compile(rb'"usage(?:Metadata)?"\s*:(?!\s*null)|"mode
 
 def _last_boundary_end(buf: bytes | bytearray, start: int, end: int) -> int:
     """Where the last event boundary within `buf[start:end]` ends; -1 if there is none."""
-    at = max(buf.rfind(pair, start, end) for pair in _BOUNDARIES)
+    if buf.endswith(_BOUNDARIES, start, end):  # the usual chunk: whole events
+        return end
+    at = max([buf.rfind(pair, start, end) for pair in _BOUNDARIES])
     return at + 2 if at >= 0 else -1
 
 
@@ -348,7 +353,9 @@ def _decoder(coding: str) -> _Decoder:
 
 def _decoders(content_encoding: str | None) -> list[_Decoder]:
     """Decoders in the order to apply them: the codings' reverse."""
-    codings = [c.strip().lower() for c in (content_encoding or "").split(",")]
+    if not content_encoding:  # the usual case
+        return []
+    codings = [c.strip().lower() for c in content_encoding.split(",")]
     return [_decoder(c) for c in reversed(codings) if c not in ("", "identity")]
 
 
