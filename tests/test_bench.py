@@ -83,3 +83,20 @@ def test_quick_benchmark_fills_every_section(tmp_path: Path) -> None:
     assert all(is_number(scaling[f"workers_{n}"]["rps"]) for n in (1, 2))
     assert result["targets"]
     assert all(is_number(target["measured"]) for target in result["targets"])
+
+
+def test_quick_stack_layers_each_hold_their_streams() -> None:
+    """`python -m bench.stacks --quick`: every layer serves its streams and reports memory."""
+    process = subprocess.run(
+        [sys.executable, "-m", "bench.stacks", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    rows = [line.split() for line in process.stdout.splitlines() if "KiB/stream" in line]
+    assert [row[0] for row in rows] == ["uvicorn", "aiohttp", "transport", "floor", "relay"]
+    for row in rows:
+        assert is_number(float(row[1])), row
+        assert row[-3:] == ["20", "streams", "clean"], row
