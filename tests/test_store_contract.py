@@ -613,6 +613,16 @@ async def test_top_models_are_the_ten_most_used(store: KeyStore) -> None:
     assert stats.top_models == [(f"m{i:02d}", i + 1) for i in range(11, 1, -1)]
 
 
+async def test_a_batch_larger_than_one_statement_is_recorded_whole(store: KeyStore) -> None:
+    # SQLite takes at most 3,276 records per multi-row INSERT (32,766 parameters).
+    await add_user(store)
+    records = [usage("user-1", created_at=T0 + i, output_tokens=i % 3) for i in range(3300)]
+    await store.record_usage(records)
+    stats = await store.usage_stats(T0 + 3300, user_id="user-1")
+    assert (stats.total, stats.last_request) == (3300, T0 + 3299)
+    assert (stats.input_tokens, stats.output_tokens) == (11 * 3300, sum(i % 3 for i in range(3300)))
+
+
 async def test_deleting_a_user_erases_their_usage(store: KeyStore) -> None:
     await add_user(store, "user-1")
     await add_user(store, "user-2")
