@@ -100,3 +100,22 @@ def test_quick_stack_layers_each_hold_their_streams() -> None:
     for row in rows:
         assert is_number(float(row[1])), row
         assert row[-3:] == ["20", "streams", "clean"], row
+
+
+def test_instruction_count_reports_floor_and_relay() -> None:
+    """`python -m bench.instructions` under valgrind, a few requests: both servers counted."""
+    process = subprocess.run(
+        [sys.executable, "-m", "bench.instructions", "--requests", "5", "--warm", "5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 0, (process.stdout + process.stderr)[-3000:]
+    counts = {
+        line.split()[0]: float(line.split()[1])
+        for line in process.stdout.splitlines()
+        if "M instructions per" in line
+    }
+    assert set(counts) == {"floor", "relay"}
+    assert all(count > 0 for count in counts.values()), counts

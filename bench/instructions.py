@@ -1,0 +1,122 @@
+"""Instructions per relayed request, counted by valgrind: a figure machine noise cannot move.
+
+    python -m bench.instructions [--requests N] [--warm N]
+
+Timings on a shared 2-core machine move by 10 to 30% from run to run, which hides the change a
+single optimisation makes. `valgrind --tool=callgrind` counts the instructions a process runs
+instead: the same code, inputs and environment give the same count, whatever else the machine
+is doing. This starts the mock upstream, then the floor and the relay in turn, each under
+callgrind; sends 100 small-JSON requests to warm it up (`--warm`), zeroes the counters, sends
+N more (default 300) one after another, and prints the instructions each server spent per
+request (all of its threads, background tasks included) and the relay's count against the
+floor's. It does not see what threads cost each other (callgrind runs them one at a time), nor
+cache misses: it measures work, and timings measure the rest.
+About a minute per server: Python under callgrind runs some 50 times slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Final
+
+import httpx
+
+from bench.processes import Children, free_port, raise_file_limit, wait_http
+from bench.servers import Server, create_user, relay_env, start_upstream
+from bench.suite import CHAT_BODY
+
+__all__ = ["main", "measure"]
+
+PATH: Final = "/relay/openai/v1/chat/completions"
+
+
+def _callgrind(out: Path) -> list[str]:
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
+
+
+def _floor(children: Children, upstream: Server, workdir: Path) -> tuple[Server, Path]:
+    out = workdir / "floor.callgrind"
+    args = [*_callgrind(out), "-m", "bench.floor", f"http://127.0.0.1:{upstream.port}"]
+    process = children.start(args, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    process.stdout.close()
+    if not line:
+        raise RuntimeError(f"the floor did not start under valgrind ({process.wait()})")
+    server = Server("floor", process, json.loads(line)["port"])
+    wait_http(process, server.port, timeout=600)
+    return server, out
+
+
+def _relay(children: Children, upstream: Server, workdir: Path) -> tuple[Server, Path]:
+    out = workdir / "relay.callgrind"
+    port = free_port()
+    args = [*_callgrind(out), "-m", "relay", "serve", "--port", str(port)]
+    with (workdir / "relay.log").open("ab") as log:
+        process = children.start(args, cwd=workdir, env=relay_env(upstream, workdir), stderr=log)
+    wait_http(process, port, timeout=600)
+    return Server("relay", process, port), out
+
+
+def _count(server: Server, out: Path, headers: dict[str, str], requests: int, warm: int) -> float:
+    """Instructions per request over `requests` sequential requests, after `warm` more."""
+    headers = {**headers, "content-type": "application/json"}
+    base_url = f"http://127.0.0.1:{server.port}"
+    pid = str(server.process.pid)
+    with httpx.Client(base_url=base_url, timeout=120, trust_env=False) as client:
+
+        def send(count: int) -> None:
+            for _ in range(count):
+                response = client.post(PATH, content=CHAT_BODY, headers=headers)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{server.name} answered {response.status_code}")
+
+        send(warm)
+        subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
+        send(requests)
+        subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
+    dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda f: f.stat().st_mtime)
+    for dump in dumps[:1]:
+        for line in dump.read_text().splitlines():
+            if line.startswith("summary:"):
+                return int(line.split()[1]) / requests
+    raise RuntimeError(f"callgrind left no count for {server.name}")
+
+
+def measure(requests: int, warm: int = 100) -> dict[str, float]:
+    """Instructions per request of the floor and of the relay, each alone under callgrind."""
+    counts: dict[str, float] = {}
+    children = Children()
+    try:
+        upstream = start_upstream(children)
+        with tempfile.TemporaryDirectory() as tmp:
+            floor, out = _floor(children, upstream, Path(tmp))
+            counts["floor"] = _count(floor, out, {}, requests, warm)
+            children.stop(floor.process)
+            relay, out = _relay(children, upstream, Path(tmp))
+            token = create_user(relay)
+            counts["relay"] = _count(relay, out, {"x-relay-token": token}, requests, warm)
+    finally:
+        children.close()
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
+    parser.add_argument("--requests", type=int, default=300, help="requests counted (300)")
+    parser.add_argument("--warm", type=int, default=100, help="requests before counting (100)")
+    args = parser.parse_args()
+    raise_file_limit()
+    counts = measure(args.requests, args.warm)
+    for name, count in counts.items():
+        print(f"{name:6s} {count / 1e6:.3f} M instructions per small-JSON request")
+    print(f"relay / floor: {counts['relay'] / counts['floor']:.3f}x the instructions")
+
+
+if __name__ == "__main__":
+    main()
