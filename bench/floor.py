@@ -29,12 +29,13 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from bench.processes import raise_file_limit
 from relay import heap
 from relay.upstream import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, new_transport
 
-__all__ = ["TRANSPORTS", "create_app", "main"]
+__all__ = ["TRANSPORTS", "create_app", "main", "serve_announced"]
 
 
 # The relay's pool size and idle expiry, for the transports compared with its own.
@@ -92,22 +93,29 @@ def create_app(upstream: str, transport: str = "relay") -> Starlette:
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def main() -> None:
+def serve_announced(app: ASGIApp) -> None:
+    """Serve `app` on uvicorn as the relay is served (uvloop, httptools, no access log, no proxy
+    headers, one worker), on a free port of 127.0.0.1 announced on stdout as `{"port": P}`."""
     raise_file_limit()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     print(json.dumps({"port": sock.getsockname()[1]}), flush=True)
     config = uvicorn.Config(
-        create_app(*sys.argv[1:3]),
+        app,
         loop="uvloop",
         http="httptools",
         access_log=False,
         log_level="warning",
         lifespan="on",
+        proxy_headers=False,
         backlog=4096,
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def main() -> None:
+    serve_announced(create_app(*sys.argv[1:3]))
 
 
 if __name__ == "__main__":

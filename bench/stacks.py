@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
-import socket
 import sys
 import tempfile
 import time
@@ -35,10 +33,10 @@ from urllib.parse import parse_qs
 
 import aiohttp
 import httpx
-import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from bench.client import Target
+from bench.floor import serve_announced
 from bench.loadgen import run_jobs
 from bench.processes import Children, raise_file_limit, rss_bytes
 from bench.servers import (
@@ -141,25 +139,6 @@ def _layer(kind: str, upstream: str) -> App:
     return app
 
 
-def serve(kind: str, upstream: str) -> None:
-    raise_file_limit()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    print(json.dumps({"port": sock.getsockname()[1]}), flush=True)
-    config = uvicorn.Config(
-        _layer(kind, upstream),
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        lifespan="on",
-        proxy_headers=False,
-        backlog=4096,
-    )
-    uvicorn.Server(config).run(sockets=[sock])
-
-
 def hold(children: Children, server: Server, headers: dict[str, str], shape: Shape) -> Held:
     """Warm `server` up, then hold `shape.streams` streams through it, sampling its memory."""
     path = "/relay/openai/v1/chat/completions" + shape.query
@@ -235,7 +214,7 @@ def measure(shape: Shape) -> list[Held]:
 
 def main() -> None:
     if sys.argv[1:2] == ["serve"]:
-        serve(sys.argv[2], sys.argv[3])
+        serve_announced(_layer(sys.argv[2], sys.argv[3]))
         return
     parser = argparse.ArgumentParser(prog="python -m bench.stacks", description=__doc__)
     parser.add_argument("--streams", type=int, default=2000, help="open streams (default 2000)")
