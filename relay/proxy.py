@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Final
 
 import httpx
@@ -44,7 +44,7 @@ from .routing import route_model
 from .services import Services
 from .ssrf import Upstream, UpstreamPolicy
 from .upstream import response_headers, upstream_url
-from .usage import NO_USAGE, Usage, UsageMeter
+from .usage import NO_USAGE, UsageMeter
 from .verify import key_hint
 
 __all__ = ["ModelRelay", "ProviderRelay", "unsupported_provider"]
@@ -117,31 +117,7 @@ class _Relay:
             (b"x-relay-key-hint", key_hint(key).encode()),
         ]
 
-        user = request.user
-
-        def answered(status_code: int) -> None:
-            services.key_health.observe(user.id, provider.name, record, status_code)
-
-        def finished(status: int, streamed: bool, usage: Usage) -> None:
-            services.usage.add(
-                UsageRecord(
-                    user_id=user.id,
-                    app_id=user.app_id,
-                    provider=provider.name,
-                    model=model or usage.model,
-                    status=status,
-                    latency_ms=round((time.monotonic() - started) * 1000),
-                    streamed=streamed,
-                    input_tokens=usage.input_tokens,
-                    output_tokens=usage.output_tokens,
-                    created_at=now_ms(),
-                )
-            )
-
-        started = time.monotonic()
-        exchange = _Exchange(
-            services, scope, request.receive, request.send, provider, shown, answered, finished
-        )
+        exchange = _Exchange(request, provider, shown, record, model)
         if target.pin is None:
             await exchange.run(scope["method"], url, outgoing, body)
             return
@@ -314,47 +290,44 @@ class _Exchange:
 
     # An exchange lives as long as its stream: slots keep thousands of open ones small.
     __slots__ = (
-        "answered",
         "body_read",
         "body_waiter",
         "client_left",
-        "finished",
         "meter",
+        "model",
         "provider",
         "receive",
+        "record",
         "recorded",
-        "scope",
         "send",
         "services",
         "shown",
         "started",
         "status",
         "streamed",
+        "user",
         "watcher",
     )
 
     def __init__(
         self,
-        services: Services,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
+        request: _Request,
         provider: Provider,
         shown: list[tuple[bytes, bytes]],
-        answered: Callable[[int], None],
-        finished: Callable[[int, bool, Usage], None],
+        record: bytes,
+        model: str | None,
     ) -> None:
+        self.services = request.services
+        self.receive = request.receive
+        self.send = request.send
+        self.user = request.user
+        self.provider = provider
         self.shown = shown
-        self.answered = answered
-        self.finished = finished
+        self.record = record  # the sealed key used: its health is judged by the answer
+        self.model = model  # the model the request named, when the relay read it
         self.status = 502  # until the provider answers
         self.streamed = False
         self.meter: UsageMeter | None = None
-        self.services = services
-        self.scope = scope
-        self.receive = receive
-        self.send = send
-        self.provider = provider
         self.body_read = False  # the whole request body is in: what comes next is a disconnect
         self.body_waiter: asyncio.Event | None = None  # the watcher's, while it waits for that
         self.client_left = False
@@ -434,10 +407,25 @@ class _Exchange:
         """Report the exchange once: before the last byte reaches the client when it ends
         well (a client that asks for its usage next finds this request counted), else when it
         ends."""
-        if not self.recorded:
-            self.recorded = True
-            usage = self.meter.result() if self.meter is not None else NO_USAGE
-            self.finished(self.status, self.streamed, usage)
+        if self.recorded:
+            return
+        self.recorded = True
+        usage = self.meter.result() if self.meter is not None else NO_USAGE
+        user = self.user
+        self.services.usage.add(
+            UsageRecord(
+                user_id=user.id,
+                app_id=user.app_id,
+                provider=self.provider.name,
+                model=self.model or usage.model,
+                status=self.status,
+                latency_ms=round((time.monotonic() - self.started) * 1000),
+                streamed=self.streamed,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                created_at=now_ms(),
+            )
+        )
 
     async def _content(self) -> bytes | AsyncIterator[bytes]:
         """The request body: whole when it came in one message (a chat request usually does,
@@ -511,7 +499,9 @@ class _Exchange:
         sse = content_type.startswith("text/event-stream")
         self.status, self.streamed = response.status_code, sse
         self.meter = meter = UsageMeter(content_type, response.headers.get("content-encoding"))
-        self.answered(response.status_code)
+        self.services.key_health.observe(
+            self.user.id, self.provider.name, self.record, response.status_code
+        )
         await self.send(
             {
                 "type": "http.response.start",
