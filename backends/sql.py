@@ -118,7 +118,6 @@ class _UsageInsert:
         self._row: Callable[[UsageRecord], tuple[Any, ...]] = operator.attrgetter(*order)
         self._multirow = dialect.name == "sqlite"
         self._head, _, self._values = self._sql.partition(" VALUES ")
-        self._by_count: dict[int, str] = {}
 
     async def write(self, conn: AsyncConnection, records: Sequence[UsageRecord]) -> None:
         rows = [self._row(record) for record in records]
@@ -128,13 +127,8 @@ class _UsageInsert:
         for start in range(0, len(rows), self.SQLITE_ROWS):
             chunk = rows[start : start + self.SQLITE_ROWS]
             params = tuple(value for row in chunk for value in row)
-            await conn.exec_driver_sql(self._rows_sql(len(chunk)), params)
-
-    def _rows_sql(self, count: int) -> str:
-        sql = self._by_count.get(count)
-        if sql is None:
-            sql = self._by_count[count] = f"{self._head} VALUES {', '.join([self._values] * count)}"
-        return sql
+            sql = f"{self._head} VALUES {', '.join([self._values] * len(chunk))}"
+            await conn.exec_driver_sql(sql, params)
 
 
 @contextlib.contextmanager
