@@ -17,50 +17,26 @@ About a minute per server: Python under callgrind runs some 50 times slower.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Final
 
 import httpx
 
-from bench.processes import Children, free_port, raise_file_limit, wait_http
-from bench.servers import Server, create_user, relay_env, start_upstream
+from bench.processes import Children, raise_file_limit
+from bench.servers import Server, create_user, start_floor, start_relay, start_upstream
 from bench.suite import CHAT_BODY
 
 __all__ = ["main", "measure"]
 
 PATH: Final = "/relay/openai/v1/chat/completions"
+STARTUP: Final = 600  # seconds a server may take to start under callgrind
 
 
 def _callgrind(out: Path) -> list[str]:
-    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
-
-
-def _floor(children: Children, upstream: Server, workdir: Path) -> tuple[Server, Path]:
-    out = workdir / "floor.callgrind"
-    args = [*_callgrind(out), "-m", "bench.floor", f"http://127.0.0.1:{upstream.port}"]
-    process = children.start(args, stdout=subprocess.PIPE)
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    process.stdout.close()
-    if not line:
-        raise RuntimeError(f"the floor did not start under valgrind ({process.wait()})")
-    server = Server("floor", process, json.loads(line)["port"])
-    wait_http(process, server.port, timeout=600)
-    return server, out
-
-
-def _relay(children: Children, upstream: Server, workdir: Path) -> tuple[Server, Path]:
-    out = workdir / "relay.callgrind"
-    port = free_port()
-    args = [*_callgrind(out), "-m", "relay", "serve", "--port", str(port)]
-    with (workdir / "relay.log").open("ab") as log:
-        process = children.start(args, cwd=workdir, env=relay_env(upstream, workdir), stderr=log)
-    wait_http(process, port, timeout=600)
-    return Server("relay", process, port), out
+    """The command a server's Python runs inside: callgrind, counting into `out`."""
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
 
 
 def _count(server: Server, out: Path, headers: dict[str, str], requests: int, warm: int) -> float:
@@ -80,11 +56,11 @@ def _count(server: Server, out: Path, headers: dict[str, str], requests: int, wa
         subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
         send(requests)
         subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
+    # The dump `-d` asked for: the first after the file callgrind writes when the process ends.
     dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda f: f.stat().st_mtime)
-    for dump in dumps[:1]:
-        for line in dump.read_text().splitlines():
-            if line.startswith("summary:"):
-                return int(line.split()[1]) / requests
+    for line in dumps[0].read_text().splitlines() if dumps else []:
+        if line.startswith("summary:"):
+            return int(line.split()[1]) / requests
     raise RuntimeError(f"callgrind left no count for {server.name}")
 
 
@@ -95,10 +71,15 @@ def measure(requests: int, warm: int = 100) -> dict[str, float]:
     try:
         upstream = start_upstream(children)
         with tempfile.TemporaryDirectory() as tmp:
-            floor, out = _floor(children, upstream, Path(tmp))
+            workdir = Path(tmp)
+            out = workdir / "floor.callgrind"
+            floor = start_floor(children, upstream, under=_callgrind(out), timeout=STARTUP)
             counts["floor"] = _count(floor, out, {}, requests, warm)
             children.stop(floor.process)
-            relay, out = _relay(children, upstream, Path(tmp))
+            out = workdir / "relay.callgrind"
+            relay = start_relay(
+                children, upstream, workdir, workers=1, under=_callgrind(out), timeout=STARTUP
+            )
             token = create_user(relay)
             counts["relay"] = _count(relay, out, {"x-relay-token": token}, requests, warm)
     finally:

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -56,16 +57,24 @@ def log_entries(log: Path | None) -> list[dict[str, Any]]:
     return entries
 
 
-def announced(children: Children, name: str, args: list[str]) -> Server:
-    """Start a bench server that prints `{"port": P}` once it listens."""
-    process = children.start([sys.executable, "-m", *args], stdout=subprocess.PIPE)
+def announced(
+    children: Children,
+    name: str,
+    args: list[str],
+    *,
+    under: Sequence[str] = (),
+    timeout: float = 30,
+) -> Server:
+    """Start a bench server that prints `{"port": P}` once it listens. `under` is a command
+    Python runs inside (valgrind, say); `timeout` the seconds it may take to answer."""
+    process = children.start([*under, sys.executable, "-m", *args], stdout=subprocess.PIPE)
     assert process.stdout is not None
     line = process.stdout.readline()
     process.stdout.close()
     if not line:
         raise RuntimeError(f"{name} did not start (status {process.wait()})")
     server = Server(name, process, json.loads(line)["port"])
-    wait_http(process, server.port)
+    wait_http(process, server.port, timeout)
     return server
 
 
@@ -73,8 +82,11 @@ def start_upstream(children: Children) -> Server:
     return announced(children, "upstream", ["bench.upstream"])
 
 
-def start_floor(children: Children, upstream: Server) -> Server:
-    return announced(children, "floor", ["bench.floor", f"http://127.0.0.1:{upstream.port}"])
+def start_floor(
+    children: Children, upstream: Server, *, under: Sequence[str] = (), timeout: float = 30
+) -> Server:
+    args = ["bench.floor", f"http://127.0.0.1:{upstream.port}"]
+    return announced(children, "floor", args, under=under, timeout=timeout)
 
 
 def relay_env(upstream: Server, workdir: Path) -> dict[str, str]:
@@ -92,21 +104,30 @@ def relay_env(upstream: Server, workdir: Path) -> dict[str, str]:
     }
 
 
-def start_relay(children: Children, upstream: Server, workdir: Path, workers: int) -> Server:
-    """The relay on a free port; tried again on another port should that one be taken."""
+def start_relay(
+    children: Children,
+    upstream: Server,
+    workdir: Path,
+    workers: int,
+    *,
+    under: Sequence[str] = (),
+    timeout: float = 60,
+) -> Server:
+    """The relay on a free port; tried again on another port should that one be taken. `under`
+    and `timeout` as for `announced`."""
     log = workdir / f"relay-{workers}w.log"
     for _ in range(3):
         port = free_port()
         args = ["serve", "--port", str(port), "--workers", str(workers)]
         with log.open("ab") as stderr:
             process = children.start(
-                [sys.executable, "-m", "relay", *args],
+                [*under, sys.executable, "-m", "relay", *args],
                 cwd=workdir,
                 env=relay_env(upstream, workdir),
                 stderr=stderr,
             )
         try:
-            wait_http(process, port, timeout=60)
+            wait_http(process, port, timeout)
         except RuntimeError:
             children.stop(process)
             continue
