@@ -7,13 +7,12 @@ these servers in turn, every one on uvicorn with uvloop and httptools and the re
 collector settings, and prints how much the server's resident memory grew per open stream:
 
 - `uvicorn`: a raw ASGI app that makes the frames itself, with no upstream: the server's cost;
-- `aiohttp`: a raw ASGI app relaying the mock's stream through a bare aiohttp session;
-- `transport`: the same through the relay's upstream transport (httpx's request and response
-  objects over aiohttp);
+- `transport`: a raw ASGI app relaying the mock's stream through the relay's upstream
+  transport (httpx's request and response objects over `relay.http11` connections);
 - `floor`: `bench.floor`, Starlette's `StreamingResponse` over that transport;
 - `relay`: `byok-relay serve`, as `python -m bench` runs it.
 
-The first three are served by this module (`python -m bench.stacks serve KIND UPSTREAM_URL`).
+The first two are served by this module (`python -m bench.stacks serve KIND UPSTREAM_URL`).
 `--quick` (20 streams, short frames; a smoke test of the tool, no figure worth reading) is what
 the test suite runs.
 """
@@ -31,7 +30,6 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs
 
-import aiohttp
 import httpx
 from starlette.types import Receive, Scope, Send
 
@@ -55,7 +53,7 @@ from relay.upstream import new_transport
 __all__ = ["main"]
 
 OPEN_RATE: Final = 500  # streams opened per second
-LAYERS: Final = ("uvicorn", "aiohttp", "transport", "floor", "relay")
+LAYERS: Final = ("uvicorn", "transport", "floor", "relay")
 
 App = Callable[[Scope, Receive, Send], Any]
 
@@ -86,10 +84,7 @@ def _layer(kind: str, upstream: str) -> App:
     state: dict[str, Any] = {}
 
     async def startup() -> None:
-        if kind == "aiohttp":
-            connector = aiohttp.TCPConnector(limit=10_000)
-            state["session"] = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        elif kind == "transport":
+        if kind == "transport":
             state["transport"] = new_transport()
         heap.settle()
 
@@ -106,12 +101,6 @@ def _layer(kind: str, upstream: str) -> App:
 
     async def relayed(scope: Scope, body: bytes, send: Send) -> None:
         url = upstream + "/v1/chat/completions?" + scope["query_string"].decode("latin-1")
-        if kind == "aiohttp":
-            async with state["session"].post(url, data=body) as response:
-                await send(SSE_START)
-                async for chunk in response.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            return
         request = httpx.Request("POST", url, content=body)
         answer = await state["transport"].handle_async_request(request)
         await send(SSE_START)

@@ -1,204 +1,167 @@
-"""httpx's client API over aiohttp's connection pool: the relay's upstream transport.
+"""httpx's transport API over the relay's own HTTP/1.1 connections: the upstream transport.
 
 The relay speaks httpx (requests, responses, timeouts, exceptions); this transport carries them
-over an `aiohttp` session, whose pool and C parser serve several times more requests per second
-than httpx's own pool behind the same proxy (figures in the README's Performance section).
-What crosses the boundary:
+over `relay.pool`'s connections (`relay.http11`: an asyncio protocol and httptools' C parser),
+which hold a fraction of the memory per open stream of aiohttp's or httpcore's and do less work
+per request (figures in the README's Performance section). What crosses the boundary:
 
-- the request goes out as httpx built it (method, URL, headers in order, body streamed as it
-  arrives); aiohttp adds no header of its own, follows no redirect, keeps no cookie and never
-  decodes the answer, so the body comes back exactly as the provider encoded it;
-- header values are sent as UTF-8 (aiohttp's only encoding): a value that is valid UTF-8
-  leaves byte for byte; bytes that are not (a browser's latin-1) leave as the same characters
-  in UTF-8;
-- httpx's timeouts map to aiohttp's: `pool` + `connect` bound getting a connection, `connect`
-  bounds the TCP and TLS handshake, `read` bounds each wait for the provider (`write` has no
-  aiohttp counterpart: a stalled upload ends with the read timeout);
-- aiohttp's exceptions become httpx's, in `map_exceptions`; an error raised by the request
-  body's own stream (the client went away, the body grew too large) is raised as itself.
+- the request goes out exactly as httpx built it: method, target, headers in their order and
+  bytes (a header that could split the request, with CR, LF or NUL in it or a name that is not
+  a token, is refused with `LocalProtocolError` before anything is sent), and the body whole or
+  streamed as it arrives (chunked when httpx chose that); nothing is added, no redirect is
+  followed, no cookie kept, and the answer is never decoded: it comes back exactly as the
+  provider encoded it;
+- httpx's timeouts per phase: `pool` for a free connection when the pool is full, `connect` for
+  DNS, TCP and TLS, `write` for each wait on a full send buffer, `read` for each wait on the
+  provider;
+- everything that fails is one of httpx's exceptions; an error raised by the request body's
+  own stream (the client went away, the body grew too large) is raised as itself;
+- a request whose reused connection turns out to have been closed by the provider while idle
+  (nothing of an answer came back) is sent once more on a new connection, when its body can be
+  sent again.
 """
 
 from __future__ import annotations
 
-import contextlib
+import re
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Final
 
-import aiohttp
 import certifi
 import httpx
 
-from .pinning import PinningResolver
+from .http11 import Connection, Origin
+from .pinning import pinned_address
+from .pool import ConnectionPool
 
-__all__ = ["AiohttpTransport", "map_exceptions"]
+__all__ = ["HTTPTransport"]
 
-# Most specific first: the first row whose aiohttp class matches decides.
-EXCEPTIONS: Final[tuple[tuple[type[BaseException], type[httpx.TransportError]], ...]] = (
-    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
-    (aiohttp.SocketTimeoutError, httpx.ReadTimeout),
-    (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
-    (aiohttp.ClientConnectorError, httpx.ConnectError),  # DNS, refused, TLS and certificates
-    (aiohttp.InvalidURL, httpx.UnsupportedProtocol),
-    (aiohttp.NonHttpUrlClientError, httpx.UnsupportedProtocol),
-    (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
-    (aiohttp.ClientPayloadError, httpx.RemoteProtocolError),
-    (aiohttp.ClientResponseError, httpx.RemoteProtocolError),
-    (aiohttp.ClientOSError, httpx.ReadError),
-    (aiohttp.ClientError, httpx.ReadError),
-    (TimeoutError, httpx.ReadTimeout),
-)
-
-# Headers aiohttp would otherwise add itself; httpx has already set what the request needs.
-NO_AUTO_HEADERS: Final = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
-
-
-@contextlib.contextmanager
-def map_exceptions() -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        mapped = _mapped(exc)
-        if mapped is None:
-            raise
-        raise mapped from exc
-
-
-def _mapped(exc: Exception) -> httpx.TransportError | None:
-    """The httpx exception to raise for `exc`; None when it is one already or has none."""
-    if isinstance(exc, httpx.TransportError):
-        return None
-    for source, target in EXCEPTIONS:
-        if isinstance(exc, source):
-            return target(str(exc) or type(exc).__name__)
-    return None
-
-
-class _RequestBody:
-    """The request's byte stream, remembering the error it ended with: aiohttp writes bodies
-    in a task of its own and reports their failures as connection errors."""
-
-    def __init__(self, stream: httpx.AsyncByteStream) -> None:
-        self._stream = stream
-        self.error: BaseException | None = None
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._stream:
-                yield chunk
-        except BaseException as exc:
-            self.error = exc
-            raise
+DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_SPLITS: Final = re.compile(rb"[\r\n\0]")
+_CHECKED_NAMES: set[bytes] = set()  # header names seen valid (a few dozen in practice)
+CHECKED_NAMES_LIMIT: Final = 4096
 
 
 class _ResponseBody(httpx.AsyncByteStream):
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
+    """The answer's body as it arrives; closing it hands the connection back to the pool."""
+
+    __slots__ = ("_connection", "_pool", "_timeout")
+
+    def __init__(self, connection: Connection, pool: ConnectionPool, timeout: float | None):
+        self._connection: Connection | None = connection
+        self._pool = pool
+        self._timeout = timeout
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        # Each chunk as it arrives: an SSE frame is never held back for more. (Straight from
-        # `readany`: an open stream keeps fewer frames alive than with `iter_any` and a
-        # context manager around it.)
-        content = self._response.content
-        while True:
-            try:
-                chunk = await content.readany()
-            except Exception as exc:
-                mapped = _mapped(exc)
-                if mapped is None:
-                    raise
-                raise mapped from exc
-            if not chunk:
-                return
+        connection = self._connection
+        if connection is None:
+            raise httpx.StreamClosed()
+        timeout = self._timeout
+        while chunk := await connection.read(timeout):
             yield chunk
 
     async def aclose(self) -> None:
-        # Back to the pool when read to the end, closed otherwise.
-        self._response.release()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._pool.release(connection)
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """An httpx transport on one aiohttp session, created on first use (inside the loop)."""
+class HTTPTransport(httpx.AsyncBaseTransport):
+    """An httpx transport on one pool of HTTP/1.1 connections (HTTP and HTTPS)."""
 
     def __init__(self, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> None:
-        self.ssl_context = ssl_context or ssl.create_default_context(cafile=certifi.where())
-        self._limits = limits
-        self._session: aiohttp.ClientSession | None = None
+        self.pool = ConnectionPool(
+            max_connections=limits.max_connections or 2**31,
+            keepalive_expiry=limits.keepalive_expiry or 0.0,
+            ssl_context=ssl_context or ssl.create_default_context(cafile=certifi.where()),
+        )
 
-    def _open_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self._limits.max_connections or 0,
-            limit_per_host=0,
-            keepalive_timeout=self._limits.keepalive_expiry or 0,
-            ssl=self.ssl_context,
-            resolver=PinningResolver(),
-            use_dns_cache=False,  # resolve in the requesting task, where its pins are
-        )
-        return aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=NO_AUTO_HEADERS,
-            auto_decompress=False,
-            trust_env=False,
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        return self.pool.ssl_context
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._session is None:
-            self._session = self._open_session()
+        url = request.url
+        scheme = url.raw_scheme
+        port = DEFAULT_PORTS.get(scheme)
+        if port is None:
+            raise httpx.UnsupportedProtocol(f"the upstream URL must be http or https: {url}")
+        host = url.host
+        origin = Origin(scheme, host, url.port or port, pinned_address(host))
         timeout = request.extensions.get("timeout", {})
-        connect, pool = timeout.get("connect"), timeout.get("pool")
-        headers = [
-            (_text(name), _text(value))
-            for name, value in request.headers.raw
-            if name.lower() != b"transfer-encoding"  # aiohttp chunks a body of unknown length
-        ]
-        body: _RequestBody | None = None
-        data: bytes | _RequestBody | None
-        if isinstance(request.stream, httpx.ByteStream):
-            data = request.read() or None
-        elif isinstance(request.stream, httpx.AsyncByteStream):
-            data = body = _RequestBody(request.stream)
-        else:
-            raise TypeError("the upstream transport is async: the request body must be too")
-        try:
-            with map_exceptions():
-                response = await self._session.request(
-                    request.method,
-                    str(request.url),
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    compress=False,
-                    timeout=aiohttp.ClientTimeout(
-                        total=None,
-                        connect=None if connect is None or pool is None else connect + pool,
-                        sock_connect=connect,
-                        sock_read=timeout.get("read"),
-                    ),
-                )
-        except httpx.TransportError:
-            if body is not None and body.error is not None:
-                raise body.error from None
-            raise
+        head = _head(request)
+        body = request.stream
+        replayable = isinstance(body, httpx.ByteStream)
+        for attempt in (1, 2):
+            connection = await self.pool.acquire(
+                origin, timeout.get("connect"), timeout.get("pool")
+            )
+            reused = connection.exchanges > 0
+            connection.begin(head_only=request.method == "HEAD")
+            try:
+                if replayable:
+                    connection.write(head + request.content if request.content else head)
+                else:
+                    await _send_stream(connection, head, body, request, timeout.get("write"))
+                await connection.read_head(timeout.get("read"))
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                self.pool.discard(connection)
+                if attempt == 1 and reused and replayable and connection.unanswered:
+                    continue  # closed by the provider while idle: once more, on a new one
+                raise
+            except BaseException:
+                self.pool.discard(connection)
+                raise
+            break
         return httpx.Response(
-            status_code=response.status,
-            headers=response.raw_headers,
-            stream=_ResponseBody(response),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": _reason(response)},
+            status_code=connection.status,
+            headers=connection.headers,
+            stream=_ResponseBody(connection, self.pool, timeout.get("read")),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
         )
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.pool.close()
 
 
-def _text(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
+def _head(request: httpx.Request) -> bytes:
+    """The request line and headers, refusing anything that could split the request."""
+    parts = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+    for name, value in request.headers.raw:
+        if name not in _CHECKED_NAMES:
+            if not _TOKEN.fullmatch(name):
+                raise httpx.LocalProtocolError(f"invalid header name {name!r}")
+            if len(_CHECKED_NAMES) < CHECKED_NAMES_LIMIT:
+                _CHECKED_NAMES.add(name)
+        if _SPLITS.search(value):
+            raise httpx.LocalProtocolError(f"invalid value in header {name.decode()!r}")
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
-def _reason(response: aiohttp.ClientResponse) -> bytes:
-    return (response.reason or "").encode("latin-1", "replace")
+async def _send_stream(
+    connection: Connection,
+    head: bytes,
+    body: httpx.SyncByteStream | httpx.AsyncByteStream,
+    request: httpx.Request,
+    timeout: float | None,
+) -> None:
+    """The head, then the body as its stream yields it (chunked when httpx said so). An answer
+    that comes before the body is all sent stops the sending (the connection is then not
+    reused); so does the connection closing."""
+    if not isinstance(body, httpx.AsyncByteStream):
+        raise TypeError("the upstream transport is async: the request body must be too")
+    chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
+    connection.write(head)
+    async for chunk in body:
+        if connection.head_done or connection.closed:
+            connection.keep_alive_forbidden()
+            return
+        if chunk:
+            connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await connection.drain(timeout)
+    if chunked and not connection.closed:
+        connection.write(b"0\r\n\r\n")

@@ -10,7 +10,7 @@ from typing import Final
 import httpx
 
 from .config import Settings
-from .transport import AiohttpTransport
+from .transport import HTTPTransport
 
 __all__ = ["SSE_HEADERS", "new_http_client", "new_transport", "response_headers", "upstream_url"]
 
@@ -66,11 +66,11 @@ def upstream_url(url: str) -> httpx.URL:
     return httpx.URL(url)
 
 
-def new_transport() -> AiohttpTransport:
+def new_transport() -> HTTPTransport:
     """The process's one upstream connection pool, made in the lifespan. The relay path sends
     through it directly: one request in, one streamed response out, nothing kept between
     requests (no cookies, no redirects); timeouts travel in each request's extensions."""
-    return AiohttpTransport(
+    return HTTPTransport(
         httpx.Limits(max_connections=MAX_CONNECTIONS, keepalive_expiry=KEEPALIVE_EXPIRY)
     )
 

@@ -138,17 +138,16 @@ def test_unauthenticated_bodies_are_never_read(
 
 
 @pytest.mark.parametrize(
-    ("sent", "forwarded"),
+    "sent",
     [
-        pytest.param("Café ✓".encode(), "Café ✓".encode(), id="utf-8: byte for byte"),
-        pytest.param(b"Caf\xe9 \xff", "Café ÿ".encode(), id="latin-1: same characters in utf-8"),
+        pytest.param("Café ✓".encode(), id="utf-8"),
+        pytest.param(b"Caf\xe9 \xff", id="latin-1"),
     ],
 )
 def test_non_ascii_header_values_are_forwarded(
-    relay: RelayServer, mock: MockProvider, sent: bytes, forwarded: bytes
+    relay: RelayServer, mock: MockProvider, sent: bytes
 ) -> None:
-    """Bytes 0x80-0xFF are legal in header values: forwarded (as UTF-8, the upstream
-    transport's encoding: see relay/transport.py), never a 500."""
+    """Bytes 0x80-0xFF are legal in header values: forwarded byte for byte, never a 500."""
     with relay.client() as client:
         token = register(client)
         store_key(client, token, "openrouter", "test-openrouter-key-hygiene")
@@ -163,4 +162,4 @@ def test_non_ascii_header_values_are_forwarded(
         + body,
     )
     assert status == 200
-    assert mock.last().header("x-title") == forwarded.decode("latin-1")  # the mock's reading
+    assert mock.last().header("x-title") == sent.decode("latin-1")  # the mock's reading

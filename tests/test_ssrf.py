@@ -3,7 +3,7 @@
 Nothing here sends traffic anywhere but 127.0.0.1. Hostile values must be refused before any
 connection, and every test proves it three ways: the answer is a 400 `invalid_base_url`, the mock
 provider recorded nothing, and a guard around `aiohappyeyeballs.start_connection` (what the
-upstream transport's aiohttp pool dials with) recorded no dial at all. The guard also refuses
+upstream connection pool dials with) recorded no dial at all. The guard also refuses
 to dial anything but 127.0.0.1, so a regression fails loudly here instead of reaching the
 network. Names resolve through `FakeResolver`, never through DNS.
 """
@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 import relay.services
 from relay.errors import BadRequest
 from relay.ssrf import IPAddress, Upstream, UpstreamPolicy, is_public_address
-from relay.transport import AiohttpTransport
+from relay.transport import HTTPTransport
 from tests.conftest import LogCapture, provider_key
 from tests.mockprovider import MockProvider
 from tests.relayserver import RelayServer, register, relay_env, store_key
@@ -549,7 +549,7 @@ def test_tls_verifies_the_name_on_every_request(
     pki = make_pki(tmp_path, "good.example")
     original = relay.services.new_transport
 
-    def trusting_test_ca() -> AiohttpTransport:
+    def trusting_test_ca() -> HTTPTransport:
         transport = original()
         transport.ssl_context.load_verify_locations(cadata=pki.ca_pem.decode())
         return transport

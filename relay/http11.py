@@ -1,0 +1,299 @@
+"""One HTTP/1.1 connection to a provider: an asyncio protocol around httptools' response parser.
+
+A `Connection` carries one exchange at a time. The transport writes the request through it and
+then reads the answer: `read_head` until the status line and headers are in, `read` for each
+piece of the body as it arrives. Everything the connection has to report is raised as httpx's
+exceptions, so that the transport above passes them on unchanged:
+
+- the provider sending something that is not HTTP/1.1, or a head over `HEAD_LIMIT`:
+  `RemoteProtocolError`, and so is the connection closing before the answer is complete
+  (an answer without a length, which ends when the connection does, is complete then);
+- the connection failing under a read: `ReadError`; a wait longer than its timeout: the
+  `ReadTimeout` or `WriteTimeout` the waiting side asked for.
+
+Flow control both ways: reading pauses while more than `HIGH_WATER` bytes of the answer wait
+for a slow client (and resumes below `LOW_WATER`), and writing the request waits while the
+socket's buffer is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Final, NamedTuple, cast
+
+import httptools
+import httpx
+
+__all__ = ["HEAD_LIMIT", "HIGH_WATER", "LOW_WATER", "Connection", "Origin"]
+
+HEAD_LIMIT: Final = 64 * 1024  # status line and headers of one answer
+HIGH_WATER: Final = 256 * 1024  # answer bytes buffered before reading pauses
+LOW_WATER: Final = 64 * 1024  # ... and below which it resumes
+
+
+class Origin(NamedTuple):
+    """What a connection may be reused for: the same scheme, name and port, and the same pinned
+    address (None: the name resolved by the system)."""
+
+    scheme: bytes
+    host: str
+    port: int
+    address: str | None
+
+
+def _timed_out(waiter: asyncio.Future[None], error: type[httpx.TimeoutException]) -> None:
+    if not waiter.done():
+        waiter.set_exception(error("timed out waiting for the AI provider"))
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_error",
+        "_head_size",
+        "_loop",
+        "_on_lost",
+        "_parser",
+        "_reading_paused",
+        "_reuse_forbidden",
+        "_waiter",
+        "_writing_paused",
+        "active",
+        "closed",
+        "complete",
+        "exchanges",
+        "head_done",
+        "head_only",
+        "headers",
+        "idle_timer",
+        "keep_alive",
+        "origin",
+        "reason",
+        "status",
+        "transport",
+    )
+
+    def __init__(self, origin: Origin, on_lost: Callable[[Connection], None]) -> None:
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_timer: asyncio.TimerHandle | None = None  # set by the pool while idle
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpResponseParser(self)
+        self._on_lost = on_lost
+        self._waiter: asyncio.Future[None] | None = None
+        self._writing_paused = False
+        self._reading_paused = False
+        self.active = False  # an exchange is in progress
+        self.exchanges = 0  # begun on this connection, this one included
+        self._reuse_forbidden = False
+        self.head_only = False  # the answer to HEAD: headers, never a body
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.complete = False
+        self.keep_alive = False
+        self._head_size = 0
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._error: httpx.TransportError | None = None
+
+    # -- the exchange, as the transport drives it ---------------------------------------------
+
+    def begin(self, head_only: bool) -> None:
+        """Start a new exchange on this (new or idle) connection."""
+        self.active = True
+        self.exchanges += 1
+        self.head_only = head_only
+        self.status = 0
+        self.reason = b""
+        self.headers = []
+        self.head_done = self.complete = self.keep_alive = False
+        self._head_size = 0
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    async def drain(self, timeout: float | None) -> None:
+        """Wait while the socket's send buffer is full (not past an answer or a closed
+        connection: the caller sees those itself)."""
+        while self._writing_paused and not self.head_done and not self.closed:
+            await self._wait(timeout, httpx.WriteTimeout)
+
+    async def read_head(self, timeout: float | None) -> None:
+        while not self.head_done:
+            if self._error is not None:
+                raise self._error
+            if self.closed:
+                raise httpx.RemoteProtocolError("the AI provider closed the connection unanswered")
+            await self._wait(timeout, httpx.ReadTimeout)
+
+    async def read(self, timeout: float | None) -> bytes:
+        """The next piece of the body (every piece that has arrived, as one); b"" at its end."""
+        while True:
+            chunks = self._chunks
+            if chunks:
+                chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._buffered = 0
+                if self._reading_paused:
+                    self._reading_paused = False
+                    if not self.closed:
+                        assert self.transport is not None
+                        self.transport.resume_reading()
+                return chunk
+            if self.complete:
+                return b""
+            if self._error is not None:
+                raise self._error
+            if self.closed:
+                raise httpx.RemoteProtocolError("the AI provider closed the connection mid-answer")
+            await self._wait(timeout, httpx.ReadTimeout)
+
+    @property
+    def unanswered(self) -> bool:
+        """Not a byte of an answer came back."""
+        return self._head_size == 0 and not self.head_done
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the exchange ended cleanly and the connection can carry another."""
+        return (
+            self.complete
+            and self.keep_alive
+            and not self._reuse_forbidden
+            and not self.closed
+            and self._error is None
+        )
+
+    def keep_alive_forbidden(self) -> None:
+        """The request was not sent whole (the provider answered first): never reuse."""
+        self._reuse_forbidden = True
+
+    def finish(self) -> None:
+        """The exchange is over: whatever of its body was not read is dropped."""
+        self.active = False
+        self._chunks.clear()
+        self._buffered = 0
+        if self._reading_paused and not self.closed:
+            self._reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    async def _wait(self, timeout: float | None, error: type[httpx.TimeoutException]) -> None:
+        waiter = self._waiter = self._loop.create_future()
+        timer = (
+            None if timeout is None else self._loop.call_later(timeout, _timed_out, waiter, error)
+        )
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: httpx.TransportError) -> None:
+        if self._error is None:
+            self._error = error
+        self.close()
+        self._wake()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if not self.active:  # nothing is asked of an idle connection: it has broken
+            self._fail(httpx.RemoteProtocolError("the AI provider sent data unasked"))
+            return
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._fail(httpx.RemoteProtocolError(f"invalid answer from the AI provider: {exc}"))
+            return
+        if not self.head_done:  # all of it went to the head: the parser holds it so far
+            self._head_size += len(data)
+            if self._head_size > HEAD_LIMIT:
+                self._fail(httpx.RemoteProtocolError("the AI provider's answer head is too large"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.active and not self.complete and self._error is None:
+            if self.head_done and self._delimited_by_close():
+                self.complete = True
+            elif exc is not None:
+                self._error = httpx.ReadError(str(exc) or type(exc).__name__)
+        self._wake()
+        self._on_lost(self)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake()
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:  # informational (100 Continue): the real answer follows
+            return
+        self.status = status
+        self.head_done = True
+        if self.head_only:
+            self.complete = True  # no body follows, whatever the headers say; not reused
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if not self.head_done:  # the end of an informational answer
+            self.reason = b""
+            self.headers = []
+            self._head_size = 0
+            return
+        self.complete = True
+        self.keep_alive = not self.head_only and self._parser.should_keep_alive()
+        self._wake()
+
+    def _delimited_by_close(self) -> bool:
+        """An answer with neither a length nor chunked encoding ends with the connection."""
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                return False
+            if lowered == b"transfer-encoding" and b"chunked" in value.lower():
+                return False
+        return True

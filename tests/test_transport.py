@@ -1,0 +1,554 @@
+"""`relay.transport.HTTPTransport`: the relay's own HTTP/1.1 client, against scripted servers.
+
+Every test runs a raw TCP server on 127.0.0.1 whose handler writes exactly the bytes a test
+needs (well-formed, truncated, hostile or slow), under both event loops the relay may run on
+(asyncio's and uvloop's). The relay's end-to-end tests cover the ordinary path through the
+mock provider; these cover the connection's edges: reuse and expiry, framing, flow control,
+timeouts, errors, and what is refused before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from relay.http11 import HEAD_LIMIT, HIGH_WATER
+from relay.pinning import pinned
+from relay.transport import HTTPTransport
+
+pytestmark = [pytest.mark.anyio, pytest.mark.sqlite]
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Upstream"], Awaitable[None]]
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+TIMEOUTS = {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}
+
+
+@pytest.fixture(params=[pytest.param(False, id="asyncio"), pytest.param(True, id="uvloop")])
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
+    return "asyncio", {"use_uvloop": request.param}
+
+
+@dataclass
+class Upstream:
+    """A scripted server: `handler` runs once per accepted connection."""
+
+    handler: Handler
+    port: int = 0
+    connections: int = 0
+    requests: list[tuple[bytes, bytes]] = field(default_factory=list)  # (head, body)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)  # a connection ended
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(reader, writer, self)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client hung up, or the test is over
+        finally:
+            writer.close()
+            self.closed.set()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+        """One request, its body de-chunked; recorded."""
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.lower().split(b"\r\n")
+        body = b""
+        if b"transfer-encoding: chunked" in lines:
+            while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+                body += (await reader.readexactly(size + 2))[:-2]
+            await reader.readexactly(2)
+        else:
+            for line in lines:
+                if line.startswith(b"content-length:"):
+                    body = await reader.readexactly(int(line.split(b":")[1]))
+        self.requests.append((head, body))
+        return head, body
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[Upstream]:
+    upstream = Upstream(handler)
+    server = await asyncio.start_server(upstream.accept, "127.0.0.1", 0)
+    upstream.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield upstream
+
+
+@contextlib.asynccontextmanager
+async def transport(**limits: float) -> AsyncIterator[HTTPTransport]:
+    options = {"max_connections": 100, "keepalive_expiry": 5.0, **limits}
+    client = HTTPTransport(httpx.Limits(**options))  # type: ignore[arg-type]
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def request(
+    upstream: Upstream,
+    path: str = "/v1/chat",
+    *,
+    method: str = "POST",
+    content: bytes | AsyncIterator[bytes] | None = b'{"model":"m"}',
+    headers: list[tuple[bytes, bytes]] | None = None,
+    **timeouts: float,
+) -> httpx.Request:
+    return httpx.Request(
+        method,
+        upstream.url + path,
+        headers=headers or [(b"content-type", b"application/json")],
+        content=content,
+        extensions={"timeout": {**TIMEOUTS, **timeouts}},
+    )
+
+
+async def fetch(client: HTTPTransport, outgoing: httpx.Request) -> tuple[httpx.Response, bytes]:
+    response = await client.handle_async_request(outgoing)
+    try:
+        body = b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
+    finally:
+        await response.aclose()
+    return response, body
+
+
+def answer_each(reply: bytes) -> Handler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        while True:
+            await up.read_request(reader)
+            writer.write(reply)
+            await writer.drain()
+
+    return handler
+
+
+# --------------------------------------------------------------------------------------------
+# What goes out
+# --------------------------------------------------------------------------------------------
+
+
+async def test_the_request_goes_out_exactly_as_httpx_built_it() -> None:
+    async with serving(answer_each(OK)) as upstream, transport() as client:
+        headers = [
+            (b"Content-Type", b"application/json"),
+            (b"X-Title", b"Caf\xe9 \xff"),  # latin-1 bytes: legal, and left as they are
+            (b"x-api-key", b"k"),
+        ]
+        response, body = await fetch(client, request(upstream, "/v1/a?b=c%20d", headers=headers))
+    assert (response.status_code, body) == (200, b"{}")
+    assert response.extensions["reason_phrase"] == b"OK"
+    head, sent = upstream.requests[0]
+    assert head == (
+        b"POST /v1/a?b=c%20d HTTP/1.1\r\n"
+        b"Host: 127.0.0.1:" + str(upstream.port).encode() + b"\r\n"
+        b"Content-Type: application/json\r\nX-Title: Caf\xe9 \xff\r\nx-api-key: k\r\n"
+        b"Content-Length: 13\r\n\r\n"
+    )
+    assert sent == b'{"model":"m"}'
+
+
+async def test_a_streamed_body_goes_out_chunked_and_whole() -> None:
+    pieces = [b"a" * 10, b"", b"b" * 70_000, b"c"]
+
+    async def body() -> AsyncIterator[bytes]:
+        for piece in pieces:
+            await asyncio.sleep(0)
+            yield piece
+
+    async with serving(answer_each(OK)) as upstream, transport() as client:
+        response, _ = await fetch(client, request(upstream, content=body()))
+        again, _ = await fetch(client, request(upstream))  # the framing left the line clean
+    assert response.status_code == again.status_code == 200
+    assert upstream.requests[0][1] == b"".join(pieces)
+    assert b"transfer-encoding: chunked" in upstream.requests[0][0].lower()
+    assert upstream.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (b"x-evil", b"a\r\nx-injected: 1"),
+        (b"x-evil", b"a\nb"),
+        (b"x-evil", b"a\x00b"),
+        (b"x evil", b"a"),
+        (b"x-evil:", b"a"),
+        (b"", b"a"),
+    ],
+)
+async def test_a_header_that_could_split_the_request_is_refused_unsent(
+    name: bytes, value: bytes
+) -> None:
+    async with serving(answer_each(OK)) as upstream, transport() as client:
+        outgoing = request(upstream, headers=[(name, value)])
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.handle_async_request(outgoing)
+        assert client.pool.open_connections == 0
+    assert upstream.connections == 0
+
+
+async def test_only_http_and_https_are_spoken() -> None:
+    async with transport() as client:
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await client.handle_async_request(httpx.Request("GET", "ftp://127.0.0.1/x"))
+
+
+# --------------------------------------------------------------------------------------------
+# What comes back
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "body", "reused"),
+    [
+        pytest.param(OK, b"{}", True, id="content-length"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n5;ext=1\r\nde\r\nf\r\n0\r\nx-trailer: t\r\n\r\n",
+            b"abcde\r\nf",
+            True,
+            id="chunked",
+        ),
+        pytest.param(b"HTTP/1.1 100 Continue\r\n\r\n" + OK, b"{}", True, id="after 100 Continue"),
+        pytest.param(b"HTTP/1.1 204 No Content\r\n\r\n", b"", True, id="204"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}",
+            b"{}",
+            False,
+            id="connection close",
+        ),
+        pytest.param(
+            b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n{}", b"{}", False, id="HTTP/1.0"
+        ),
+    ],
+)
+async def test_answers_are_framed_and_connections_reused_as_they_say(
+    reply: bytes, body: bytes, reused: bool
+) -> None:
+    async with serving(answer_each(reply)) as upstream, transport() as client:
+        for _ in range(2):
+            response, received = await fetch(client, request(upstream))
+            assert received == body
+            assert response.status_code in (200, 204)
+    assert upstream.connections == (1 if reused else 2)
+
+
+async def test_an_answer_without_a_length_ends_with_the_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        await up.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: audio/mpeg\r\n\r\n" + b"\xff" * 100_000)
+        await writer.drain()
+
+    async with serving(handler) as upstream, transport() as client:
+        _, body = await fetch(client, request(upstream))
+        assert body == b"\xff" * 100_000
+        assert client.pool.open_connections == 0
+
+
+async def test_an_answer_cut_short_is_an_error_not_a_short_body() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        await up.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 40)
+        await writer.drain()
+
+    async with serving(handler) as upstream, transport() as client:
+        response = await client.handle_async_request(request(upstream))
+        chunks = response.stream.__aiter__()  # type: ignore[union-attr]
+        received = await chunks.__anext__()
+        with pytest.raises(httpx.RemoteProtocolError):
+            await chunks.__anext__()
+        await response.aclose()
+        assert received == b"x" * 40
+        assert client.pool.open_connections == 0
+
+
+async def test_a_response_to_head_has_no_body_and_its_connection_is_not_reused() -> None:
+    reply = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"
+    async with serving(answer_each(reply)) as upstream, transport() as client:
+        response, body = await fetch(client, request(upstream, method="HEAD", content=None))
+        assert (response.status_code, body) == (200, b"")
+        assert response.headers["content-length"] == "1000"
+        assert client.pool.open_connections == 0
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(b"SSH-2.0-OpenSSH_9.6\r\n", id="not http"),
+        pytest.param(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n", id="bad length"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\n" + b"x-big: " + b"a" * 2 * HEAD_LIMIT + b"\r\n\r\n",
+            id="head too large",
+        ),
+    ],
+)
+async def test_a_broken_answer_is_a_protocol_error(reply: bytes) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        await up.read_request(reader)
+        for start in range(0, len(reply), 4096):  # in pieces, as a network delivers it
+            writer.write(reply[start : start + 4096])
+            await writer.drain()
+        await reader.read()
+
+    async with serving(handler) as upstream, transport() as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.handle_async_request(request(upstream))
+        assert client.pool.open_connections == 0
+
+
+async def test_a_closed_connection_without_an_answer_is_a_protocol_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        await up.read_request(reader)
+
+    async with serving(handler) as upstream, transport() as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.handle_async_request(request(upstream))
+
+
+# --------------------------------------------------------------------------------------------
+# The pool
+# --------------------------------------------------------------------------------------------
+
+
+async def test_an_idle_connection_is_closed_after_the_keepalive_expiry() -> None:
+    async with serving(answer_each(OK)) as upstream, transport(keepalive_expiry=0.2) as client:
+        await fetch(client, request(upstream))
+        assert (client.pool.open_connections, client.pool.idle_connections) == (1, 1)
+        await asyncio.wait_for(upstream.closed.wait(), 5)
+        assert (client.pool.open_connections, client.pool.idle_connections) == (0, 0)
+        await fetch(client, request(upstream))
+    assert upstream.connections == 2
+
+
+async def test_an_idle_connection_the_provider_closes_leaves_the_pool() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        await up.read_request(reader)
+        writer.write(OK)
+        await writer.drain()  # then closes, keep-alive notwithstanding
+
+    async with serving(handler) as upstream, transport() as client:
+        await fetch(client, request(upstream))
+        await asyncio.wait_for(upstream.closed.wait(), 5)
+        for _ in range(100):
+            if client.pool.open_connections == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert client.pool.open_connections == 0
+        response, body = await fetch(client, request(upstream))
+    assert (response.status_code, body, upstream.connections) == (200, b"{}", 2)
+
+
+async def test_a_reused_connection_found_closed_is_retried_once_on_a_new_one() -> None:
+    """The provider closes an idle connection just as it is reused (its keep-alive ran out):
+    the request was never answered, so it goes out again on a fresh connection."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        await up.read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        if up.connections == 1:
+            await up.read_request(reader)  # the second request on it: closed unanswered
+
+    async with serving(handler) as upstream, transport() as client:
+        await fetch(client, request(upstream))
+        response, body = await fetch(client, request(upstream))
+        assert (response.status_code, body) == (200, b"{}")
+        assert len(upstream.requests) == 3
+        assert upstream.connections == 2
+
+        async def streamed() -> AsyncIterator[bytes]:
+            yield b"{}"
+
+        # A streamed body cannot be sent again: the failure is the caller's to see.
+        upstream.connections = 0
+        await fetch(client, request(upstream))  # connection 1 again: answers once, then drops
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.handle_async_request(request(upstream, content=streamed()))
+
+
+async def test_a_full_pool_waits_for_a_connection_up_to_the_pool_timeout() -> None:
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        while True:
+            await up.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+            await writer.drain()
+            await release.wait()
+            writer.write(b"{}")
+            await writer.drain()
+
+    async with serving(handler) as upstream, transport(max_connections=1) as client:
+        held = await client.handle_async_request(request(upstream))
+        with pytest.raises(httpx.PoolTimeout):
+            await client.handle_async_request(request(upstream, pool=0.1))
+        waiting = asyncio.ensure_future(fetch(client, request(upstream, pool=5)))
+        await asyncio.sleep(0.05)
+        release.set()
+        assert b"".join([c async for c in held.stream]) == b"{}"  # type: ignore[union-attr]
+        await held.aclose()
+        response, body = await waiting
+    assert (response.status_code, body, upstream.connections) == (200, b"{}", 1)
+
+
+async def test_a_full_pool_closes_an_idle_connection_elsewhere_to_make_room() -> None:
+    async with (
+        serving(answer_each(OK)) as first,
+        serving(answer_each(OK)) as second,
+        transport(max_connections=1) as client,
+    ):
+        await fetch(client, request(first))
+        response, _ = await fetch(client, request(second, pool=0.5))
+        assert response.status_code == 200
+        await asyncio.wait_for(first.closed.wait(), 5)
+        assert client.pool.open_connections == 1
+
+
+async def test_a_connection_whose_answer_was_not_read_to_the_end_is_closed() -> None:
+    big = b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n" + b"z" * 1_000_000
+    async with serving(answer_each(big)) as upstream, transport() as client:
+        response = await client.handle_async_request(request(upstream))
+        await response.aclose()
+        assert client.pool.open_connections == 0
+        await asyncio.wait_for(upstream.closed.wait(), 5)
+
+
+async def test_a_cancelled_request_closes_its_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        await up.read_request(reader)
+        await reader.read()  # until the client hangs up
+
+    async with serving(handler) as upstream, transport() as client:
+        task = asyncio.ensure_future(client.handle_async_request(request(upstream)))
+        while not upstream.requests:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert client.pool.open_connections == 0
+        await asyncio.wait_for(upstream.closed.wait(), 5)
+
+
+async def test_closing_the_transport_closes_every_connection() -> None:
+    async with serving(answer_each(OK)) as upstream:
+        async with transport() as client:
+            await fetch(client, request(upstream))
+        await asyncio.wait_for(upstream.closed.wait(), 5)
+        with pytest.raises(httpx.ConnectError):
+            await client.handle_async_request(request(upstream))
+
+
+async def test_a_pinned_name_connects_to_its_pinned_address_with_its_own_connections() -> None:
+    async with serving(answer_each(OK)) as upstream, transport() as client:
+        url = f"http://provider.invalid:{upstream.port}/v1/chat"
+        with pinned("provider.invalid", "127.0.0.1"):
+            outgoing = httpx.Request("POST", url, content=b"{}", extensions={"timeout": TIMEOUTS})
+            response, _ = await fetch(client, outgoing)
+        assert response.status_code == 200
+        assert b"Host: provider.invalid:" in upstream.requests[0][0]
+        await fetch(client, request(upstream))  # same port, no pin: not the pinned connection
+    assert upstream.connections == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Timeouts, failures, flow control
+# --------------------------------------------------------------------------------------------
+
+
+async def test_a_silent_provider_is_a_read_timeout() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        await up.read_request(reader)
+        if up.connections == 1:  # one piece of an answer; on the next connection, not a byte
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n")
+            await writer.drain()
+        await reader.read()
+
+    async with serving(handler) as upstream, transport() as client:
+        response = await client.handle_async_request(request(upstream, read=0.2))
+        chunks = response.stream.__aiter__()  # type: ignore[union-attr]
+        assert await chunks.__anext__() == b"a"
+        with pytest.raises(httpx.ReadTimeout):
+            await chunks.__anext__()
+        await response.aclose()
+        with pytest.raises(httpx.ReadTimeout):
+            await client.handle_async_request(request(upstream, read=0.2))
+
+
+async def test_nothing_listening_is_a_connect_error() -> None:
+    async with serving(answer_each(OK)) as upstream:
+        port = upstream.port
+    async with transport() as client:
+        outgoing = httpx.Request(
+            "GET", f"http://127.0.0.1:{port}/", extensions={"timeout": TIMEOUTS}
+        )
+        with pytest.raises(httpx.ConnectError):
+            await client.handle_async_request(outgoing)
+        assert client.pool.open_connections == 0
+
+
+async def test_an_error_of_the_body_stream_is_raised_as_itself() -> None:
+    class ClientGone(Exception):
+        pass
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"{"
+        raise ClientGone
+
+    async with serving(answer_each(OK)) as upstream, transport() as client:
+        with pytest.raises(ClientGone):
+            await client.handle_async_request(request(upstream, content=body()))
+        assert client.pool.open_connections == 0
+
+
+async def test_an_answer_before_the_body_is_all_sent_stops_the_sending() -> None:
+    gate = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        gate.set()
+        await reader.read()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"x" * 10
+        await gate.wait()
+        await asyncio.sleep(0.05)
+        for _ in range(1000):
+            yield b"y" * 1000
+
+    async with serving(handler) as upstream, transport() as client:
+        response, received = await fetch(client, request(upstream, content=body()))
+        assert (response.status_code, received) == (413, b"{}")
+        assert client.pool.open_connections == 0  # the request was not sent whole
+
+
+async def test_reading_pauses_while_the_answer_waits_for_a_slow_reader() -> None:
+    size = 8 * HIGH_WATER
+    payload = bytes(range(256)) * (size // 256)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        await up.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + payload)
+        await writer.drain()
+
+    async with serving(handler) as upstream, transport() as client:
+        response = await client.handle_async_request(request(upstream))
+        await asyncio.sleep(0.3)  # the server has sent all it can
+        transport_ = client.pool._connections.copy().pop().transport
+        assert transport_ is not None
+        assert not transport_.is_reading()
+        received = b""
+        async for chunk in response.stream:  # type: ignore[union-attr]
+            assert len(chunk) <= HIGH_WATER + 256 * 1024  # never more than a window
+            received += chunk
+        await response.aclose()
+    assert received == payload
