@@ -19,7 +19,6 @@ socket's buffer is full.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
 from typing import Final, NamedTuple, cast
 
@@ -59,6 +58,7 @@ class Connection(asyncio.Protocol):
         "_parser",
         "_reading_paused",
         "_reuse_forbidden",
+        "_until_close",
         "_waiter",
         "_writing_paused",
         "active",
@@ -98,7 +98,8 @@ class Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self._head_size = 0
-        self._chunks: deque[bytes] = deque()
+        self._until_close = False  # the answer's body ends when the connection does
+        self._chunks: list[bytes] = []  # read whole at each `read`: a list is enough
         self._buffered = 0
         self._error: httpx.TransportError | None = None
 
@@ -112,7 +113,7 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.headers = []
-        self.head_done = self.complete = self.keep_alive = False
+        self.head_done = self.complete = self.keep_alive = self._until_close = False
         self._head_size = 0
 
     def write(self, data: bytes) -> None:
@@ -138,7 +139,7 @@ class Connection(asyncio.Protocol):
         while True:
             chunks = self._chunks
             if chunks:
-                chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunk = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 chunks.clear()
                 self._buffered = 0
                 if self._reading_paused:
@@ -154,6 +155,13 @@ class Connection(asyncio.Protocol):
             if self.closed:
                 raise httpx.RemoteProtocolError("the AI provider closed the connection mid-answer")
             await self._wait(timeout, httpx.ReadTimeout)
+
+    def take_head(self) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """The answer's status, reason and headers, handed over: the connection does not keep
+        the headers while the body streams."""
+        head = (self.status, self.reason, self.headers)
+        self.headers = []
+        return head
 
     @property
     def unanswered(self) -> bool:
@@ -237,7 +245,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.active and not self.complete and self._error is None:
-            if self.head_done and self._delimited_by_close():
+            if self._until_close:
                 self.complete = True
             elif exc is not None:
                 self._error = httpx.ReadError(str(exc) or type(exc).__name__)
@@ -265,6 +273,7 @@ class Connection(asyncio.Protocol):
             return
         self.status = status
         self.head_done = True
+        self._until_close = not self._parser.should_keep_alive() and self._delimited_by_close()
         if self.head_only:
             self.complete = True  # no body follows, whatever the headers say; not reused
         self._wake()

@@ -345,11 +345,14 @@ class _Exchange:
         """Send the request (`body` when it was already read, else the client's stream) and
         relay the answer."""
         settings = self.services.settings
+        # Sending and reading need no timers of the transport's own: the exchange's deadlines
+        # bound them (RELAY_UPSTREAM_TIMEOUT until the answer starts, the idle timeout for each
+        # chunk after), so an open stream arms one timer, not two.
         extensions: dict[str, object] = {
             "timeout": {
                 "connect": settings.connect_timeout,
-                "read": max(settings.upstream_timeout, settings.stream_idle_timeout),
-                "write": settings.upstream_timeout,
+                "read": None,
+                "write": None,
                 "pool": settings.connect_timeout,
             }
         }
@@ -479,8 +482,8 @@ class _Exchange:
                 return
 
     async def _open(self, request: httpx.Request) -> httpx.Response:
-        """Send the request; the provider has `RELAY_UPSTREAM_TIMEOUT` to start answering
-        (httpx's own read timeout is set to the longer of that and the idle timeout)."""
+        """Send the request; the provider has `RELAY_UPSTREAM_TIMEOUT` to take it and start
+        answering."""
         try:
             async with asyncio.timeout(self.services.settings.upstream_timeout):
                 return await self.services.transport.handle_async_request(request)

@@ -115,11 +115,12 @@ class HTTPTransport(httpx.AsyncBaseTransport):
                 self.pool.discard(connection)
                 raise
             break
+        status, reason, headers = connection.take_head()
         return httpx.Response(
-            status_code=connection.status,
-            headers=connection.headers,
+            status_code=status,
+            headers=headers,
             stream=_ResponseBody(connection, self.pool, timeout.get("read")),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
         )
 
     async def aclose(self) -> None:
