@@ -117,8 +117,8 @@ class Connection(asyncio.Protocol):
         self._head_size = 0
 
     def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+        if self.transport is not None:  # else lost: dropped, as a closed transport would
+            self.transport.write(data)
 
     async def drain(self, timeout: float | None) -> None:
         """Wait while the socket's send buffer is full (not past an answer or a closed
@@ -143,10 +143,7 @@ class Connection(asyncio.Protocol):
                 chunks.clear()
                 self._buffered = 0
                 if self._reading_paused:
-                    self._reading_paused = False
-                    if not self.closed:
-                        assert self.transport is not None
-                        self.transport.resume_reading()
+                    self._resume_reading()
                 return chunk
             if self.complete:
                 return b""
@@ -188,14 +185,17 @@ class Connection(asyncio.Protocol):
         self.active = False
         self._chunks.clear()
         self._buffered = 0
-        if self._reading_paused and not self.closed:
-            self._reading_paused = False
-            assert self.transport is not None
-            self.transport.resume_reading()
+        if self._reading_paused:
+            self._resume_reading()
 
     def close(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None:
             self.transport.close()
+
+    def _resume_reading(self) -> None:
+        self._reading_paused = False
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     async def _wait(self, timeout: float | None, error: type[httpx.TimeoutException]) -> None:
         waiter = self._waiter = self._loop.create_future()
@@ -244,6 +244,10 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        # The transport and the parser both point back at this protocol: let go of them, so
+        # that a closed connection is freed at once rather than by the cycle collector.
+        self.transport = None
+        del self._parser  # no data comes after this
         if self.active and not self.complete and self._error is None:
             if self._until_close:
                 self.complete = True

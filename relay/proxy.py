@@ -394,6 +394,11 @@ class _Exchange:
             watch.cancel()
             if self.watcher is not None:
                 self.watcher.cancel()
+                # A cancelled task keeps its CancelledError, whose traceback holds the watcher's
+                # frame and so this exchange: letting go of the task keeps that from becoming a
+                # cycle (and every stream's objects, uvicorn's too, garbage only the collector
+                # frees, long after the stream ended).
+                self.watcher = None
             if left and self.meter is None:
                 self.status = CLIENT_CLOSED
             self._record()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import hashlib
 import json
@@ -169,6 +170,44 @@ def test_sse_chunks_arrive_in_order_and_before_the_stream_ends(
     # Frames are 200 ms apart upstream: the first must reach us long before the last is sent.
     first, last = arrivals[0][0], arrivals[-1][0]
     assert last - first >= 0.6, arrivals
+
+
+def test_relayed_exchanges_leave_no_garbage_cycles(make_relay: RelayFactory) -> None:
+    """What a relayed exchange allocates is freed by reference counting as it ends. A cycle
+    through it (a cancelled watcher task's traceback, a closed connection and its parser)
+    would keep the whole stream's objects, uvicorn's and httpx's with them, until the cycle
+    collector runs, which a busy relay makes rare on purpose (`relay.heap`)."""
+    server = make_relay()
+    with server.client() as client:
+        token = register(client)
+        store_key(client, token, "openai", "sk-cycles-0123456789")
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(3):  # long enough that the disconnect watcher starts
+                with client.stream(
+                    "POST",
+                    "/relay/openai/v1/chat/completions?interval_ms=30&chunks=3",
+                    json={**CHAT, "stream": True},
+                    headers=relay_headers(token),
+                ) as response:
+                    assert response.status_code == 200
+                    response.read()
+            plain = client.post(
+                "/relay/openai/v1/chat/completions", json=CHAT, headers=relay_headers(token)
+            )
+            assert plain.status_code == 200
+            server.stop()  # closes the pooled upstream connections
+            gc.collect()
+            left = [
+                type(item).__qualname__
+                for item in gc.garbage
+                if type(item).__module__.startswith("relay.")
+            ]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+    assert left == []
 
 
 def test_gemini_stream_gets_alt_sse(client: httpx.Client, mock: MockProvider, user: Token) -> None:
