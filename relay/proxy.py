@@ -374,12 +374,18 @@ class _Exchange:
             response = await self._open(request)
             # Sent: a long prompt need not stay in memory as long as the answer streams.
             del request, content, body
+            # The transport's own stream: raw bytes as they arrive, without httpx's
+            # re-chunking generator around it.
+            chunks = response.stream
+            assert isinstance(chunks, httpx.AsyncByteStream)
             try:
-                await self._relay(response)
+                sse = await self._start(response)
+                del response  # started: nor the response object nor its headers are needed
+                await self._relay(chunks, sse)
             finally:
                 # Never suspends, so no cancellation can stop it halfway: the connection goes
                 # back to the pool (or closes) whatever happened.
-                await response.aclose()
+                await chunks.aclose()
         except ClientGone:
             left = True
         except asyncio.CancelledError:
@@ -501,12 +507,12 @@ class _Exchange:
                 "Failed to reach AI provider", code="upstream_unreachable"
             ) from None
 
-    async def _relay(self, response: httpx.Response) -> None:
-        settings = self.services.settings
-        content_type = response.headers.get("content-type", "")
+    async def _start(self, response: httpx.Response) -> bool:
+        """Send the answer's status and headers; whether it is an event stream."""
+        content_type: str = response.headers.get("content-type", "")
         sse = content_type.startswith("text/event-stream")
         self.status, self.streamed = response.status_code, sse
-        self.meter = meter = UsageMeter(content_type, response.headers.get("content-encoding"))
+        self.meter = UsageMeter(content_type, response.headers.get("content-encoding"))
         self.services.key_health.observe(
             self.user.id, self.provider.name, self.record, response.status_code
         )
@@ -517,10 +523,12 @@ class _Exchange:
                 "headers": response_headers(response.headers.raw, sse=sse) + self.shown,
             }
         )
-        # The transport's own stream: raw bytes as they arrive, without httpx's re-chunking
-        # generator around it (closed by `response.aclose()`).
-        chunks = response.stream
-        assert isinstance(chunks, httpx.AsyncByteStream)
+        return sse
+
+    async def _relay(self, chunks: httpx.AsyncByteStream, sse: bool) -> None:
+        settings = self.services.settings
+        meter = self.meter
+        assert meter is not None
         loop = asyncio.get_running_loop()
         try:
             # One deadline for the whole stream, moved on as chunks arrive: the first chunk
@@ -555,7 +563,7 @@ class _Exchange:
             "relayed",
             extra={
                 "provider": self.provider.name,
-                "status": response.status_code,
+                "status": self.status,
                 "elapsed_ms": round((time.monotonic() - self.started) * 1000),
             },
         )
