@@ -21,7 +21,7 @@ from typing import Final
 
 import httpx
 from starlette.datastructures import Headers
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from backends import UsageRecord, User
 
@@ -291,7 +291,6 @@ class _Exchange:
     # An exchange lives as long as its stream: slots keep thousands of open ones small.
     __slots__ = (
         "body_read",
-        "body_waiter",
         "client_left",
         "meter",
         "model",
@@ -305,6 +304,7 @@ class _Exchange:
         "started",
         "status",
         "streamed",
+        "task",
         "user",
         "watcher",
     )
@@ -329,9 +329,9 @@ class _Exchange:
         self.streamed = False
         self.meter: UsageMeter | None = None
         self.body_read = False  # the whole request body is in: what comes next is a disconnect
-        self.body_waiter: asyncio.Event | None = None  # the watcher's, while it waits for that
+        self.task: asyncio.Task[object] | None = None  # the exchange's, once it is watched
         self.client_left = False
-        self.watcher: asyncio.Task[None] | None = None
+        self.watcher: asyncio.Future[Message] | None = None
         self.recorded = False
         self.started = time.monotonic()
 
@@ -398,12 +398,9 @@ class _Exchange:
             raise
         finally:
             watch.cancel()
+            self.task = None
             if self.watcher is not None:
                 self.watcher.cancel()
-                # A cancelled task keeps its CancelledError, whose traceback holds the watcher's
-                # frame and so this exchange: letting go of the task keeps that from becoming a
-                # cycle (and every stream's objects, uvicorn's too, garbage only the collector
-                # frees, long after the stream ended).
                 self.watcher = None
             if left and self.meter is None:
                 self.status = CLIENT_CLOSED
@@ -452,8 +449,8 @@ class _Exchange:
 
     def _body_read(self) -> None:
         self.body_read = True
-        if self.body_waiter is not None:
-            self.body_waiter.set()
+        if self.task is not None:  # the watch is due: it waited for the body
+            self._listen()
 
     async def _next_chunk(self, received: int) -> tuple[bytes, bool]:
         message = await self.receive()
@@ -476,21 +473,28 @@ class _Exchange:
         self._body_read()
 
     def _watch(self, exchange: asyncio.Task[object]) -> None:
-        self.watcher = asyncio.create_task(self._watch_client(exchange))
+        """WATCH_AFTER into the exchange: listen for the client leaving, as soon as its body
+        is in (until then, the client's messages are the body's)."""
+        self.task = exchange
+        if self.body_read:
+            self._listen()
 
-    async def _watch_client(self, exchange: asyncio.Task[object]) -> None:
+    def _listen(self) -> None:
         """Once the body is read, the next ASGI message can only be the client leaving: then
         the exchange is cancelled, wherever it waits (for the provider's headers or its next
-        chunk, or for the client to take the last one)."""
-        if not self.body_read:  # the body is still arriving: its messages are not ours
-            self.body_waiter = asyncio.Event()
-            await self.body_waiter.wait()
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                self.client_left = True
-                exchange.cancel()
-                return
+        chunk, or for the client to take the last one). The watching task runs the server's
+        `receive` itself, with no frame of ours in it."""
+        self.watcher = watcher = asyncio.ensure_future(self.receive())
+        watcher.add_done_callback(self._client_spoke)
+
+    def _client_spoke(self, watcher: asyncio.Future[Message]) -> None:
+        if watcher.cancelled() or watcher.exception() is not None or self.task is None:
+            return  # the exchange is over (or the server failed: not ours to judge)
+        if watcher.result()["type"] != "http.disconnect":
+            self._listen()
+            return
+        self.client_left = True
+        self.task.cancel()
 
     async def _open(self, request: httpx.Request) -> httpx.Response:
         """Send the request; the provider has `RELAY_UPSTREAM_TIMEOUT` to take it and start
