@@ -35,6 +35,7 @@ from .errors import (
     RelayError,
     UpstreamError,
 )
+from .idle import IdleDeadline
 from .jsonedit import parse_object
 from .models import ModelPolicy, model_of
 from .paths import encode_path, normalize_path
@@ -533,18 +534,23 @@ class _Exchange:
         settings = self.services.settings
         meter = self.meter
         assert meter is not None
-        loop = asyncio.get_running_loop()
         try:
             # One deadline for the whole stream, moved on as chunks arrive: the first chunk
             # has RELAY_UPSTREAM_TIMEOUT, each later one RELAY_STREAM_IDLE_TIMEOUT.
-            async with asyncio.timeout(settings.upstream_timeout) as deadline:
-                async for chunk in chunks:
-                    deadline.reschedule(None)  # the client may be slow to take it: not idle
-                    meter.feed(chunk)
-                    await self.send(
-                        {"type": "http.response.body", "body": chunk, "more_body": True}
-                    )
-                    deadline.reschedule(loop.time() + settings.stream_idle_timeout)
+            async with asyncio.timeout(None) as timeout:
+                deadline = IdleDeadline(
+                    timeout, settings.upstream_timeout, settings.stream_idle_timeout
+                )
+                try:
+                    async for chunk in chunks:
+                        deadline.pause()  # the client may be slow to take it: not idle
+                        meter.feed(chunk)
+                        await self.send(
+                            {"type": "http.response.body", "body": chunk, "more_body": True}
+                        )
+                        deadline.resume()
+                finally:
+                    deadline.cancel()
         except (httpx.TransportError, TimeoutError) as exc:
             reason = "idle timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
             logger.warning(
