@@ -381,7 +381,7 @@ class _Exchange:
             assert isinstance(chunks, httpx.AsyncByteStream)
             try:
                 sse = await self._start(response)
-                del response  # started: nor the response object nor its headers are needed
+                del response  # started: neither the response object nor its headers are needed now
                 await self._relay(chunks, sse)
             finally:
                 # Never suspends, so no cancellation can stop it halfway: the connection goes
