@@ -265,6 +265,10 @@ class Connection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request: the parser stops here
+            raise httptools.HttpParserError("an answer nobody asked for")
+
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 

@@ -241,6 +241,30 @@ async def test_answers_are_framed_and_connections_reused_as_they_say(
     assert upstream.connections == (1 if reused else 2)
 
 
+@pytest.mark.parametrize("apart", [False, True], ids=["same packet", "after it"])
+async def test_a_second_answer_to_one_request_never_reaches_anyone(apart: bool) -> None:
+    """A provider that sends two answers to one request (an upstream trying to smuggle one
+    into the next request's place): the first is read as it is, the connection never reused."""
+    extra = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nEVIL!"
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        while True:
+            await up.read_request(reader)
+            writer.write(OK if apart else OK + extra)
+            await writer.drain()
+            if apart:
+                await asyncio.sleep(0.05)
+                writer.write(extra)
+                await writer.drain()
+
+    async with serving(handler) as upstream, transport() as client:
+        for _ in range(2):
+            response, body = await fetch(client, request(upstream))
+            assert (response.status_code, body) == (200, b"{}")
+            await asyncio.sleep(0.1)
+    assert upstream.connections == 2
+
+
 async def test_an_answer_without_a_length_ends_with_the_connection() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
         await up.read_request(reader)
