@@ -287,6 +287,8 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.head_only:  # the answer to HEAD has no body, whatever its headers say
+            raise httptools.HttpParserError("a body in the answer to HEAD")
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._reading_paused:
