@@ -88,12 +88,27 @@ class _Relay:
         self._policy = policy
         self._models = models
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Everything the request needed to be checked and prepared ends with `_prepare`'s
+        # frame; an open stream keeps only its exchange (and no plaintext key in a frame).
+        exchange = await self._prepare(scope, receive, send)
+        if exchange is None:
+            return  # the client left while its body was being read
+        if exchange.pin is None:
+            await exchange.run()
+            return
+        with pinned(exchange.pin.host, str(exchange.pin.address)):
+            await exchange.run()
+
+    async def _prepare(self, scope: Scope, receive: Receive, send: Send) -> _Exchange | None:
+        raise NotImplementedError
+
     async def _caller(self, services: Services, headers: Headers) -> User:
         user, token_digest = await authenticate_digest(services, headers)
         await services.limiter.check("relay", token_digest)
         return user
 
-    async def _forward(
+    async def _exchange(
         self,
         request: _Request,
         provider: Provider,
@@ -101,10 +116,10 @@ class _Relay:
         query: bytes,
         body: bytes | None,
         model: str | None,
-    ) -> None:
-        """Send the request to `provider` at `path` and relay the answer. `body` is the
-        request body when it was already read; otherwise the client's stream is forwarded.
-        `model` is the model the request names, when the relay read it."""
+    ) -> _Exchange:
+        """The exchange that sends the request to `provider` at `path` and relays the answer.
+        `body` is the request body when it was already read; otherwise the client's stream is
+        forwarded. `model` is the model the request names, when the relay read it."""
         services, scope = request.services, request.scope
         target = await self._target(services, provider, request.headers)
         record, key = await self._key(services, request.user, provider)
@@ -118,12 +133,8 @@ class _Relay:
             (b"x-relay-key-hint", key_hint(key).encode()),
         ]
 
-        exchange = _Exchange(request, provider, shown, record, model)
-        if target.pin is None:
-            await exchange.run(scope["method"], url, outgoing, body)
-            return
-        with pinned(target.pin.host, str(target.pin.address)):
-            await exchange.run(scope["method"], url, outgoing, body)
+        sending = _Outgoing(scope["method"], url, outgoing, body)
+        return _Exchange(request, provider, shown, record, model, sending, target.pin)
 
     async def _target(self, services: Services, provider: Provider, headers: Headers) -> _Target:
         if provider.base_url:
@@ -161,7 +172,7 @@ class _Relay:
 class ProviderRelay(_Relay):
     """`/relay/{provider}/{path}`: the provider's own API, path and all."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _prepare(self, scope: Scope, receive: Receive, send: Send) -> _Exchange | None:
         services: Services = scope["state"]["services"]
         method = scope["method"]
         if method not in ("GET", "POST"):
@@ -186,18 +197,18 @@ class ProviderRelay(_Relay):
             try:
                 body = await _read_body(receive, services.settings.request_body_limit)
             except ClientGone:
-                return
+                return None
             content_type = headers.get("content-type", "")
             model = model_of(provider, path, scope["query_string"], content_type, body)
             self._models.check(model, provider.name)
         request = _Request(services, scope, receive, send, headers, user)
-        await self._forward(request, provider, path, scope["query_string"], body, model)
+        return await self._exchange(request, provider, path, scope["query_string"], body, model)
 
 
 class ModelRelay(_Relay):
     """`POST /relay`: one endpoint for every model; the body's `model` picks the provider."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _prepare(self, scope: Scope, receive: Receive, send: Send) -> _Exchange | None:
         services: Services = scope["state"]["services"]
         headers = Headers(scope=scope)
         user = await self._caller(services, headers)
@@ -205,7 +216,7 @@ class ModelRelay(_Relay):
         try:
             raw = await _read_body(receive, services.settings.request_body_limit)
         except ClientGone:
-            return
+            return None
         try:
             body = parse_object(raw)
         except ValueError:
@@ -223,7 +234,9 @@ class ModelRelay(_Relay):
         elif routed.model != models[0]:
             body = body.replace("model", routed.model)
         request = _Request(services, scope, receive, send, headers, user)
-        await self._forward(request, provider, routed.path, b"", body.encode(), routed.model)
+        return await self._exchange(
+            request, provider, routed.path, b"", body.encode(), routed.model
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,6 +257,16 @@ def _check_length(headers: Headers, limit: int) -> None:
         raise BadRequest("Invalid Content-Length header", code="invalid_content_length")
     if int(length) > limit:
         raise PayloadTooLarge()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """What the exchange sends; let go of once sent."""
+
+    method: str
+    url: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes | None  # None: the client's body, streamed as it arrives
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,6 +318,8 @@ class _Exchange:
         "client_left",
         "meter",
         "model",
+        "outgoing",
+        "pin",
         "provider",
         "receive",
         "record",
@@ -317,6 +342,8 @@ class _Exchange:
         shown: list[tuple[bytes, bytes]],
         record: bytes,
         model: str | None,
+        outgoing: _Outgoing,
+        pin: Upstream | None,
     ) -> None:
         self.services = request.services
         self.receive = request.receive
@@ -326,6 +353,8 @@ class _Exchange:
         self.shown = shown
         self.record = record  # the sealed key used: its health is judged by the answer
         self.model = model  # the model the request named, when the relay read it
+        self.outgoing: _Outgoing | None = outgoing  # until sent
+        self.pin = pin  # the checked address of an upstream the client named
         self.status = 502  # until the provider answers
         self.streamed = False
         self.meter: UsageMeter | None = None
@@ -336,15 +365,11 @@ class _Exchange:
         self.recorded = False
         self.started = time.monotonic()
 
-    async def run(
-        self,
-        method: str,
-        url: str,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes | None,
-    ) -> None:
-        """Send the request (`body` when it was already read, else the client's stream) and
+    async def run(self) -> None:
+        """Send the request (its body when it was already read, else the client's stream) and
         relay the answer."""
+        outgoing, self.outgoing = self.outgoing, None
+        assert outgoing is not None, "an exchange runs once"
         settings = self.services.settings
         # Sending and reading need no timers of the transport's own: the exchange's deadlines
         # bound them (RELAY_UPSTREAM_TIMEOUT until the answer starts, the idle timeout for each
@@ -364,17 +389,22 @@ class _Exchange:
         watch = asyncio.get_running_loop().call_later(WATCH_AFTER, self._watch, exchange)
         left = False
         try:
-            content: bytes | AsyncIterator[bytes] | None = body
-            if content is None and method == "POST":
+            content: bytes | AsyncIterator[bytes] | None = outgoing.body
+            if content is None and outgoing.method == "POST":
                 content = await self._content()
             else:
                 self._body_read()
             request = httpx.Request(
-                method, upstream_url(url), headers=headers, content=content, extensions=extensions
+                outgoing.method,
+                upstream_url(outgoing.url),
+                headers=outgoing.headers,
+                content=content,
+                extensions=extensions,
             )
             response = await self._open(request)
-            # Sent: a long prompt need not stay in memory as long as the answer streams.
-            del request, content, body
+            # Sent: a long prompt (and the key in its headers) need not stay in memory as long
+            # as the answer streams.
+            del request, content, outgoing
             # The transport's own stream: raw bytes as they arrive, without httpx's
             # re-chunking generator around it.
             chunks = response.stream
