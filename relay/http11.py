@@ -176,7 +176,7 @@ class Connection(asyncio.Protocol):
             and self._error is None
         )
 
-    def keep_alive_forbidden(self) -> None:
+    def forbid_reuse(self) -> None:
         """The request was not sent whole (the provider answered first): never reuse."""
         self._reuse_forbidden = True
 

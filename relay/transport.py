@@ -159,7 +159,7 @@ async def _send_stream(
     connection.write(head)
     async for chunk in body:
         if connection.head_done or connection.closed:
-            connection.keep_alive_forbidden()
+            connection.forbid_reuse()
             return
         if chunk:
             connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)

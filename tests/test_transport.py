@@ -131,6 +131,17 @@ def answer_each(reply: bytes) -> Handler:
     return handler
 
 
+def answer_once(reply: bytes) -> Handler:
+    """Read one request, send `reply`, close the connection (keep-alive notwithstanding)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        await up.read_request(reader)
+        writer.write(reply)
+        await writer.drain()
+
+    return handler
+
+
 # --------------------------------------------------------------------------------------------
 # What goes out
 # --------------------------------------------------------------------------------------------
@@ -266,24 +277,16 @@ async def test_a_second_answer_to_one_request_never_reaches_anyone(apart: bool) 
 
 
 async def test_an_answer_without_a_length_ends_with_the_connection() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
-        await up.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: audio/mpeg\r\n\r\n" + b"\xff" * 100_000)
-        await writer.drain()
-
-    async with serving(handler) as upstream, transport() as client:
+    reply = b"HTTP/1.1 200 OK\r\ncontent-type: audio/mpeg\r\n\r\n" + b"\xff" * 100_000
+    async with serving(answer_once(reply)) as upstream, transport() as client:
         _, body = await fetch(client, request(upstream))
         assert body == b"\xff" * 100_000
         assert client.pool.open_connections == 0
 
 
 async def test_an_answer_cut_short_is_an_error_not_a_short_body() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
-        await up.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 40)
-        await writer.drain()
-
-    async with serving(handler) as upstream, transport() as client:
+    reply = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 40
+    async with serving(answer_once(reply)) as upstream, transport() as client:
         response = await client.handle_async_request(request(upstream))
         chunks = response.stream.__aiter__()  # type: ignore[union-attr]
         received = await chunks.__anext__()
@@ -354,12 +357,7 @@ async def test_an_idle_connection_is_closed_after_the_keepalive_expiry() -> None
 
 
 async def test_an_idle_connection_the_provider_closes_leaves_the_pool() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
-        await up.read_request(reader)
-        writer.write(OK)
-        await writer.drain()  # then closes, keep-alive notwithstanding
-
-    async with serving(handler) as upstream, transport() as client:
+    async with serving(answer_once(OK)) as upstream, transport() as client:
         await fetch(client, request(upstream))
         await asyncio.wait_for(upstream.closed.wait(), 5)
         for _ in range(100):
