@@ -8,7 +8,7 @@ users refuses more than `MAX_HEAD_BYTES` of request line and headers, or more th
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -31,9 +31,15 @@ class HeadTooLarge(Exception):
 
 
 class JSONErrorsProtocol(HttpToolsProtocol):
-    _head_bytes = 0
-    _header_count = 0
-    _too_large = False
+    # uvicorn's protocol keeps its state in its instance dict, shared-key and compact (296
+    # bytes); two more keys there would make it a full dict of 1,584 bytes for every
+    # connection, so ours live in slots.
+    __slots__ = ("_head_bytes", "_header_count", "_too_large")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_bytes = self._header_count = 0
+        self._too_large = False
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
