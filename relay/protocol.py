@@ -1,13 +1,22 @@
-"""uvicorn's httptools protocol with limits on the request head, and JSON for every request it
-cannot take (a browser client matches on one error shape, whatever went wrong).
+"""uvicorn's httptools protocol with limits on the request head, JSON for every request it
+cannot take (a browser client matches on one error shape, whatever went wrong), and a smaller
+footprint per connection.
 
 httptools accepts heads of any size and any number of headers; a relay in front of paying
 users refuses more than `MAX_HEAD_BYTES` of request line and headers, or more than
 `MAX_HEADERS` headers, with a 431, before the application sees the request.
+
+A relay holds thousands of connections open while their answers stream, so what each one
+costs counts. uvicorn gives every connection three `collections.deque`s that almost always
+stay empty or hold one item: the pipelined-request queue and two `asyncio.Event`s' waiter
+queues (flow control, and the request's messages). An empty deque is a 64-slot block, 760
+bytes with its object; this protocol swaps each for a list (56 bytes empty), 2.1 KiB less per
+connection, with the same behaviour.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -30,6 +39,24 @@ class HeadTooLarge(Exception):
     """Raised from a parser callback; httptools turns it into a parser error."""
 
 
+class _Pipeline(list[Any]):
+    """uvicorn's queue of pipelined requests (it only calls `appendleft`, `pop` and `bool`),
+    in a list: pipelining is rare, and an empty list costs no block."""
+
+    __slots__ = ()
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
+
+
+class _Event(asyncio.Event):
+    """An `asyncio.Event` whose waiters (one at most, in uvicorn's use) are kept in a list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiters: list[asyncio.Future[bool]] = []  # type: ignore[assignment]
+
+
 class JSONErrorsProtocol(HttpToolsProtocol):
     # uvicorn's protocol keeps its state in its instance dict, shared-key and compact (296
     # bytes); two more keys there would make it a full dict of 1,584 bytes for every
@@ -40,6 +67,19 @@ class JSONErrorsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_bytes = self._header_count = 0
         self._too_large = False
+        self.pipeline = _Pipeline()  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.flow._is_writable_event = _Event()  # uvicorn's was just made, set: nobody waits
+        self.flow._is_writable_event.set()
+
+    def on_headers_complete(self) -> None:
+        previous = self.cycle
+        super().on_headers_complete()
+        if self.cycle is not previous and not self.cycle.message_event.is_set():
+            # A new request's cycle, whose task has not run yet: nothing waits on it.
+            self.cycle.message_event = _Event()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
