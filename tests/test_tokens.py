@@ -49,6 +49,14 @@ def test_hash_is_hex_hmac_sha256(token: str) -> None:
     assert re.fullmatch(r"[0-9a-f]{64}", digest)
 
 
+def test_one_hasher_hashes_each_token_on_its_own() -> None:
+    hasher = TokenHasher(SECRET)
+    tokens = [new_token() for _ in range(3)] + ["abc", "abc"]
+    digests = [hasher.hash(token) for token in tokens]
+    assert digests == [TokenHasher(SECRET).hash(token) for token in tokens]
+    assert digests[-1] == digests[-2]
+
+
 def test_hash_is_not_a_plain_digest() -> None:
     token = new_token()
     digest = TokenHasher(SECRET).hash(token)
