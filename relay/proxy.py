@@ -128,10 +128,10 @@ class _Relay:
         length = request.headers.get("content-length")
         if body is None and length is not None:
             outgoing.append((b"content-length", length.encode()))
-        shown = [
+        shown = (
             (b"x-relay-provider", provider.name.encode()),
             (b"x-relay-key-hint", key_hint(key).encode()),
-        ]
+        )
 
         sending = _Outgoing(scope["method"], url, outgoing, body)
         return _Exchange(request, provider, shown, record, model, sending, target.pin)
@@ -332,6 +332,7 @@ class _Exchange:
         "streamed",
         "task",
         "user",
+        "watch",
         "watcher",
     )
 
@@ -339,7 +340,7 @@ class _Exchange:
         self,
         request: _Request,
         provider: Provider,
-        shown: list[tuple[bytes, bytes]],
+        shown: tuple[tuple[bytes, bytes], ...],
         record: bytes,
         model: str | None,
         outgoing: _Outgoing,
@@ -350,7 +351,7 @@ class _Exchange:
         self.send = request.send
         self.user = request.user
         self.provider = provider
-        self.shown = shown
+        self.shown = shown  # headers of the relay's own, added to the answer's
         self.record = record  # the sealed key used: its health is judged by the answer
         self.model = model  # the model the request named, when the relay read it
         self.outgoing: _Outgoing | None = outgoing  # until sent
@@ -361,6 +362,7 @@ class _Exchange:
         self.body_read = False  # the whole request body is in: what comes next is a disconnect
         self.task: asyncio.Task[object] | None = None  # the exchange's, once it is watched
         self.client_left = False
+        self.watch: asyncio.TimerHandle | None = None  # until WATCH_AFTER
         self.watcher: asyncio.Future[Message] | None = None
         self.recorded = False
         self.started = time.monotonic()
@@ -386,7 +388,7 @@ class _Exchange:
         assert exchange is not None
         # Most answers are over within a few milliseconds: only an exchange still running
         # after WATCH_AFTER gets a task listening for the client leaving.
-        watch = asyncio.get_running_loop().call_later(WATCH_AFTER, self._watch, exchange)
+        self.watch = asyncio.get_running_loop().call_later(WATCH_AFTER, self._watch, exchange)
         left = False
         try:
             content: bytes | AsyncIterator[bytes] | None = outgoing.body
@@ -428,7 +430,9 @@ class _Exchange:
             self.status = error.status
             raise
         finally:
-            watch.cancel()
+            if self.watch is not None:
+                self.watch.cancel()
+                self.watch = None
             self.task = None
             if self.watcher is not None:
                 self.watcher.cancel()
@@ -506,6 +510,7 @@ class _Exchange:
     def _watch(self, exchange: asyncio.Task[object]) -> None:
         """WATCH_AFTER into the exchange: listen for the client leaving, as soon as its body
         is in (until then, the client's messages are the body's)."""
+        self.watch = None  # done: an open stream need not keep the timer
         self.task = exchange
         if self.body_read:
             self._listen()
@@ -551,12 +556,11 @@ class _Exchange:
         self.services.key_health.observe(
             self.user.id, self.provider.name, self.record, response.status_code
         )
+        headers = response_headers(response.headers.raw, sse=sse)
+        headers += self.shown
+        self.shown = ()  # sent: not kept while the answer streams
         await self.send(
-            {
-                "type": "http.response.start",
-                "status": response.status_code,
-                "headers": response_headers(response.headers.raw, sse=sse) + self.shown,
-            }
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
         )
         return sse
 
