@@ -147,8 +147,15 @@ def _translate(operation: str) -> Iterator[None]:
 class SQLStore(KeyStore):
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        # Reads run outside a transaction: no BEGIN/COMMIT, one round trip per lookup.
-        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Reads run outside a transaction. Postgres needs AUTOCOMMIT for that (no BEGIN and
+        # ROLLBACK round trips per lookup); SQLite's driver never opens one for a SELECT, and
+        # switching its isolation level costs thread round trips at every checkout and return
+        # (a lookup took twice as long), so its reads use the engine as it is.
+        self._reader = (
+            engine
+            if engine.dialect.name == "sqlite"
+            else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
         self._usage = _UsageInsert(engine.dialect)
 

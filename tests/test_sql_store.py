@@ -1,0 +1,67 @@
+"""What the SQL store costs on the embedded default: SQLite's driver runs every call in a
+thread of its own, so each call is a thread round trip (a GIL hand-off and a wake-up of the
+event loop) on a request that misses the cache."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+
+from backends import User, migrate
+from backends.sql import SQLStore
+
+pytestmark = [pytest.mark.anyio, pytest.mark.sqlite]
+
+TOKEN_HASH = "a" * 64
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'relay.db'}"
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[SQLStore]:
+    store = SQLStore.from_url(url)
+    await store.create_user(User("u1", "app", 1, None, None), TOKEN_HASH)
+    yield store
+    await store.close()
+
+
+async def _thread_calls(
+    monkeypatch: pytest.MonkeyPatch, lookup: Callable[[], Awaitable[Any]]
+) -> int:
+    calls = 0
+    execute = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await execute(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    await lookup()  # the pool has its connection
+    with monkeypatch.context() as patched:
+        patched.setattr(aiosqlite.Connection, "_execute", counted)
+        await lookup()
+    return calls
+
+
+async def test_a_lookup_is_five_thread_round_trips(
+    store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cursor, execute, fetch, close, and the pool's rollback on return; no isolation-level
+    switch at checkout and return (which made seven)."""
+    assert await _thread_calls(monkeypatch, lambda: store.user_for_token(TOKEN_HASH)) == 5
+    assert await _thread_calls(monkeypatch, lambda: store.get_key("u1", "openai")) == 5
+    assert (await store.user_for_token(TOKEN_HASH)) is not None
