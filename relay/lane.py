@@ -41,17 +41,11 @@ class RelayLane:
             await self.app(scope, receive, send)
             return
         scope["path_params"] = {"provider": provider}  # in place, as Starlette's router does
-        started = False
-
-        async def watched_send(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
+        watched = _WatchedSend(send)
         try:
-            await self.relay(scope, receive, watched_send)
+            await self.relay(scope, receive, watched)
         except Exception as exc:
-            if started:
+            if watched.started:
                 raise  # nothing to answer with: the server drops the connection
             handler = self._handler(exc)
             if handler is None:
@@ -67,3 +61,18 @@ class RelayLane:
             if handler is not None:
                 return handler
         return None
+
+
+class _WatchedSend:
+    """The server's `send`, noting that the response has started. Not a coroutine function: a
+    call returns the server's own awaitable, so a streamed chunk costs no extra coroutine."""
+
+    __slots__ = ("send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        self.started = True
+        return self.send(message)
