@@ -21,12 +21,13 @@ from collections.abc import Mapping
 from typing import Final
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import Storage
 from limits.aio.strategies import FixedWindowRateLimiter
 from limits.errors import StorageError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import RelayError, ServiceUnavailable, send_error
+from .memorylimits import MemoryStorage
 
 __all__ = ["LIMIT_NAMES", "GlobalLimitMiddleware", "Limit", "RateLimited", "RateLimiter"]
 
