@@ -1,34 +1,47 @@
-"""A deadline on a stream's silence that is cheap to move on.
+"""A deadline on a stream's silence that is cheap to move on and cheap to hold.
 
 A relayed stream may go silent for `RELAY_STREAM_IDLE_TIMEOUT` between chunks (and
 `RELAY_UPSTREAM_TIMEOUT` before the first). Moving an `asyncio.timeout` on at every chunk costs
 a timer cancelled and another armed at every chunk (with no deadline while the client takes the
 chunk: a slow client is not a silent provider): 3.6 µs a chunk here, 70 µs a 20-chunk stream.
-`IdleDeadline` only notes the time at each chunk; its one timer, when it comes due, arms itself
-again for the new expiry if there was progress meanwhile, and otherwise makes the enclosing
+`IdleDeadline` only notes the time at each chunk. When it comes due, it is checked: if there
+was progress meanwhile it waits again for the new expiry, and otherwise it makes the enclosing
 `asyncio.timeout` expire (which cancels the task and raises `TimeoutError` at its end, as
 before). So a silent stream is cut when its silence reaches the limit, never earlier.
+
+Nor does each deadline arm a timer of its own (a timer handle is half a KiB, on every open
+stream): the deadlines of an event loop wait in buckets, one timer per bucket, each bucket
+`1/GRAIN` of the limit wide. A stream is cut at most that much after its silence reached the
+limit: 7.5 s after the default idle limit of 120 s, with a few dozen timers for any number of
+streams.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import weakref
+from typing import Final
 
-__all__ = ["IdleDeadline"]
+__all__ = ["GRAIN", "IdleDeadline"]
+
+GRAIN: Final = 16  # a deadline is checked at most 1/GRAIN of its limit after it is due
 
 
 class IdleDeadline:
-    __slots__ = ("_expires", "_handle", "_idle", "_loop", "_paused", "_timeout")
+    __slots__ = ("_due", "_expires", "_idle", "_loop", "_paused", "_tick", "_timeout", "_wheel")
 
     def __init__(self, timeout: asyncio.Timeout, first: float, idle: float) -> None:
         """Expire `timeout` (entered with no deadline of its own) after `first` seconds without
         a chunk, then after `idle` seconds between chunks."""
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
+        self._wheel = _wheel(loop)
         self._timeout = timeout
         self._idle = idle
+        self._tick = min(first, idle) / GRAIN
         self._paused = False
-        self._expires = self._loop.time() + first
-        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self._expires, self._due)
+        self._expires = loop.time() + first
+        self._due: float | None = self._wheel.add(self, self._expires, self._tick)
 
     def pause(self) -> None:
         """A chunk came: the clock stops while the client takes it."""
@@ -40,16 +53,62 @@ class IdleDeadline:
         self._expires = self._loop.time() + self._idle
 
     def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        if self._due is not None:
+            self._wheel.remove(self, self._due)
+            self._due = None
 
-    def _due(self) -> None:
-        now = self._loop.time()
+    def check(self, now: float) -> None:
+        """Its bucket's time has come (the wheel has let go of it)."""
         if self._paused:  # waiting on the client: look again once a full silence could fit
-            self._handle = self._loop.call_at(now + self._idle, self._due)
+            self._due = self._wheel.add(self, now + self._idle, self._tick)
         elif now < self._expires:  # chunks came meanwhile
-            self._handle = self._loop.call_at(self._expires, self._due)
+            self._due = self._wheel.add(self, self._expires, self._tick)
         else:
-            self._handle = None
+            self._due = None
             self._timeout.reschedule(now)
+
+
+class _Wheel:
+    """The deadlines of one event loop, by the time their bucket is due; a timer per bucket."""
+
+    __slots__ = ("_buckets",)
+
+    def __init__(self) -> None:
+        self._buckets: dict[float, tuple[asyncio.TimerHandle, set[IdleDeadline]]] = {}
+
+    def add(self, deadline: IdleDeadline, at: float, tick: float) -> float:
+        """File `deadline` in the bucket that comes due at `at` or the next tick after it."""
+        due = math.ceil(at / tick) * tick
+        bucket = self._buckets.get(due)
+        if bucket is None:
+            loop = deadline._loop
+            bucket = self._buckets[due] = (loop.call_at(due, self._fire, due, loop), set())
+        bucket[1].add(deadline)
+        return due
+
+    def remove(self, deadline: IdleDeadline, due: float) -> None:
+        bucket = self._buckets.get(due)
+        if bucket is None:
+            return
+        bucket[1].discard(deadline)
+        if not bucket[1]:
+            bucket[0].cancel()
+            del self._buckets[due]
+
+    def _fire(self, due: float, loop: asyncio.AbstractEventLoop) -> None:
+        _, deadlines = self._buckets.pop(due)
+        now = loop.time()
+        for deadline in deadlines:
+            deadline.check(now)
+
+
+# One wheel per event loop, gone with it (a wheel refers to its loop only through the timers of
+# buckets that still hold deadlines).
+_WHEELS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wheel] = weakref.WeakKeyDictionary()
+
+
+def _wheel(loop: asyncio.AbstractEventLoop) -> _Wheel:
+    wheel = _WHEELS.get(loop)
+    if wheel is None:
+        wheel = _WHEELS[loop] = _Wheel()
+    return wheel

@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 
-from relay.idle import IdleDeadline
+from relay import idle
+from relay.idle import GRAIN, IdleDeadline
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sqlite]
 
@@ -73,4 +74,22 @@ async def test_a_cancelled_deadline_cuts_nothing() -> None:
         deadline = IdleDeadline(timeout, 0.05, 0.05)
         deadline.cancel()
         await asyncio.sleep(0.2)
+    assert timeout.expired() is False
+
+
+async def test_deadlines_share_one_timer_per_bucket_and_leave_none_behind() -> None:
+    """A thousand streams opened over 0.3 s wait on a handful of timers (one per 1/GRAIN of
+    the shorter limit), not a thousand; cancelled, they leave no timer armed."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(None) as timeout:
+        deadlines = []
+        for _ in range(10):
+            deadlines += [IdleDeadline(timeout, 1.0, 1.0) for _ in range(100)]
+            await asyncio.sleep(0.03)
+        buckets = idle._WHEELS[loop]._buckets
+        assert len(buckets) <= 0.3 / (1.0 / GRAIN) + 2
+        assert sum(len(waiting) for _, waiting in buckets.values()) == 1000
+        for deadline in deadlines:
+            deadline.cancel()
+        assert not buckets
     assert timeout.expired() is False
