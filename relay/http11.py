@@ -1,7 +1,7 @@
 """One HTTP/1.1 connection to a provider: an asyncio protocol around httptools' response parser.
 
 A `Connection` carries one exchange at a time. The transport writes the request through it and
-then reads the answer: `read_head` until the status line and headers are in, `read` for each
+then reads the answer: `read_head` until the status line and headers are in, `next_chunk` for each
 piece of the body as it arrives. Everything the connection has to report is raised as httpx's
 exceptions, so that the transport above passes them on unchanged:
 
@@ -134,8 +134,9 @@ class Connection(asyncio.Protocol):
                 raise httpx.RemoteProtocolError("the AI provider closed the connection unanswered")
             await self._wait(timeout, httpx.ReadTimeout)
 
-    async def read(self, timeout: float | None) -> bytes:
-        """The next piece of the body (every piece that has arrived, as one); b"" at its end."""
+    async def next_chunk(self, timeout: float | None) -> bytes:
+        """The next piece of the body (every piece that has arrived, as one);
+        `StopAsyncIteration` at its end."""
         while True:
             chunks = self._chunks
             if chunks:
@@ -146,7 +147,7 @@ class Connection(asyncio.Protocol):
                     self._resume_reading()
                 return chunk
             if self.complete:
-                return b""
+                raise StopAsyncIteration
             if self._error is not None:
                 raise self._error
             if self.closed:
@@ -197,17 +198,16 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.resume_reading()
 
-    async def _wait(self, timeout: float | None, error: type[httpx.TimeoutException]) -> None:
+    def _wait(
+        self, timeout: float | None, error: type[httpx.TimeoutException]
+    ) -> asyncio.Future[None]:
+        """What to await until the protocol has news (or `timeout` passes: then `error`). A
+        future, not a coroutine: a stream waiting for its next chunk holds no frame of it."""
         waiter = self._waiter = self._loop.create_future()
-        timer = (
-            None if timeout is None else self._loop.call_later(timeout, _timed_out, waiter, error)
-        )
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
+        if timeout is not None:
+            timer = self._loop.call_later(timeout, _timed_out, waiter, error)
+            waiter.add_done_callback(lambda _: timer.cancel())
+        return waiter
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Final
 
 import certifi
@@ -45,7 +45,8 @@ CHECKED_NAMES_LIMIT: Final = 4096
 
 
 class _ResponseBody(httpx.AsyncByteStream):
-    """The answer's body as it arrives; closing it hands the connection back to the pool."""
+    """The answer's body as it arrives; closing it hands the connection back to the pool. Its
+    own iterator (no generator): an open stream waiting for its next chunk holds no frame here."""
 
     __slots__ = ("_connection", "_pool", "_timeout")
 
@@ -54,13 +55,15 @@ class _ResponseBody(httpx.AsyncByteStream):
         self._pool = pool
         self._timeout = timeout
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        connection = self._connection
-        if connection is None:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._connection is None:
             raise httpx.StreamClosed()
-        timeout = self._timeout
-        while chunk := await connection.read(timeout):
-            yield chunk
+        return self
+
+    def __anext__(self) -> Awaitable[bytes]:
+        if self._connection is None:
+            raise httpx.StreamClosed()
+        return self._connection.next_chunk(self._timeout)
 
     async def aclose(self) -> None:
         connection, self._connection = self._connection, None
