@@ -10,7 +10,10 @@ callgrind; sends 100 small-JSON requests to warm it up (`--warm`), zeroes the co
 N more (default 300) one after another, and prints the instructions each server spent per
 request (all of its threads, background tasks included) and the relay's count against the
 floor's. It does not see what threads cost each other (callgrind runs them one at a time), nor
-cache misses: it measures work, and timings measure the rest.
+cache misses: it measures work, and timings measure the rest. One thing in the relay's count
+still follows the clock: usage records are written once a second, and under callgrind a second
+holds a few dozen requests, not thousands, so how many requests share a write's cost moves the
+relay's count by a few percent between runs (1.13 to 1.18 M on one code).
 About a minute per server: Python under callgrind runs some 50 times slower.
 """
 
