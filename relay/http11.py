@@ -1,8 +1,8 @@
 """One HTTP/1.1 connection to a provider: an asyncio protocol around httptools' response parser.
 
 A `Connection` carries one exchange at a time. The transport writes the request through it and
-then reads the answer: `read_head` until the status line and headers are in, `next_chunk` for each
-piece of the body as it arrives. Everything the connection has to report is raised as httpx's
+then reads the answer: `read_head` until the status line and headers are in, `next_chunk` for
+each piece of the body as it arrives. Everything the connection has to report is raised as httpx's
 exceptions, so that the transport above passes them on unchanged:
 
 - the provider sending something that is not HTTP/1.1, or a head over `HEAD_LIMIT`:

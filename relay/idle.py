@@ -41,7 +41,7 @@ class IdleDeadline:
         self._tick = min(first, idle) / GRAIN
         self._paused = False
         self._expires = loop.time() + first
-        self._due: float | None = self._wheel.add(self, self._expires, self._tick)
+        self._due: float | None = self._wheel.add(self, loop, self._expires, self._tick)
 
     def pause(self) -> None:
         """A chunk came: the clock stops while the client takes it."""
@@ -60,9 +60,9 @@ class IdleDeadline:
     def check(self, now: float) -> None:
         """Its bucket's time has come (the wheel has let go of it)."""
         if self._paused:  # waiting on the client: look again once a full silence could fit
-            self._due = self._wheel.add(self, now + self._idle, self._tick)
+            self._due = self._wheel.add(self, self._loop, now + self._idle, self._tick)
         elif now < self._expires:  # chunks came meanwhile
-            self._due = self._wheel.add(self, self._expires, self._tick)
+            self._due = self._wheel.add(self, self._loop, self._expires, self._tick)
         else:
             self._due = None
             self._timeout.reschedule(now)
@@ -76,12 +76,13 @@ class _Wheel:
     def __init__(self) -> None:
         self._buckets: dict[float, tuple[asyncio.TimerHandle, set[IdleDeadline]]] = {}
 
-    def add(self, deadline: IdleDeadline, at: float, tick: float) -> float:
+    def add(
+        self, deadline: IdleDeadline, loop: asyncio.AbstractEventLoop, at: float, tick: float
+    ) -> float:
         """File `deadline` in the bucket that comes due at `at` or the next tick after it."""
         due = math.ceil(at / tick) * tick
         bucket = self._buckets.get(due)
         if bucket is None:
-            loop = deadline._loop
             bucket = self._buckets[due] = (loop.call_at(due, self._fire, due, loop), set())
         bucket[1].add(deadline)
         return due
