@@ -10,20 +10,19 @@ was progress meanwhile it waits again for the new expiry, and otherwise it makes
 before). So a silent stream is cut when its silence reaches the limit, never earlier.
 
 Nor does each deadline arm a timer of its own (a timer handle is half a KiB, on every open
-stream): the deadlines of an event loop wait in buckets, one timer per bucket, each bucket
-`1/GRAIN` of the limit wide. A stream is cut at most that much after its silence reached the
-limit: 7.5 s after the default idle limit of 120 s, with a few dozen timers for any number of
-streams.
+stream): the deadlines of a process wait in an `IdleWheel` (one, made in the lifespan), in
+buckets with one timer each, each bucket `1/GRAIN` of the limit wide. A stream is cut at most
+that much after its silence reached the limit: 7.5 s after the default idle limit of 120 s,
+with a few dozen timers for any number of streams.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import weakref
 from typing import Final
 
-__all__ = ["GRAIN", "IdleDeadline"]
+__all__ = ["GRAIN", "IdleDeadline", "IdleWheel"]
 
 GRAIN: Final = 16  # a deadline is checked at most 1/GRAIN of its limit after it is due
 
@@ -31,17 +30,19 @@ GRAIN: Final = 16  # a deadline is checked at most 1/GRAIN of its limit after it
 class IdleDeadline:
     __slots__ = ("_due", "_expires", "_idle", "_loop", "_paused", "_tick", "_timeout", "_wheel")
 
-    def __init__(self, timeout: asyncio.Timeout, first: float, idle: float) -> None:
+    def __init__(
+        self, wheel: IdleWheel, timeout: asyncio.Timeout, first: float, idle: float
+    ) -> None:
         """Expire `timeout` (entered with no deadline of its own) after `first` seconds without
-        a chunk, then after `idle` seconds between chunks."""
-        self._loop = loop = asyncio.get_running_loop()
-        self._wheel = _wheel(loop)
+        a chunk, then after `idle` seconds between chunks; `wheel` keeps it until then."""
+        self._wheel = wheel
+        self._loop = wheel.loop
         self._timeout = timeout
         self._idle = idle
         self._tick = min(first, idle) / GRAIN
         self._paused = False
-        self._expires = loop.time() + first
-        self._due: float | None = self._wheel.add(self, loop, self._expires, self._tick)
+        self._expires = self._loop.time() + first
+        self._due: float | None = wheel.add(self, self._expires, self._tick)
 
     def pause(self) -> None:
         """A chunk came: the clock stops while the client takes it."""
@@ -60,30 +61,40 @@ class IdleDeadline:
     def check(self, now: float) -> None:
         """Its bucket's time has come (the wheel has let go of it)."""
         if self._paused:  # waiting on the client: look again once a full silence could fit
-            self._due = self._wheel.add(self, self._loop, now + self._idle, self._tick)
+            self._due = self._wheel.add(self, now + self._idle, self._tick)
         elif now < self._expires:  # chunks came meanwhile
-            self._due = self._wheel.add(self, self._loop, self._expires, self._tick)
+            self._due = self._wheel.add(self, self._expires, self._tick)
         else:
             self._due = None
             self._timeout.reschedule(now)
 
 
-class _Wheel:
-    """The deadlines of one event loop, by the time their bucket is due; a timer per bucket."""
+class IdleWheel:
+    """The idle deadlines of one event loop, by the time their bucket is due; a timer per
+    bucket. Made in the running loop."""
 
-    __slots__ = ("_buckets",)
+    __slots__ = ("_buckets", "loop")
 
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self._buckets: dict[float, tuple[asyncio.TimerHandle, set[IdleDeadline]]] = {}
 
-    def add(
-        self, deadline: IdleDeadline, loop: asyncio.AbstractEventLoop, at: float, tick: float
-    ) -> float:
+    @property
+    def timers(self) -> int:
+        """Timers armed: one per bucket holding deadlines."""
+        return len(self._buckets)
+
+    @property
+    def waiting(self) -> int:
+        """Deadlines waiting in the buckets."""
+        return sum(len(deadlines) for _, deadlines in self._buckets.values())
+
+    def add(self, deadline: IdleDeadline, at: float, tick: float) -> float:
         """File `deadline` in the bucket that comes due at `at` or the next tick after it."""
         due = math.ceil(at / tick) * tick
         bucket = self._buckets.get(due)
         if bucket is None:
-            bucket = self._buckets[due] = (loop.call_at(due, self._fire, due, loop), set())
+            bucket = self._buckets[due] = (self.loop.call_at(due, self._fire, due), set())
         bucket[1].add(deadline)
         return due
 
@@ -96,20 +107,8 @@ class _Wheel:
             bucket[0].cancel()
             del self._buckets[due]
 
-    def _fire(self, due: float, loop: asyncio.AbstractEventLoop) -> None:
+    def _fire(self, due: float) -> None:
         _, deadlines = self._buckets.pop(due)
-        now = loop.time()
+        now = self.loop.time()
         for deadline in deadlines:
             deadline.check(now)
-
-
-# One wheel per event loop, gone with it (a wheel refers to its loop only through the timers of
-# buckets that still hold deadlines).
-_WHEELS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wheel] = weakref.WeakKeyDictionary()
-
-
-def _wheel(loop: asyncio.AbstractEventLoop) -> _Wheel:
-    wheel = _WHEELS.get(loop)
-    if wheel is None:
-        wheel = _WHEELS[loop] = _Wheel()
-    return wheel

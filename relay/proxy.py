@@ -573,7 +573,10 @@ class _Exchange:
             # has RELAY_UPSTREAM_TIMEOUT, each later one RELAY_STREAM_IDLE_TIMEOUT.
             async with asyncio.timeout(None) as timeout:
                 deadline = IdleDeadline(
-                    timeout, settings.upstream_timeout, settings.stream_idle_timeout
+                    self.services.deadlines,
+                    timeout,
+                    settings.upstream_timeout,
+                    settings.stream_idle_timeout,
                 )
                 try:
                     async for chunk in chunks:

@@ -17,6 +17,7 @@ from backends.cache import CachedStore
 from .background import Background
 from .config import Settings
 from .crypto import KeyCipher
+from .idle import IdleWheel
 from .keyhealth import KeyHealth
 from .ratelimit import Limit, RateLimiter
 from .recorder import UsageRecorder
@@ -42,6 +43,8 @@ class Services:
     background: Background
     key_health: KeyHealth
     usage: UsageRecorder
+    deadlines: IdleWheel
+    """Where every open stream's idle deadline waits (one timer per bucket, not per stream)."""
     started_at: float
 
 
@@ -127,5 +130,6 @@ async def open_services(
             background,
             key_health,
             usage,
+            IdleWheel(),
             time.time(),
         )

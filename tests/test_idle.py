@@ -7,8 +7,7 @@ import asyncio
 
 import pytest
 
-from relay import idle
-from relay.idle import GRAIN, IdleDeadline
+from relay.idle import GRAIN, IdleDeadline, IdleWheel
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sqlite]
 
@@ -31,7 +30,7 @@ async def silent_for(
     last = loop.time()
     try:
         async with asyncio.timeout(None) as timeout:
-            deadline = IdleDeadline(timeout, FIRST, IDLE)
+            deadline = IdleDeadline(IdleWheel(), timeout, FIRST, IDLE)
             try:
                 for wait in chunks:
                     await asyncio.sleep(wait)
@@ -71,7 +70,7 @@ async def test_a_slow_client_is_not_a_silent_provider() -> None:
 
 async def test_a_cancelled_deadline_cuts_nothing() -> None:
     async with asyncio.timeout(None) as timeout:
-        deadline = IdleDeadline(timeout, 0.05, 0.05)
+        deadline = IdleDeadline(IdleWheel(), timeout, 0.05, 0.05)
         deadline.cancel()
         await asyncio.sleep(0.2)
     assert timeout.expired() is False
@@ -81,18 +80,18 @@ async def test_deadlines_share_one_timer_per_bucket_and_leave_none_behind() -> N
     """A thousand streams opened over 0.3 s or so wait on a timer per 1/GRAIN of the limit
     that span covers, not a thousand; cancelled, they leave no timer armed."""
     loop = asyncio.get_running_loop()
+    wheel = IdleWheel()
     limit = 10.0
     async with asyncio.timeout(None) as timeout:
         deadlines = []
         started = loop.time()
         for _ in range(10):
-            deadlines += [IdleDeadline(timeout, limit, limit) for _ in range(100)]
+            deadlines += [IdleDeadline(wheel, timeout, limit, limit) for _ in range(100)]
             await asyncio.sleep(0.03)
         spread = loop.time() - started
-        buckets = idle._WHEELS[loop]._buckets
-        assert len(buckets) <= spread / (limit / GRAIN) + 2
-        assert sum(len(waiting) for _, waiting in buckets.values()) == 1000
+        assert wheel.timers <= spread / (limit / GRAIN) + 2
+        assert wheel.waiting == 1000
         for deadline in deadlines:
             deadline.cancel()
-        assert not buckets
+        assert wheel.timers == wheel.waiting == 0
     assert timeout.expired() is False
