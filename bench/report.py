@@ -12,6 +12,7 @@ from typing import Any, Final
 __all__ = ["machine", "render", "targets"]
 
 NAMES: Final = ("direct", "floor", "relay")
+SATURATED: Final = 0.9  # of a core: one relay worker is CPU-bound, the load keeps up
 
 
 def machine() -> dict[str, Any]:
@@ -236,6 +237,20 @@ def _workers(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"  {label + ':':<40}{run['rps']:>7,.0f}/s, p99 {run['p99_ms']:>6.1f} ms; relay "
             f"cores busy {cores}; machine {run['machine_busy']:.0%} busy"
+        )
+    one = scaling["workers_1"]
+    if not scaling.get("ceiling"):
+        pass  # a result from before the ceiling was measured
+    elif sum(one["relay_cores"]) < SATURATED:
+        lines.append(
+            f"  one worker kept only {sum(one['relay_cores']):.2f} of a core busy: the load, not "
+            "the relay, set this row's pace"
+        )
+    else:
+        lines.append(
+            f"  one worker left {1 - one['machine_busy']:.0%} of the machine idle, all a second "
+            f"can take: 2 workers can serve at most {scaling['ceiling']}x here; per relay core "
+            f"busy, 2 workers serve {scaling['per_core']}x what 1 does"
         )
     return lines
 

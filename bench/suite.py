@@ -315,6 +315,17 @@ def workers(bench: Bench) -> dict[str, Any]:
         relay = bench.restart_relay(count)
         bench.load(bench.targets(False)["relay"], 16, requests=bench.plan.warmup * 10, seconds=None)
         result[f"workers_{count}"] = _scaling_run(bench, relay)
-    result["ratio"] = _ratio(result["workers_2"]["rps"], result["workers_1"]["rps"])
-    progress(f"workers: 2 serve {result['ratio']}x what 1 does")
+    one, two = result["workers_1"], result["workers_2"]
+    result["ratio"] = _ratio(two["rps"], one["rps"])
+    # The relay, wrk, the mock and the kernel share the machine's cores: one worker leaves
+    # idle only what a second can take, so 2 workers serve at most 1 / (machine busy with 1).
+    result["ceiling"] = round(1 / one["machine_busy"], 3) if one["machine_busy"] else None
+    result["per_core"] = _ratio(
+        two["rps"] / max(sum(two["relay_cores"]), 0.01),
+        one["rps"] / max(sum(one["relay_cores"]), 0.01),
+    )
+    progress(
+        f"workers: 2 serve {result['ratio']}x what 1 does (at most {result['ceiling']}x here; "
+        f"{result['per_core']}x per relay core)"
+    )
     return result
