@@ -53,7 +53,6 @@ class Connection(asyncio.Protocol):
         "_chunks",
         "_error",
         "_head_size",
-        "_loop",
         "_on_lost",
         "_parser",
         "_reading_paused",
@@ -68,8 +67,9 @@ class Connection(asyncio.Protocol):
         "head_done",
         "head_only",
         "headers",
-        "idle_timer",
+        "idle_since",
         "keep_alive",
+        "loop",
         "origin",
         "reason",
         "status",
@@ -80,8 +80,8 @@ class Connection(asyncio.Protocol):
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.idle_timer: asyncio.TimerHandle | None = None  # set by the pool while idle
-        self._loop = asyncio.get_running_loop()
+        self.idle_since = 0.0  # the loop's time when the pool last took it back
+        self.loop = asyncio.get_running_loop()
         self._parser = httptools.HttpResponseParser(self)
         self._on_lost = on_lost
         self._waiter: asyncio.Future[None] | None = None
@@ -203,9 +203,9 @@ class Connection(asyncio.Protocol):
     ) -> asyncio.Future[None]:
         """What to await until the protocol has news (or `timeout` passes: then `error`). A
         future, not a coroutine: a stream waiting for its next chunk holds no frame of it."""
-        waiter = self._waiter = self._loop.create_future()
+        waiter = self._waiter = self.loop.create_future()
         if timeout is not None:
-            timer = self._loop.call_later(timeout, _timed_out, waiter, error)
+            timer = self.loop.call_later(timeout, _timed_out, waiter, error)
             waiter.add_done_callback(lambda _: timer.cancel())
         return waiter
 

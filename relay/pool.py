@@ -6,6 +6,11 @@ warmest), and an idle connection closes after `keepalive_expiry` seconds or when
 closes it. When the pool is full, an idle connection to another origin is closed to make room;
 failing that, the request waits for one up to its pool timeout.
 
+Expiry costs no timer per exchange: a connection taken from the pool is checked against its
+time of release (one past its expiry is closed, never reused, however late the loop runs), and
+one timer per pool closes the idle ones as they expire (at most 1/`SWEEP_GRAIN` of the expiry
+late), set for the oldest.
+
 Dialling resolves the name (or takes its pinned address, `relay.pinning`), connects with Happy
 Eyeballs (RFC 8305, through `aiohappyeyeballs`: an IPv6 address that does not answer does not
 stall the IPv4 one), then runs TLS with the name for SNI and certificate checks.
@@ -28,6 +33,7 @@ from .http11 import Connection, Origin
 __all__ = ["ConnectionPool"]
 
 HAPPY_EYEBALLS_DELAY: Final = 0.25  # seconds before the next address is tried alongside
+SWEEP_GRAIN: Final = 16
 
 
 class ConnectionPool:
@@ -41,6 +47,7 @@ class ConnectionPool:
         self._connections: set[Connection] = set()
         self._dialling = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._sweep: asyncio.TimerHandle | None = None  # due when the oldest idle one expires
         self._closed = False
 
     async def acquire(
@@ -58,8 +65,12 @@ class ConnectionPool:
                 connection, _ = idle.popitem()  # the most recently used
                 if not idle:
                     del self._idle[origin]
-                _stop_idle_timer(connection)
-                return connection
+                if connection.idle_since + self._expiry > connection.loop.time():
+                    return connection
+                self.discard(connection)  # expired: so are all older ones of this origin
+                while self._idle.get(origin):
+                    self.discard(next(iter(self._idle[origin])))
+                continue
             if len(self._connections) + self._dialling < self._max:
                 return await self._dial(origin, connect_timeout)
             if self._close_oldest_idle():
@@ -75,9 +86,11 @@ class ConnectionPool:
         if self._closed or not connection.reusable:
             self.discard(connection)
             return
-        loop = asyncio.get_running_loop()
-        connection.idle_timer = loop.call_later(self._expiry, self.discard, connection)
+        loop = connection.loop
+        connection.idle_since = now = loop.time()
         self._idle.setdefault(connection.origin, {})[connection] = None
+        if self._sweep is None:
+            self._sweep = loop.call_at(now + self._expiry, self._expire)
         self._wake_one()
 
     def discard(self, connection: Connection) -> None:
@@ -88,6 +101,9 @@ class ConnectionPool:
 
     async def close(self) -> None:
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for connection in list(self._connections):
             self.discard(connection)
         for waiter in self._waiters:
@@ -153,9 +169,28 @@ class ConnectionPool:
             raise
         return connection
 
+    def _expire(self) -> None:
+        """Close the idle connections whose time is up; come back when the next one's is (in
+        steps of at least `SWEEP_GRAIN` of the expiry: a burst's thousands of connections,
+        released moments apart, are closed in a few sweeps, not one each)."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        oldest: float | None = None
+        for idle in list(self._idle.values()):
+            while idle:
+                connection = next(iter(idle))  # the oldest of its origin
+                if connection.idle_since + self._expiry > now:
+                    if oldest is None or connection.idle_since < oldest:
+                        oldest = connection.idle_since
+                    break
+                self.discard(connection)  # leaves `idle`
+        if oldest is not None and not self._closed:
+            due = max(oldest + self._expiry, now + self._expiry / SWEEP_GRAIN)
+            self._sweep = loop.call_at(due, self._expire)
+
     def _forget(self, connection: Connection) -> None:
         """`connection` is closed (by us or by the provider): it leaves the pool."""
-        _stop_idle_timer(connection)
         idle = self._idle.get(connection.origin)
         if idle is not None and connection in idle:
             del idle[connection]
@@ -192,9 +227,3 @@ class ConnectionPool:
             if not waiter.done():
                 waiter.set_result(None)
                 return
-
-
-def _stop_idle_timer(connection: Connection) -> None:
-    if connection.idle_timer is not None:
-        connection.idle_timer.cancel()
-        connection.idle_timer = None

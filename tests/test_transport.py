@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -354,6 +356,58 @@ async def test_an_idle_connection_is_closed_after_the_keepalive_expiry() -> None
         assert (client.pool.open_connections, client.pool.idle_connections) == (0, 0)
         await fetch(client, request(upstream))
     assert upstream.connections == 2
+
+
+async def test_a_connection_past_its_expiry_is_never_reused_however_late_the_loop_runs() -> None:
+    async with serving(answer_each(OK)) as upstream, transport(keepalive_expiry=0.2) as client:
+        await fetch(client, request(upstream))
+        time.sleep(0.3)  # the loop is stuck: nothing has had a chance to close the connection
+        response, _ = await fetch(client, request(upstream))
+        assert response.status_code == 200
+    assert upstream.connections == 2
+
+
+async def test_idle_connections_close_each_at_its_own_expiry() -> None:
+    loop = asyncio.get_running_loop()
+    async with serving(answer_each(OK)) as upstream, transport(keepalive_expiry=0.5) as client:
+        await asyncio.gather(fetch(client, request(upstream)), fetch(client, request(upstream)))
+        await asyncio.sleep(0.25)
+        await fetch(client, request(upstream))  # one of the two, idle again from now on
+        fresher = loop.time()
+        await asyncio.wait_for(upstream.closed.wait(), 5)
+        if loop.time() < fresher + 0.5:
+            assert client.pool.open_connections == 1  # the older went alone
+        while client.pool.open_connections:
+            await asyncio.sleep(0.01)
+        assert loop.time() >= fresher + 0.5 - 0.002  # not before its time (1 ms clock grain)
+    assert upstream.connections == 2
+
+
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {"use_uvloop": False})])
+async def test_idle_connections_share_one_expiry_timer(anyio_backend: object) -> None:
+    """The pool arms no timer per exchange (asyncio's loop, whose methods can be wrapped)."""
+    loop = asyncio.get_running_loop()
+    async with serving(answer_each(OK)) as upstream, transport() as client:
+        armed: list[object] = []
+        for name in ("call_at", "call_later"):
+            method = getattr(loop, name)
+
+            def counting(
+                when: float, callback: Any, *args: Any, _method: Any = method, **kw: Any
+            ) -> Any:
+                if getattr(callback, "__self__", None) is client.pool:
+                    armed.append(callback)
+                return _method(when, callback, *args, **kw)
+
+            setattr(loop, name, counting)
+        try:
+            for _ in range(20):
+                await fetch(client, request(upstream))
+        finally:
+            for name in ("call_at", "call_later"):
+                delattr(loop, name)
+    assert len(armed) == 1
+    assert upstream.connections == 1
 
 
 async def test_an_idle_connection_the_provider_closes_leaves_the_pool() -> None:
