@@ -44,7 +44,7 @@ from .providers import PROVIDERS, Provider, forwarded_request_headers
 from .routing import route_model
 from .services import Services
 from .ssrf import Upstream, UpstreamPolicy
-from .upstream import response_headers, upstream_url
+from .upstream import response_headers, upstream_request, upstream_url
 from .usage import NO_USAGE, UsageMeter
 from .verify import key_hint
 
@@ -396,12 +396,8 @@ class _Exchange:
                 content = await self._content()
             else:
                 self._body_read()
-            request = httpx.Request(
-                outgoing.method,
-                upstream_url(outgoing.url),
-                headers=outgoing.headers,
-                content=content,
-                extensions=extensions,
+            request = upstream_request(
+                outgoing.method, upstream_url(outgoing.url), outgoing.headers, content, extensions
             )
             response = await self._open(request)
             # Sent: a long prompt (and the key in its headers) need not stay in memory as long

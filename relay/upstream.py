@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Final
 
@@ -12,7 +12,14 @@ import httpx
 from .config import Settings
 from .transport import HTTPTransport
 
-__all__ = ["SSE_HEADERS", "new_http_client", "new_transport", "response_headers", "upstream_url"]
+__all__ = [
+    "SSE_HEADERS",
+    "new_http_client",
+    "new_transport",
+    "response_headers",
+    "upstream_request",
+    "upstream_url",
+]
 
 # Response headers passed back to the client, by exact name or by prefix. Everything else a
 # provider sends (cookies, hop-by-hop headers, its own server and caching headers) stays here.
@@ -64,6 +71,53 @@ def upstream_url(url: str) -> httpx.URL:
     of its work on a relayed request, while a relay sends nearly all its traffic to a handful of
     URLs. `httpx.URL` is immutable, so one parsed URL serves every request to it."""
     return httpx.URL(url)
+
+
+def upstream_request(
+    method: str,
+    url: httpx.URL,
+    headers: list[tuple[bytes, bytes]],
+    content: bytes | AsyncIterator[bytes] | None,
+    extensions: dict[str, object],
+) -> httpx.Request:
+    """The request to send, with the headers httpx itself would add (`Host`, then the body's
+    `Content-Length`, or `Transfer-Encoding: chunked` for a stream of unknown length), made
+    without httpx's own pass over them: given its body as content, `httpx.Request` builds its
+    `Headers` twice and costs ~11 µs here, given it as a stream ~4 µs."""
+    head = [(b"Host", url.netloc), *headers]
+    sized = any(name.lower() == b"content-length" for name, _ in headers)
+    stream: httpx.ByteStream | _Body
+    if isinstance(content, bytes):
+        if not sized:
+            head.append((b"Content-Length", b"%d" % len(content)))
+        stream = httpx.ByteStream(content)
+    elif content is None:
+        if method in ("POST", "PUT", "PATCH") and not sized:
+            head.insert(1, (b"Content-Length", b"0"))
+        stream = httpx.ByteStream(b"")
+    else:
+        if not sized:
+            head.append((b"Transfer-Encoding", b"chunked"))
+        stream = _Body(content)
+    request = httpx.Request(method, url, headers=head, stream=stream, extensions=extensions)
+    if isinstance(stream, httpx.ByteStream):
+        request.read()  # `request.content`: the transport sends it with the head
+    return request
+
+
+class _Body(httpx.AsyncByteStream):
+    """A request body sent as it arrives, once."""
+
+    __slots__ = ("_chunks",)
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks: AsyncIterator[bytes] | None = chunks
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks, self._chunks = self._chunks, None
+        if chunks is None:
+            raise httpx.StreamConsumed()
+        return chunks
 
 
 def new_transport() -> HTTPTransport:

@@ -22,6 +22,7 @@ import pytest
 from relay.http11 import HEAD_LIMIT, HIGH_WATER
 from relay.pinning import pinned
 from relay.transport import HTTPTransport
+from relay.upstream import upstream_request
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sqlite]
 
@@ -184,6 +185,48 @@ async def test_a_streamed_body_goes_out_chunked_and_whole() -> None:
     assert upstream.requests[0][1] == b"".join(pieces)
     assert b"transfer-encoding: chunked" in upstream.requests[0][0].lower()
     assert upstream.connections == 1
+
+
+async def chunks() -> AsyncIterator[bytes]:
+    yield b'{"model":'
+    yield b'"m"}'
+
+
+@pytest.mark.parametrize("method", ["POST", "GET", "PUT"])
+@pytest.mark.parametrize("content", ["bytes", "none", "stream"])
+@pytest.mark.parametrize("length", [None, b"13"])  # the client's Content-Length, forwarded
+async def test_a_relayed_request_carries_the_headers_httpx_itself_would_add(
+    method: str, content: str, length: bytes | None
+) -> None:
+    """`upstream_request` skips httpx's second pass over the headers, not its rules: the
+    head comes out as `httpx.Request` would make it, in the same order."""
+    url = httpx.URL("https://api.example.com:8443/v1/chat?x=1")
+    headers = [(b"content-type", b"application/json"), (b"x-api-key", b"k")]
+    if length is not None:
+        headers.append((b"content-length", length))
+    body: bytes | AsyncIterator[bytes] | None = {
+        "bytes": b'{"model":"m"}',
+        "none": None,
+        "stream": chunks(),
+    }[content]
+    ours = upstream_request(method, url, headers, body, {})
+    theirs = httpx.Request(method, url, headers=headers, content=body)
+    assert ours.headers.raw == theirs.headers.raw
+    if content != "stream":
+        assert ours.content == theirs.content
+
+
+async def test_a_relayed_request_streams_its_body_once() -> None:
+    async with serving(answer_each(OK)) as upstream, transport() as client:
+        outgoing = upstream_request("POST", httpx.URL(upstream.url + "/v1"), [], chunks(), {})
+        response, _ = await fetch(client, outgoing)
+        assert response.status_code == 200
+        with pytest.raises(httpx.StreamConsumed):
+            await client.handle_async_request(outgoing)
+    head, body = upstream.requests[0]
+    assert body == b'{"model":"m"}'
+    assert head.startswith(b"POST /v1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % upstream.port)
+    assert b"Transfer-Encoding: chunked" in head
 
 
 @pytest.mark.parametrize(
