@@ -7,12 +7,15 @@ resolve before the check, and a `%2F` becomes a real `/` on both sides of it.
 
 from __future__ import annotations
 
+import re
+from typing import Final
 from urllib.parse import quote, unquote
 
 __all__ = ["encode_path", "normalize_path"]
 
 # RFC 3986 pchar minus what we re-encode; `:` must stay literal for Google's `model:action`.
 _SAFE = "/:@!$&'()*+,;=-._~"
+_REFUSED: Final = re.compile(r"[\x00-\x1f\x7f\\]")  # control characters and backslashes
 
 
 def normalize_path(raw: str) -> str | None:
@@ -21,10 +24,12 @@ def normalize_path(raw: str) -> str | None:
         decoded = unquote(raw, errors="strict") if "%" in raw else raw
     except UnicodeDecodeError:
         return None
-    if any(ord(c) < 0x20 or c in "\x7f\\" for c in decoded):
+    if _REFUSED.search(decoded):
         return None
     if not decoded.startswith("/"):
         decoded = "/" + decoded
+    if "/." not in decoded:
+        return decoded  # no dot segment: nothing to resolve
     output: list[str] = []
     segments = decoded.split("/")[1:]
     for index, segment in enumerate(segments):
