@@ -162,6 +162,11 @@ class Connection(asyncio.Protocol):
         return head
 
     @property
+    def body_taken(self) -> bool:
+        """The whole answer has arrived and every byte of its body was handed out."""
+        return self.complete and not self._chunks
+
+    @property
     def unanswered(self) -> bool:
         """Not a byte of an answer came back."""
         return self._head_size == 0 and not self.head_done

@@ -44,6 +44,7 @@ from .providers import PROVIDERS, Provider, forwarded_request_headers
 from .routing import route_model
 from .services import Services
 from .ssrf import Upstream, UpstreamPolicy
+from .transport import ResponseBody
 from .upstream import response_headers, upstream_request, upstream_url
 from .usage import NO_USAGE, UsageMeter
 from .verify import key_hint
@@ -406,7 +407,7 @@ class _Exchange:
             # The transport's own stream: raw bytes as they arrive, without httpx's
             # re-chunking generator around it.
             chunks = response.stream
-            assert isinstance(chunks, httpx.AsyncByteStream)
+            assert isinstance(chunks, ResponseBody)
             try:
                 sse = await self._start(response)
                 del response  # started: neither the response object nor its headers are needed now
@@ -560,10 +561,11 @@ class _Exchange:
         )
         return sse
 
-    async def _relay(self, chunks: httpx.AsyncByteStream, sse: bool) -> None:
+    async def _relay(self, chunks: ResponseBody, sse: bool) -> None:
         settings = self.services.settings
         meter = self.meter
         assert meter is not None
+        last = b""
         try:
             # One deadline for the whole stream, moved on as chunks arrive: the first chunk
             # has RELAY_UPSTREAM_TIMEOUT, each later one RELAY_STREAM_IDLE_TIMEOUT.
@@ -578,6 +580,9 @@ class _Exchange:
                     async for chunk in chunks:
                         deadline.pause()  # the client may be slow to take it: not idle
                         meter.feed(chunk)
+                        if chunks.ended:  # the last: it goes out with the end, below
+                            last = chunk
+                            break
                         await self.send(
                             {"type": "http.response.body", "body": chunk, "more_body": True}
                         )
@@ -601,7 +606,7 @@ class _Exchange:
         except OSError:
             return  # the client is gone; the watcher cancels the rest
         self._record()
-        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self.send({"type": "http.response.body", "body": last, "more_body": False})
         logger.debug(
             "relayed",
             extra={

@@ -35,7 +35,7 @@ from .http11 import Connection, Origin
 from .pinning import pinned_address
 from .pool import ConnectionPool
 
-__all__ = ["HTTPTransport"]
+__all__ = ["HTTPTransport", "ResponseBody"]
 
 DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -44,7 +44,7 @@ _CHECKED_NAMES: set[bytes] = set()  # header names seen valid (a few dozen in pr
 CHECKED_NAMES_LIMIT: Final = 4096
 
 
-class _ResponseBody(httpx.AsyncByteStream):
+class ResponseBody(httpx.AsyncByteStream):
     """The answer's body as it arrives; closing it hands the connection back to the pool. Its
     own iterator (no generator): an open stream waiting for its next chunk holds no frame here."""
 
@@ -64,6 +64,11 @@ class _ResponseBody(httpx.AsyncByteStream):
         if self._connection is None:
             raise httpx.StreamClosed()
         return self._connection.next_chunk(self._timeout)
+
+    @property
+    def ended(self) -> bool:
+        """The whole body has arrived and been handed out: the chunk just taken was the last."""
+        return self._connection is not None and self._connection.body_taken
 
     async def aclose(self) -> None:
         connection, self._connection = self._connection, None
@@ -122,7 +127,7 @@ class HTTPTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status_code=status,
             headers=headers,
-            stream=_ResponseBody(connection, self.pool, timeout.get("read")),
+            stream=ResponseBody(connection, self.pool, timeout.get("read")),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
         )
 

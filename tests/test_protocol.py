@@ -16,6 +16,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Final
 
@@ -83,25 +84,29 @@ def exchange(sock: socket.socket, request: bytes) -> tuple[bytes, int]:
 ANSWER: Final = b'{"object":"chat.completion","choices":[]}'
 
 
-@pytest.fixture
-def provider() -> Iterator[str]:
-    """A provider that, like nginx or Go's net/http, writes each small answer (head and body)
-    in one send; the mock provider's uvicorn writes them apart. Its URL."""
+def answering(pause: float) -> Iterator[str]:
+    """A provider that, like nginx or Go's net/http, writes each small answer in one send (the
+    mock provider's uvicorn writes head and body apart), or with `pause`, its head, then after
+    that long its body. Its URL."""
     listener = socket.create_server(("127.0.0.1", 0))
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+    head %= len(ANSWER)
 
     def serve(conn: socket.socket) -> None:
         with conn:
             data = b""
             while chunk := conn.recv(65536):
                 data += chunk
-                head, sep, rest = data.partition(b"\r\n\r\n")
-                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                top, sep, rest = data.partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", top)
                 if sep and length and len(rest) >= int(length[1]):
                     data = rest[int(length[1]) :]
-                    conn.sendall(
-                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                        b"content-length: %d\r\n\r\n%b" % (len(ANSWER), ANSWER)
-                    )
+                    if pause:
+                        conn.sendall(head)
+                        time.sleep(pause)
+                        conn.sendall(ANSWER)
+                    else:
+                        conn.sendall(head + ANSWER)
 
     def accept() -> None:
         with contextlib.suppress(OSError):  # closed at the end of the test
@@ -115,9 +120,18 @@ def provider() -> Iterator[str]:
     listener.close()
 
 
-def test_a_relayed_answer_reaches_the_client_in_one_segment(
-    make_relay: RelayFactory, provider: str
-) -> None:
+@pytest.fixture
+def provider() -> Iterator[str]:
+    yield from answering(0)
+
+
+@pytest.fixture
+def slow_provider() -> Iterator[str]:
+    yield from answering(0.05)
+
+
+def relay_for(make_relay: RelayFactory, provider: str) -> tuple[RelayServer, bytes]:
+    """A relay whose OpenAI is `provider`, and a relayed chat request of a user of it."""
     relay = make_relay(
         RELAY_OPENAI_BASE_URL=provider, RELAY_PRIVATE_UPSTREAMS=provider.removeprefix("http://")
     )
@@ -130,6 +144,13 @@ def test_a_relayed_answer_reaches_the_client_in_one_segment(
         b"x-relay-token: %b\r\ncontent-type: application/json\r\n"
         b"content-length: %d\r\n\r\n%b" % (token.encode(), len(body), body)
     )
+    return relay, request
+
+
+def test_a_relayed_answer_reaches_the_client_in_one_segment(
+    make_relay: RelayFactory, provider: str
+) -> None:
+    relay, request = relay_for(make_relay, provider)
     with connect(relay) as sock:
         for _ in range(3):  # the first on a new upstream connection, then on reused ones
             response, segments = exchange(sock, request)
@@ -137,6 +158,19 @@ def test_a_relayed_answer_reaches_the_client_in_one_segment(
             assert b"transfer-encoding: chunked" in response  # head, chunk, end: three writes
             assert response.endswith(b"\r\n%x\r\n%b\r\n0\r\n\r\n" % (len(ANSWER), ANSWER))
             assert segments == 1, response
+
+
+def test_an_answers_last_chunk_goes_out_with_its_end(
+    make_relay: RelayFactory, slow_provider: str
+) -> None:
+    """The head goes at once (a client may act on it); the body, when it comes, goes in one
+    segment with the chunked encoding's end."""
+    relay, request = relay_for(make_relay, slow_provider)
+    with connect(relay) as sock:
+        for _ in range(2):
+            response, segments = exchange(sock, request)
+            assert response.endswith(b"\r\n%x\r\n%b\r\n0\r\n\r\n" % (len(ANSWER), ANSWER))
+            assert segments == 2, response
 
 
 def test_the_relays_own_answers_reach_the_client_in_one_segment(
