@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
-from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from .errors import error_body
@@ -147,7 +146,7 @@ class JSONErrorsProtocol(HttpToolsProtocol):
             if not cycle.message_event.is_set():  # nothing waits on it
                 cycle.message_event = _Event()
 
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         self._corked.armed = True  # the previous response is complete: cork this one's start
         super()._start_asgi_task(cycle, app)
 
