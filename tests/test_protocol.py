@@ -3,8 +3,9 @@
 Each segment is a packet on the network and a wake-up of the client. uvicorn writes at every
 ASGI message, so a small relayed answer (head, one chunk, the chunked encoding's end) went out
 as three segments; the relay's protocol sends what a response writes in its first loop
-iteration as one. Counted on the client's socket with Linux's `TCP_INFO` (`tcpi_data_segs_in`:
-segments that carried data, pure ACKs not counted).
+iteration as one, and the proxy sends an answer's last chunk with its end. Counted on the
+client's socket with Linux's `TCP_INFO` (`tcpi_data_segs_in`: segments that carried data, pure
+ACKs not counted).
 """
 
 from __future__ import annotations
