@@ -146,19 +146,22 @@ class _JsonBody:
 
     def __init__(self, tally: _Tally) -> None:
         self._tally = tally
-        self._body = bytearray()
+        self._chunks: list[bytes] = []  # joined once at the end (not at all when one)
+        self._size = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._body)
+        return self._size
 
     def feed(self, data: bytes) -> None:
-        if len(self._body) + len(data) > MAX_JSON_BYTES:
+        if self._size + len(data) > MAX_JSON_BYTES:
             raise _GiveUp
-        self._body += data
+        self._chunks.append(data)
+        self._size += len(data)
 
     def finish(self) -> None:
-        doc = _loads(bytes(self._body))
+        chunks = self._chunks
+        doc = _loads(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         for obj in doc if isinstance(doc, list) else [doc]:
             self._tally.absorb(obj)
 
