@@ -29,12 +29,19 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from bench import suite
-from bench.processes import Children, raise_file_limit
+from bench.processes import Children, Role, parse_cpus, raise_file_limit
 from bench.ramp import ramp
 from bench.report import machine, render, targets
 from bench.wrk import wrk_version
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_list(text: str) -> frozenset[int]:
+    try:
+        return parse_cpus(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,6 +57,18 @@ def parse_args() -> argparse.Namespace:
         "--max-streams", type=int, help="where the stream ramp stops (default 6000; quick 50)"
     )
     parser.add_argument("--out", type=Path, help="the JSON file to write")
+    parser.add_argument(
+        "--relay-cpus",
+        type=cpu_list,
+        metavar="LIST",
+        help="CPUs for the servers under test, the relay and the floor (e.g. 0-1; default any)",
+    )
+    parser.add_argument(
+        "--load-cpus",
+        type=cpu_list,
+        metavar="LIST",
+        help="CPUs for wrk, the load generators and the mock upstream (e.g. 2-3; default any)",
+    )
     return parser.parse_args()
 
 
@@ -72,7 +91,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "relay_workers": args.workers,
         "plan": dataclasses.asdict(plan) | {"ramp_steps": plan.ramp_steps()},
     }
-    children = Children()
+    placement: dict[Role, frozenset[int]] = {}
+    if args.relay_cpus:
+        placement["server"] = args.relay_cpus
+    if args.load_cpus:
+        placement["load"] = args.load_cpus
+    result["placement"] = {role: sorted(cpus) for role, cpus in placement.items()}
+    children = Children(placement)
     with tempfile.TemporaryDirectory(prefix="byok-bench-") as workdir:
         try:
             bench = suite.Bench(plan, children, Path(workdir), args.workers, wrk)

@@ -7,6 +7,10 @@ cleaning up (`PR_SET_PDEATHSIG`), so no server outlives a killed run.
 
 CPU time and resident memory are read from /proc for a process and all its descendants: a relay
 started with `--workers N` is a supervisor plus N worker processes.
+
+Each child plays a role: a server under test (the relay, the floor) or the load (the generators
+and the mock upstream). A run may pin each role to CPUs of its own (`Placement`), so that on a
+machine with cores to spare the servers do not share theirs with what measures them.
 """
 
 from __future__ import annotations
@@ -19,18 +23,21 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Final, Literal
 
 __all__ = [
     "Children",
+    "Placement",
+    "Role",
     "cpu_by_process",
     "cpu_seconds",
     "die_with_parent",
     "free_port",
     "machine_ticks",
     "open_fds",
+    "parse_cpus",
     "raise_file_limit",
     "rss_bytes",
     "wait_http",
@@ -38,6 +45,23 @@ __all__ = [
 
 PR_SET_PDEATHSIG: Final = 1
 CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+Role = Literal["server", "load"]
+Placement = Mapping[Role, frozenset[int]]  # the CPUs a role's processes run on; absent: any
+
+
+def parse_cpus(text: str) -> frozenset[int]:
+    """`"0,2-3"` as {0, 2, 3}; every CPU must be one this process may run on."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            raise ValueError(f"not a CPU list: {text!r} (say 0,1 or 0-1)")
+        cpus.update(range(int(first), int(last or first) + 1))
+    unknown = cpus - os.sched_getaffinity(0)
+    if not cpus or unknown:
+        raise ValueError(f"no such CPUs here: {sorted(unknown) or text!r}")
+    return frozenset(cpus)
 
 
 def die_with_parent() -> None:
@@ -63,20 +87,30 @@ def free_port() -> int:
 
 
 class Children:
-    """The processes this run started; `close()` ends those still running, newest first."""
+    """The processes this run started, each on its role's CPUs (`placement`); `close()` ends
+    those still running, newest first."""
 
-    def __init__(self) -> None:
+    def __init__(self, placement: Placement | None = None) -> None:
+        self.placement: Placement = placement or {}
         self._started: list[subprocess.Popen[bytes]] = []
 
     def start(
         self,
         args: Sequence[str],
         *,
+        role: Role = "load",
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
         stdout: int | IO[bytes] | None = None,
         stderr: int | IO[bytes] | None = None,
     ) -> subprocess.Popen[bytes]:
+        cpus = self.placement.get(role)
+
+        def prepare() -> None:  # in the child, before exec: its own children inherit both
+            die_with_parent()
+            if cpus is not None:
+                os.sched_setaffinity(0, cpus)
+
         process = subprocess.Popen(
             list(args),
             cwd=cwd,
@@ -85,7 +119,7 @@ class Children:
             stdout=stdout,
             stderr=stderr,
             start_new_session=True,
-            preexec_fn=die_with_parent,  # safe: the orchestrator runs no threads
+            preexec_fn=prepare,  # safe: the orchestrator runs no threads
         )
         self._started.append(process)
         return process
@@ -166,11 +200,20 @@ def cpu_seconds(root: int) -> float:
     return sum(cpu_by_process(root).values())
 
 
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) CPU ticks of the whole machine since boot, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
-    return total - fields[3] - fields[4], total
+def machine_ticks(cpus: Collection[int] | None = None) -> tuple[int, int]:
+    """(busy, total) CPU ticks since boot of the whole machine, or of `cpus`, from /proc/stat."""
+    busy = total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if cpus is None:
+            wanted = name == "cpu"  # the machine's total
+        else:
+            wanted = name[:3] == "cpu" and name[3:].isdigit() and int(name[3:]) in cpus
+        if wanted:
+            fields = [int(x) for x in values[:8]]  # user nice system idle iowait irq softirq steal
+            busy += sum(fields) - fields[3] - fields[4]
+            total += sum(fields)
+    return busy, total
 
 
 def open_fds(root: int) -> int:

@@ -232,11 +232,12 @@ def _workers(result: dict[str, Any]) -> list[str]:
         ("1 worker, fresh", scaling["workers_1"]),
         ("2 workers, fresh", scaling["workers_2"]),
     ]
+    where = "its CPUs" if result.get("placement", {}).get("server") else "machine"
     for label, run in runs:
         cores = " + ".join(f"{c:.2f}" for c in run["relay_cores"])
         lines.append(
             f"  {label + ':':<40}{run['rps']:>7,.0f}/s, p99 {run['p99_ms']:>6.1f} ms; relay "
-            f"cores busy {cores}; machine {run['machine_busy']:.0%} busy"
+            f"cores busy {cores}; {where} {run['machine_busy']:.0%} busy"
         )
     one = scaling["workers_1"]
     if not scaling.get("ceiling"):
@@ -248,11 +249,21 @@ def _workers(result: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append(
-            f"  one worker left {1 - one['machine_busy']:.0%} of the machine idle, all a second "
+            f"  one worker left {1 - one['machine_busy']:.0%} of the {where} idle, all a second "
             f"can take: 2 workers can serve at most {scaling['ceiling']}x here; per relay core "
             f"busy, 2 workers serve {scaling['per_core']}x what 1 does"
         )
     return lines
+
+
+def _placement(placement: dict[str, list[int]]) -> str:
+    if not placement:
+        return "CPUs: every process may run on any (servers, generators and mock share them)"
+    where = {
+        role: ",".join(map(str, placement[role])) if role in placement else "any"
+        for role in ("server", "load")
+    }
+    return f"CPUs: relay and floor on {where['server']}; generators and mock on {where['load']}"
 
 
 def render(result: dict[str, Any]) -> str:
@@ -266,6 +277,7 @@ def render(result: dict[str, Any]) -> str:
         f"{' '.join(map(str, result['load_average_after']))} after",
         f"generators: throughput rows {result['generator']['throughput']}, everything else "
         f"{result['generator']['other']}; relay: workers {result['relay_workers']}, SQLite",
+        _placement(result.get("placement", {})),
         "",
         *_throughput(result, "small_json", "Small JSON: requests/s, latency p50 / p99 ms"),
         _latency(

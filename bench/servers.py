@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import httpx
 
-from bench.processes import Children, free_port, wait_http
+from bench.processes import Children, Role, free_port, wait_http
 
 __all__ = [
     "Server",
@@ -64,10 +64,12 @@ def announced(
     *,
     under: Sequence[str] = (),
     timeout: float = 30,
+    role: Role = "server",
 ) -> Server:
     """Start a bench server that prints `{"port": P}` once it listens. `under` is a command
     Python runs inside (valgrind, say); `timeout` the seconds it may take to answer."""
-    process = children.start([*under, sys.executable, "-m", *args], stdout=subprocess.PIPE)
+    command = [*under, sys.executable, "-m", *args]
+    process = children.start(command, role=role, stdout=subprocess.PIPE)
     assert process.stdout is not None
     line = process.stdout.readline()
     process.stdout.close()
@@ -79,7 +81,7 @@ def announced(
 
 
 def start_upstream(children: Children) -> Server:
-    return announced(children, "upstream", ["bench.upstream"])
+    return announced(children, "upstream", ["bench.upstream"], role="load")  # part of the rig
 
 
 def start_floor(
@@ -122,6 +124,7 @@ def start_relay(
         with log.open("ab") as stderr:
             process = children.start(
                 [*under, sys.executable, "-m", "relay", *args],
+                role="server",
                 cwd=workdir,
                 env=relay_env(upstream, workdir),
                 stderr=stderr,

@@ -288,14 +288,15 @@ def cpu(bench: Bench) -> dict[str, Any]:
 
 def _scaling_run(bench: Bench, relay: Server) -> dict[str, Any]:
     """Small JSON at 64 connections through `relay`, with how many cores each relay process
-    kept busy (the supervisor's near-zero share left out) and how busy the whole machine was:
-    relay, mock and generator share its cores."""
+    kept busy (the supervisor's near-zero share left out) and how busy the machine was (relay,
+    mock and generator share its cores), or the relay's own CPUs when it was given some."""
     target = bench.targets(False)["relay"]
-    cpu_before, (busy_before, total_before) = cpu_by_process(relay.process.pid), machine_ticks()
+    cpus = bench.children.placement.get("server")  # the relay's CPUs, when it has its own
+    cpu_before, (busy_before, total_before) = cpu_by_process(relay.process.pid), machine_ticks(cpus)
     started = time.monotonic()
     run = bench.throughput(target, SCALING_CONNECTIONS)
     elapsed = time.monotonic() - started
-    cpu_after, (busy_after, total_after) = cpu_by_process(relay.process.pid), machine_ticks()
+    cpu_after, (busy_after, total_after) = cpu_by_process(relay.process.pid), machine_ticks(cpus)
     cores = [(cpu_after[pid] - cpu_before.get(pid, 0.0)) / elapsed for pid in cpu_after]
     run["relay_cores"] = sorted((round(c, 2) for c in cores if c > 0.01), reverse=True)
     total = total_after - total_before
@@ -317,8 +318,9 @@ def workers(bench: Bench) -> dict[str, Any]:
         result[f"workers_{count}"] = _scaling_run(bench, relay)
     one, two = result["workers_1"], result["workers_2"]
     result["ratio"] = _ratio(two["rps"], one["rps"])
-    # The relay, wrk, the mock and the kernel share the machine's cores: one worker leaves
-    # idle only what a second can take, so 2 workers serve at most 1 / (machine busy with 1).
+    # What one worker leaves idle of the CPUs it runs on (all the machine's, shared with wrk,
+    # the mock and the kernel, unless placed) is all a second can take: 2 workers serve at
+    # most 1 / (those CPUs' busy share with 1).
     result["ceiling"] = round(1 / one["machine_busy"], 3) if one["machine_busy"] else None
     result["per_core"] = _ratio(
         two["rps"] / max(sum(two["relay_cores"]), 0.01),

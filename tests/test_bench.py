@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from bench.processes import Children, machine_ticks, parse_cpus
 
 pytestmark = pytest.mark.sqlite
 
@@ -119,3 +123,49 @@ def test_instruction_count_reports_floor_and_relay() -> None:
     }
     assert set(counts) == {"floor", "relay"}
     assert all(count > 0 for count in counts.values()), counts
+
+
+# -- where the benchmark's processes run ---------------------------------------------------------
+
+
+def allowed_cpus(pid: int) -> str:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return next(line.split(":")[1].strip() for line in lines if "Cpus_allowed_list" in line)
+
+
+def test_each_role_runs_on_the_cpus_it_was_given() -> None:
+    first = min(os.sched_getaffinity(0))
+    children = Children({"server": frozenset({first})})
+    try:
+        # The relay is a supervisor and its workers: what the server starts runs there too.
+        pinned = children.start(["sh", "-c", "sleep 30 & wait"], role="server")
+        anywhere = children.start(["sleep", "30"], role="load")
+        for _ in range(100):
+            kids = Path(f"/proc/{pinned.pid}/task/{pinned.pid}/children").read_text().split()
+            if kids:
+                break
+            time.sleep(0.02)
+        assert allowed_cpus(pinned.pid) == allowed_cpus(int(kids[0])) == str(first)
+        assert allowed_cpus(anywhere.pid) == allowed_cpus(os.getpid())
+    finally:
+        children.close()
+
+
+def test_cpu_lists_are_read_as_the_kernel_writes_them() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    assert parse_cpus(str(cpus[0])) == {cpus[0]}
+    assert parse_cpus(f"{cpus[0]}-{cpus[0]}") == {cpus[0]}
+    assert parse_cpus(",".join(map(str, cpus))) == set(cpus)
+    for bad in ("", "a", "1-b", "-1", str(max(cpus) + 1)):
+        with pytest.raises(ValueError):
+            parse_cpus(bad)
+
+
+def test_a_cpus_ticks_are_a_share_of_the_machines() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    busy, total = machine_ticks({cpus[0]})
+    all_busy, all_total = machine_ticks()
+    assert 0 <= busy <= total <= all_total
+    assert busy <= all_busy
+    if len(cpus) > 1 and len(cpus) == os.cpu_count():
+        assert total < all_total
