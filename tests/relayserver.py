@@ -89,3 +89,17 @@ def register(client: httpx.Client, app_id: str = "test-app", **headers: str) -> 
 def store_key(client: httpx.Client, token: str, provider: str, key: str) -> None:
     response = client.post(f"/keys/{provider}", json={"key": key}, headers={"x-relay-token": token})
     assert response.status_code == 200, response.text
+
+
+def raw_relay_post(path: bytes, token: str, body: bytes, *extra: bytes) -> bytes:
+    """A relayed JSON POST as the bytes on the wire; `extra` header lines go as they are (a
+    test may put any byte in them)."""
+    head = [
+        b"POST " + path + b" HTTP/1.1",
+        b"Host: x",
+        b"x-relay-token: " + token.encode(),
+        *extra,
+        b"content-type: application/json",
+        b"content-length: %d" % len(body),
+    ]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body

@@ -25,7 +25,7 @@ import pytest
 
 from relay.protocol import CORK_LIMIT, _Corked
 from tests.conftest import RelayFactory
-from tests.relayserver import RelayServer, register, store_key
+from tests.relayserver import RelayServer, raw_relay_post, register, store_key
 
 pytestmark = [
     pytest.mark.sqlite,
@@ -140,12 +140,7 @@ def relay_for(make_relay: RelayFactory, provider: str) -> tuple[RelayServer, byt
         token = register(client)
         store_key(client, token, "openai", "test-openai-key-protocol")
     body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
-    request = (
-        b"POST /relay/openai/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-        b"x-relay-token: %b\r\ncontent-type: application/json\r\n"
-        b"content-length: %d\r\n\r\n%b" % (token.encode(), len(body), body)
-    )
-    return relay, request
+    return relay, raw_relay_post(b"/relay/openai/v1/chat/completions", token, body)
 
 
 def test_a_relayed_answer_reaches_the_client_in_one_segment(
