@@ -7,9 +7,11 @@ from typing import Final
 
 from .base import (
     KEY_STATUSES,
+    OUTCOMES,
     KeyInfo,
     KeyMeta,
     KeyStore,
+    Outcome,
     StoreError,
     StoreOptions,
     StoreUnavailable,
@@ -20,10 +22,12 @@ from .base import (
 
 __all__ = [
     "KEY_STATUSES",
+    "OUTCOMES",
     "SCHEMES",
     "KeyInfo",
     "KeyMeta",
     "KeyStore",
+    "Outcome",
     "StoreError",
     "StoreOptions",
     "StoreUnavailable",

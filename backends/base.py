@@ -13,21 +13,50 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import enum
 from collections.abc import AsyncIterator, Sequence
 
 __all__ = [
     "KEY_STATUSES",
+    "OUTCOMES",
     "UNVERIFIED",
     "KeyInfo",
     "KeyMeta",
     "KeyStore",
+    "Outcome",
     "StoreError",
     "StoreOptions",
     "StoreUnavailable",
+    "UsageRecord",
+    "UsageStats",
     "User",
 ]
 
 KEY_STATUSES = ("ok", "unverified", "invalid", "no_credit")
+
+
+class Outcome(enum.StrEnum):
+    """How a relayed exchange ended (a usage record's `outcome`; stored as its value)."""
+
+    COMPLETED = "completed"
+    """The answer was relayed whole, whatever its status (a provider's error answer, or the
+    relay's own refusal once the request was under way)."""
+    CLIENT_CANCELLED = "client_cancelled"
+    UPSTREAM_ERROR = "upstream_error"
+    """The provider could not be reached, or its answer broke off."""
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    """No answer's head in time."""
+    IDLE_TIMEOUT = "idle_timeout"
+    """The answer went silent for too long."""
+    SLOW_CLIENT = "slow_client"
+    """The client took nothing for too long."""
+    DRAINED = "drained"
+    """Still open when the relay's drain window closed."""
+    REVOKED = "revoked"
+    """The token was revoked (or its account erased) while the exchange ran."""
+
+
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 
 class StoreError(Exception):
@@ -104,6 +133,9 @@ class UsageRecord:
     input_tokens: int | None
     output_tokens: int | None
     created_at: int
+    outcome: str = Outcome.COMPLETED
+    """How the exchange ended, one of `OUTCOMES`; the record of an exchange cut short carries the
+    tokens counted until then."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +152,8 @@ class UsageStats:
     last_request: int | None
     input_tokens: int
     output_tokens: int
+    outcomes: dict[str, int] = dataclasses.field(default_factory=dict)
+    """outcome -> number of records, for the outcomes that occur."""
 
 
 class KeyStore(abc.ABC):
@@ -137,6 +171,16 @@ class KeyStore(abc.ABC):
 
         Revoked and expired users are returned as stored; judging them is the caller's job.
         One round trip to the server.
+        """
+
+    @abc.abstractmethod
+    async def users_for_tokens(self, token_hashes: Sequence[str]) -> dict[str, User]:
+        """The users of those token digests that exist, keyed by digest, as `user_for_token`
+        returns them; a digest with no user is absent, and no digests give `{}` without asking
+        the server.
+
+        One round trip per few hundred digests: the relay calls this every second or so with
+        the tokens of all its open streams, to end those whose token is gone or revoked.
         """
 
     @abc.abstractmethod
@@ -190,7 +234,12 @@ class KeyStore(abc.ABC):
 
     @abc.abstractmethod
     async def record_usage(self, records: Sequence[UsageRecord]) -> None:
-        """Store usage records (a batch: the relay writes them off the request path)."""
+        """Store usage records (a batch: the relay writes them off the request path).
+
+        A record whose user does not exist (never did, or was erased by `delete_user`) is not
+        stored and is no error; the rest of the batch is. Once `delete_user` has returned, no
+        record of that user is ever stored, whatever was in flight while it ran.
+        """
 
     @abc.abstractmethod
     async def usage_stats(

@@ -158,6 +158,10 @@ class CachedStore(KeyStore):
 
     # Everything else passes through.
 
+    async def users_for_tokens(self, token_hashes: Sequence[str]) -> dict[str, User]:
+        # Never from memory: it is how open streams learn that their token is gone.
+        return await self.store.users_for_tokens(token_hashes)
+
     async def create_user(self, user: User, token_hash: str) -> None:
         await self.store.create_user(user, token_hash)
 

@@ -7,7 +7,8 @@ Layout, for namespace `ns`:
     ns:user:<user id>         the user's token digest, to reach the record above by id
     ns:keys:<user id>         hash: provider -> key entry
     ns:keyinfo:<user id>      hash: "<provider>:hint|status|verified_at|last_used_at" -> value
-    ns:usage:<user id>        list of usage records (JSON, "v": 1), the newest 10 000 kept
+    ns:usage:<user id>        list of usage records (JSON, "v": 1; "outcome" only in those
+                              written since it exists), the newest 10 000 kept
     ns:app:<app id>           set of the app's user ids
 
 A key entry is `0x01 | created_at (8 bytes) | updated_at (8 bytes) | record`. Every write that
@@ -50,7 +51,14 @@ __all__ = ["RedisStore", "connect"]
 
 RECORD_VERSION: Final = 1
 _USAGE_KEPT: Final = 10_000
+_USAGE_PER_CALL: Final = 1_000  # a bound on how long one script holds the server
 _DAY_MS: Final = 86_400_000
+# The ending of a record written before outcomes were stored, as the SQL migration 0004 reads it.
+_OUTCOME_OF_STATUS: Final = {
+    499: "client_cancelled",
+    504: "upstream_timeout",
+    502: "upstream_error",
+}
 _ENTRY: Final = struct.Struct(">BQQ")
 
 # KEYS: token key, user key, app set. ARGV: token digest, user id, the record's field/values.
@@ -78,6 +86,21 @@ if digest then
   redis.call('DEL', token_key)
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return 1
+"""
+# KEYS: per user, the user key then the usage list. ARGV: records kept a list, then per user the
+# number of its records and the records. A user's records land only while their user key exists:
+# the delete-user script removes it with the list, so nothing lands after an erasure.
+_RECORD_USAGE: Final = """
+local at = 2
+for i = 1, #KEYS, 2 do
+  local n = tonumber(ARGV[at])
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('RPUSH', KEYS[i + 1], unpack(ARGV, at + 1, at + n))
+    redis.call('LTRIM', KEYS[i + 1], -tonumber(ARGV[1]), -1)
+  end
+  at = at + n + 1
+end
 return 1
 """
 # KEYS: user key, keys hash, key info hash. ARGV: provider, entry, hint, status, verified_at
@@ -199,12 +222,15 @@ def usage_stats_of(records: Sequence[dict[str, Any]], now: int) -> UsageStats:
     errors = [r for r in records if r["status"] >= 400]
     providers: dict[str, dict[str, int]] = {}
     models: collections.Counter[str] = collections.Counter()
+    outcomes: collections.Counter[str] = collections.Counter()
     for r in records:
         counts = providers.setdefault(r["provider"], {"total": 0, "errors": 0})
         counts["total"] += 1
         counts["errors"] += r["status"] >= 400
         if r["model"] is not None:
             models[r["model"]] += 1
+        outcome = r.get("outcome")
+        outcomes[outcome or _OUTCOME_OF_STATUS.get(r["status"], "completed")] += 1
     return UsageStats(
         total=len(records),
         last_7d=sum(r["created_at"] >= now - 7 * _DAY_MS for r in records),
@@ -215,6 +241,7 @@ def usage_stats_of(records: Sequence[dict[str, Any]], now: int) -> UsageStats:
         last_request=max((r["created_at"] for r in records), default=None),
         input_tokens=sum(r["input_tokens"] or 0 for r in records),
         output_tokens=sum(r["output_tokens"] or 0 for r in records),
+        outcomes=dict(outcomes),
     )
 
 
@@ -234,6 +261,7 @@ class RedisStore(KeyStore):
         self._delete_key = client.register_script(_DELETE_KEY)
         self._set_status = client.register_script(_SET_STATUS)
         self._touch = client.register_script(_TOUCH)
+        self._record_usage = client.register_script(_RECORD_USAGE)
 
     @classmethod
     def from_url(cls, url: str, options: StoreOptions | None = None) -> RedisStore:
@@ -251,6 +279,9 @@ class RedisStore(KeyStore):
 
     def _key_hashes(self, user_id: str) -> list[str]:
         return [f"{self._ns}:keys:{user_id}", f"{self._ns}:keyinfo:{user_id}"]
+
+    def _usage_key(self, user_id: str) -> str:
+        return f"{self._ns}:usage:{user_id}"
 
     async def create_user(self, user: User, token_hash: str) -> None:
         with _translate("create_user"):
@@ -270,6 +301,20 @@ class RedisStore(KeyStore):
             raw = await self._redis.hgetall(self._token_key(token_hash))
         return _user_from_hash({_text(k): _text(v) for k, v in raw.items()}) if raw else None
 
+    async def users_for_tokens(self, token_hashes: Sequence[str]) -> dict[str, User]:
+        if not token_hashes:
+            return {}
+        with _translate("users_for_tokens"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for token_hash in token_hashes:
+                    pipe.hgetall(self._token_key(token_hash))
+                found = await pipe.execute()
+        return {
+            token_hash: _user_from_hash({_text(k): _text(v) for k, v in raw.items()})
+            for token_hash, raw in zip(token_hashes, found, strict=True)
+            if raw
+        }
+
     async def revoke_token(self, user_id: str, at: int) -> None:
         with _translate("revoke_token"):
             await self._revoke(keys=[self._user_key(user_id)], args=[f"{self._ns}:token:", at])
@@ -280,7 +325,7 @@ class RedisStore(KeyStore):
                 keys=[
                     self._user_key(user_id),
                     *self._key_hashes(user_id),
-                    f"{self._ns}:usage:{user_id}",
+                    self._usage_key(user_id),
                 ],
                 args=[f"{self._ns}:token:", f"{self._ns}:app:", user_id],
             )
@@ -360,15 +405,18 @@ class RedisStore(KeyStore):
             return bool(await self._delete_key(keys=self._key_hashes(user_id), args=[provider]))
 
     async def record_usage(self, records: Sequence[UsageRecord]) -> None:
-        if not records:
-            return
-        with _translate("record_usage"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for record in records:
-                    name = f"{self._ns}:usage:{record.user_id}"
-                    pipe.rpush(name, json.dumps({"v": 1, **dataclasses.asdict(record)}))
-                    pipe.ltrim(name, -_USAGE_KEPT, -1)
-                await pipe.execute()
+        for start in range(0, len(records), _USAGE_PER_CALL):
+            by_user: dict[str, list[str]] = {}
+            for record in records[start : start + _USAGE_PER_CALL]:
+                entry = json.dumps({"v": 1, **dataclasses.asdict(record)})
+                by_user.setdefault(record.user_id, []).append(entry)
+            keys: list[str] = []
+            args: list[str | int] = [_USAGE_KEPT]
+            for user_id, entries in by_user.items():
+                keys += [self._user_key(user_id), self._usage_key(user_id)]
+                args += [len(entries), *entries]
+            with _translate("record_usage"):
+                await self._record_usage(keys=keys, args=args)
 
     async def usage_stats(
         self, now: int, *, user_id: str | None = None, app_id: str | None = None
@@ -382,7 +430,7 @@ class RedisStore(KeyStore):
                 owners = [_text(u) for u in await self._redis.smembers(f"{self._ns}:app:{app_id}")]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for owner in owners:
-                    pipe.lrange(f"{self._ns}:usage:{owner}", 0, -1)
+                    pipe.lrange(self._usage_key(owner), 0, -1)
                 lists = await pipe.execute()
         records = [json.loads(raw) for raw_list in lists for raw in raw_list]
         return usage_stats_of(records, now)

@@ -13,14 +13,28 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import bindparam, case, delete, event, func, select, text, tuple_, update
+from sqlalchemy import (
+    String,
+    any_,
+    bindparam,
+    case,
+    delete,
+    event,
+    func,
+    literal,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect, Row, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import ColumnElement, Executable
 
 from .base import (
     UNVERIFIED,
@@ -40,6 +54,14 @@ __all__ = ["SQLStore", "async_url", "ensure_sqlite_directory"]
 
 _DAY_MS = 86_400_000
 _USAGE_FIELDS = tuple(field.name for field in dataclasses.fields(UsageRecord))
+_TOKENS_PER_QUERY: Final = 500
+_USER_COLUMNS = (
+    users.c.id,
+    users.c.app_id,
+    users.c.created_at,
+    users.c.expires_at,
+    users.c.revoked_at,
+)
 _INFO_COLUMNS = (
     "provider",
     "hint",
@@ -96,6 +118,9 @@ class _UsageInsert:
     the dialect, and rows as plain tuples (SQLAlchemy's per-row parameter processing is half an
     insert's cost on the event loop, and these columns need none).
 
+    The rows pass through a `WITH v (...) AS (VALUES ...)` and only those whose user exists are
+    inserted, in the same statement: a record of an erased user is dropped, not an error.
+
     On SQLite, a batch goes in one multi-row INSERT (up to `SQLITE_ROWS` rows a statement):
     sqlite3's executemany gives up the GIL around every row, and aiosqlite's thread, taking it
     back while the event loop is busy, forces a switch each time (measured under load: 2.8
@@ -114,10 +139,21 @@ class _UsageInsert:
         order = compiled.positiontup  # both drivers take positional parameters
         if order is None or sorted(order) != sorted(_USAGE_FIELDS):
             raise RuntimeError(f"unexpected usage INSERT parameters in {dialect.name}: {order}")
-        self._sql = str(compiled)
+        insert, _, self._values = str(compiled).partition(" VALUES ")
+        columns = ", ".join(dialect.identifier_preparer.quote(name) for name in order)
+        # The INSERT comes first: sqlite3 opens its implicit transaction only for a statement
+        # that starts with INSERT, UPDATE, DELETE or REPLACE.
+        self._head = f"{insert} WITH v ({columns}) AS (VALUES "
+        # Postgres: a user being erased is waited for, then skipped (the foreign key's check
+        # would fail the batch), and one seen stays locked, so an erasure cascades to these rows.
+        # SQLite has one writer at a time: its check cannot race.
+        exists = "SELECT 1 FROM users WHERE users.id = v.user_id"
+        if dialect.name == "postgresql":
+            exists += " FOR KEY SHARE"
+        self._tail = f") SELECT * FROM v WHERE EXISTS ({exists})"  # noqa: S608 - no values
+        self._sql = self._head + self._values + self._tail
         self._row: Callable[[UsageRecord], tuple[Any, ...]] = operator.attrgetter(*order)
         self._multirow = dialect.name == "sqlite"
-        self._head, _, self._values = self._sql.partition(" VALUES ")
 
     async def write(self, conn: AsyncConnection, records: Sequence[UsageRecord]) -> None:
         rows = [self._row(record) for record in records]
@@ -127,8 +163,12 @@ class _UsageInsert:
         for start in range(0, len(rows), self.SQLITE_ROWS):
             chunk = rows[start : start + self.SQLITE_ROWS]
             params = tuple(value for row in chunk for value in row)
-            sql = f"{self._head} VALUES {', '.join([self._values] * len(chunk))}"
+            sql = f"{self._head}{', '.join([self._values] * len(chunk))}{self._tail}"
             await conn.exec_driver_sql(sql, params)
+
+
+def _user(row: Row[Any]) -> User:
+    return User(row.id, row.app_id, row.created_at, row.expires_at, row.revoked_at)
 
 
 @contextlib.contextmanager
@@ -157,6 +197,12 @@ class SQLStore(KeyStore):
             else engine.execution_options(isolation_level="AUTOCOMMIT")
         )
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+        # Postgres takes the digests as one array: one prepared statement whatever their number.
+        self._token_in: Callable[[list[str]], ColumnElement[bool]] = (
+            (lambda digests: users.c.token_hash == any_(literal(digests, ARRAY(String))))
+            if engine.dialect.name == "postgresql"
+            else users.c.token_hash.in_
+        )
         self._usage = _UsageInsert(engine.dialect)
 
     @classmethod
@@ -219,14 +265,18 @@ class SQLStore(KeyStore):
             raise StoreError("create_user: user id or token digest already exists") from exc
 
     async def user_for_token(self, token_hash: str) -> User | None:
-        query = select(
-            users.c.id, users.c.app_id, users.c.created_at, users.c.expires_at, users.c.revoked_at
-        ).where(users.c.token_hash == token_hash)
+        query = select(*_USER_COLUMNS).where(users.c.token_hash == token_hash)
         rows = await self._rows("user_for_token", query)
-        if not rows:
-            return None
-        row = rows[0]
-        return User(row.id, row.app_id, row.created_at, row.expires_at, row.revoked_at)
+        return _user(rows[0]) if rows else None
+
+    async def users_for_tokens(self, token_hashes: Sequence[str]) -> dict[str, User]:
+        found: dict[str, User] = {}
+        for start in range(0, len(token_hashes), _TOKENS_PER_QUERY):
+            chunk = list(token_hashes[start : start + _TOKENS_PER_QUERY])
+            query = select(users.c.token_hash, *_USER_COLUMNS).where(self._token_in(chunk))
+            for row in await self._rows("users_for_tokens", query):
+                found[row.token_hash] = _user(row)
+        return found
 
     async def revoke_token(self, user_id: str, at: int) -> None:
         async with self._begin("revoke_token") as conn:
@@ -237,6 +287,7 @@ class SQLStore(KeyStore):
             )
 
     async def delete_user(self, user_id: str) -> None:
+        # Not left to the cascades alone: SQLite applies them only where foreign_keys is on.
         async with self._begin("delete_user") as conn:
             await conn.execute(delete(usage).where(usage.c.user_id == user_id))
             await conn.execute(delete(keys).where(keys.c.user_id == user_id))
@@ -336,10 +387,10 @@ class SQLStore(KeyStore):
             func.sum(usage.c.input_tokens),
             func.sum(usage.c.output_tokens),
         ).where(scope)
-        by_provider = (
-            select(usage.c.provider, func.count(), func.sum(error))
+        by_provider_and_outcome = (
+            select(usage.c.provider, usage.c.outcome, func.count(), func.sum(error))
             .where(scope)
-            .group_by(usage.c.provider)
+            .group_by(usage.c.provider, usage.c.outcome)
         )
         by_model = (
             select(usage.c.model, func.count().label("n"))
@@ -353,18 +404,26 @@ class SQLStore(KeyStore):
                 total, week, month, errors, last, tokens_in, tokens_out = (
                     await conn.execute(totals)
                 ).one()
-                providers = (await conn.execute(by_provider)).all()
+                groups = (await conn.execute(by_provider_and_outcome)).all()
                 models = (await conn.execute(by_model)).all()
+        providers: dict[str, dict[str, int]] = {}
+        outcomes: dict[str, int] = {}
+        for provider, outcome, n, e in groups:
+            counts = providers.setdefault(provider, {"total": 0, "errors": 0})
+            counts["total"] += n
+            counts["errors"] += int(e or 0)
+            outcomes[outcome] = outcomes.get(outcome, 0) + n
         return UsageStats(
             total=total,
             last_7d=int(week or 0),
             last_30d=int(month or 0),
             error_count=int(errors or 0),
-            providers={p: {"total": n, "errors": int(e or 0)} for p, n, e in providers},
+            providers=providers,
             top_models=[(m, n) for m, n in models],
             last_request=last,
             input_tokens=int(tokens_in or 0),
             output_tokens=int(tokens_out or 0),
+            outcomes=outcomes,
         )
 
     async def count_users(self, app_id: str) -> int:

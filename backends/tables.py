@@ -63,7 +63,8 @@ usage = Table(
     Column(
         "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     ),
-    Column("user_id", String(64), nullable=False),
+    # Cascades with the user; record_usage's filter and this key together make erasure final.
+    Column("user_id", String(64), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     Column("app_id", String(128), nullable=False),
     Column("provider", String(64), nullable=False),
     Column("model", String(256), nullable=True),
@@ -73,6 +74,7 @@ usage = Table(
     Column("input_tokens", BigInteger, nullable=True),
     Column("output_tokens", BigInteger, nullable=True),
     Column("created_at", BigInteger, nullable=False),
+    Column("outcome", String(16), nullable=False, server_default="completed"),
 )
 
 Index("ix_users_app_id", users.c.app_id)

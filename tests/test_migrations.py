@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from backends.migrate import alembic_config, check, upgrade
+from backends.sql import async_url
 from tests.servers import create_database, drop_database
 
 
@@ -39,3 +44,50 @@ def test_migrations_go_down_and_up_again(empty_database: str) -> None:
     command.downgrade(config, "base")
     command.upgrade(config, "head")
     check(empty_database)
+
+
+def _run(url: str, *statements: str) -> list[tuple[Any, ...]]:
+    """`statements` in one transaction, foreign keys enforced; the rows of the last."""
+
+    async def run() -> list[tuple[Any, ...]]:
+        engine = create_async_engine(async_url(url))
+        try:
+            async with engine.begin() as conn:
+                if engine.dialect.name == "sqlite":  # before the driver's implicit BEGIN
+                    await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                rows: list[tuple[Any, ...]] = []
+                for statement in statements:
+                    result = await conn.execute(text(statement))
+                    rows = [tuple(row) for row in result] if result.returns_rows else []
+                return rows
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def test_usage_rows_before_outcomes_are_backfilled_and_orphans_dropped(
+    empty_database: str,
+) -> None:
+    config = alembic_config(empty_database)
+    command.upgrade(config, "0003")
+    row = "INSERT INTO usage (user_id, app_id, provider, status, latency_ms, streamed, created_at)"
+    _run(
+        empty_database,
+        "INSERT INTO users (id, app_id, token_hash, created_at) VALUES ('u1', 'app', 'd1', 1)",
+        *(f"{row} VALUES ('u1', 'app', 'openai', {s}, 5, false, {s})" for s in (200, 499, 504)),
+        f"{row} VALUES ('erased', 'app', 'openai', 200, 5, false, 1)",  # its user is gone
+        *(f"{row} VALUES ('u1', 'app', 'openai', {s}, 5, true, {s})" for s in (502, 500)),
+    )
+
+    command.upgrade(config, "head")
+
+    assert _run(empty_database, "SELECT user_id, status, outcome FROM usage ORDER BY id") == [
+        ("u1", 200, "completed"),
+        ("u1", 499, "client_cancelled"),
+        ("u1", 504, "upstream_timeout"),
+        ("u1", 502, "upstream_error"),
+        ("u1", 500, "completed"),
+    ]
+    # The rows now go with their user.
+    assert _run(empty_database, "DELETE FROM users", "SELECT count(*) FROM usage") == [(0,)]

@@ -1,7 +1,8 @@
 """The `KeyStore` contract of `backends/base.py`, run against every store backend.
 
 A new backend joins by adding one `pytest.param` (with its marker) to the `store` fixture and
-one branch that opens an empty store of that kind; every test below then runs against it too.
+one branch that opens an empty store of that kind; every test below then runs against it too
+(`usage_owners`, which reads beneath the store, needs a branch of its own as well).
 """
 
 from __future__ import annotations
@@ -10,24 +11,31 @@ import dataclasses
 import os
 import random
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
 import pytest
+from redis import asyncio as aioredis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 import backends
 from backends import (
     KeyInfo,
     KeyMeta,
     KeyStore,
+    Outcome,
     StoreError,
     UsageRecord,
     UsageStats,
     User,
     migrate,
+    tables,
 )
 from backends.cache import CachedStore
+from backends.redis import usage_stats_of
+from backends.sql import async_url
 from tests import servers
 
 pytestmark = pytest.mark.anyio
@@ -42,6 +50,8 @@ def anyio_backend() -> str:
 
 
 _TEMPLATES: dict[str, Path] = {}
+_WHERE = pytest.StashKey[tuple[str, str]]()
+"""Where the `store` fixture's data lives: its URL, and its Redis namespace ("" for none)."""
 
 
 def _migrated_sqlite_copy(factory: pytest.TempPathFactory, path: Path) -> None:
@@ -71,7 +81,8 @@ async def store(
         path = tmp_path / "x.db"
         # Alembic runs its own event loop, so it must not run on this one's thread.
         await anyio.to_thread.run_sync(_migrated_sqlite_copy, tmp_path_factory, path)
-        opened = backends.open_store(f"sqlite:///{path}")
+        url = f"sqlite:///{path}"
+        opened = backends.open_store(url)
         if request.param == "cached-sqlite":  # what a relay process uses: one process's view
             opened = CachedStore(opened, ttl=1.0)
     elif request.param == "postgres":
@@ -81,15 +92,46 @@ async def store(
     elif request.param == "redis":
         namespace = servers.new_namespace()
         options = backends.StoreOptions(namespace=namespace)
-        opened = backends.open_store(request.getfixturevalue("redis_url"), options)
+        url = request.getfixturevalue("redis_url")
+        opened = backends.open_store(url, options)
     else:  # every param needs a branch that opens an empty store of its kind
         raise AssertionError(f"no store for {request.param}")
+    request.node.stash[_WHERE] = (url, namespace or "")
     try:
         yield opened
     finally:
         await opened.close()
         if namespace is not None:
             await anyio.to_thread.run_sync(servers.drop_namespace, namespace)
+
+
+@pytest.fixture
+def usage_owners(
+    request: pytest.FixtureRequest, store: KeyStore
+) -> Callable[[], Awaitable[set[str]]]:
+    """Whose usage records the `store`'s server holds, read beneath the store: leftovers that
+    its own queries would not show."""
+    url, namespace = request.node.stash[_WHERE]
+
+    async def owners() -> set[str]:
+        if namespace:
+            client = aioredis.Redis.from_url(url)
+            prefix = f"{namespace}:usage:"
+            try:
+                return {
+                    n.decode().removeprefix(prefix) async for n in client.scan_iter(prefix + "*")
+                }
+            finally:
+                await client.aclose()
+        engine = create_async_engine(async_url(url))
+        try:
+            async with engine.connect() as conn:
+                query = select(tables.usage.c.user_id).distinct()
+                return set((await conn.execute(query)).scalars())
+        finally:
+            await engine.dispose()
+
+    return owners
 
 
 def make_user(
@@ -152,6 +194,55 @@ async def test_users_round_trip_exactly(store: KeyStore, user: User) -> None:
 async def test_missing_user_for_token(store: KeyStore) -> None:
     assert await store.user_for_token(digest("nobody")) is None
     assert await store.user_for_token("") is None
+
+
+async def test_users_for_tokens_finds_those_that_exist(store: KeyStore) -> None:
+    live = await add_user(store, "user-1", digest("t1"))
+    await add_user(store, "user-2", digest("t2"))
+    await store.revoke_token("user-2", T0 + 5)
+    expired = make_user("user-3", expires_at=T0 - 1)
+    await store.create_user(expired, digest("t3"))
+    await add_user(store, "user-4", digest("t4"))
+    await store.delete_user("user-4")
+    found = await store.users_for_tokens(
+        [digest("t1"), digest("nobody"), digest("t2"), digest("t3"), digest("t4")]
+    )
+    assert found == {
+        digest("t1"): live,
+        digest("t2"): make_user("user-2", revoked_at=T0 + 5),
+        digest("t3"): expired,
+    }
+    assert await store.users_for_tokens([digest("nobody")]) == {}
+    assert await store.users_for_tokens([]) == {}
+
+
+async def test_users_for_tokens_sees_another_instances_writes_at_once(
+    request: pytest.FixtureRequest, store: KeyStore
+) -> None:
+    """It is how open streams learn that their token is gone: never answered from a cache."""
+    await add_user(store, "user-1", digest("t1"))
+    await add_user(store, "user-2", digest("t2"))
+    for token in ("t1", "t2"):
+        assert await store.user_for_token(digest(token)) is not None  # cached, if there is a cache
+    url, namespace = request.node.stash[_WHERE]
+    options = backends.StoreOptions(namespace=namespace) if namespace else None
+    other = backends.open_store(url, options)  # another relay instance
+    try:
+        await other.revoke_token("user-1", T0 + 1)
+        await other.delete_user("user-2")
+    finally:
+        await other.close()
+    assert await store.users_for_tokens([digest("t1"), digest("t2")]) == {
+        digest("t1"): make_user("user-1", revoked_at=T0 + 1)
+    }
+
+
+async def test_users_for_tokens_beyond_one_query(store: KeyStore) -> None:
+    digests = [digest(f"tok-{i:04d}") for i in range(1200)]
+    expected = {}
+    for i in [*range(0, len(digests), 10), 499, 501, len(digests) - 1]:
+        expected[digests[i]] = await add_user(store, f"user-{i:04d}", digests[i])
+    assert await store.users_for_tokens(digests) == expected
 
 
 async def test_duplicate_user_id_is_refused_and_stores_nothing(store: KeyStore) -> None:
@@ -579,30 +670,42 @@ async def test_usage_stats_add_up(store: KeyStore) -> None:
                 input_tokens=None,
                 output_tokens=3,
                 streamed=True,
+                outcome=Outcome.CLIENT_CANCELLED,
             ),
-            usage("user-1", created_at=now - 31 * DAY, status=500, model=None),
-            usage("user-2", created_at=now - 1, provider="google", model="gemini-pro"),
+            usage("user-1", created_at=now - 31 * DAY, status=502, model=None, outcome="revoked"),
+            usage("user-1", created_at=now - 3, outcome=Outcome.CLIENT_CANCELLED),
+            usage(
+                "user-2",
+                created_at=now - 1,
+                provider="google",
+                model="gemini-pro",
+                outcome=Outcome.IDLE_TIMEOUT,
+            ),
         ]
     )
     stats = await store.usage_stats(now, user_id="user-1")
     assert stats == UsageStats(
-        total=4,
-        last_7d=2,
-        last_30d=3,
+        total=5,
+        last_7d=3,
+        last_30d=4,
         error_count=2,
-        providers={"openai": {"total": 3, "errors": 2}, "anthropic": {"total": 1, "errors": 0}},
-        top_models=[("claude-3", 1), ("gpt-4o", 1), ("gpt-4o-mini", 1)],
+        providers={"openai": {"total": 4, "errors": 2}, "anthropic": {"total": 1, "errors": 0}},
+        top_models=[("gpt-4o", 2), ("claude-3", 1), ("gpt-4o-mini", 1)],
         last_request=now - 1,
-        input_tokens=33,
-        output_tokens=24,
+        input_tokens=44,
+        output_tokens=31,
+        outcomes={"completed": 2, "client_cancelled": 2, "revoked": 1},
     )
+    assert all(type(outcome) is str for outcome in stats.outcomes)
     app = await store.usage_stats(now, app_id="app-1")
-    assert app.total == 5
+    assert app.total == 6
     assert app.providers["google"] == {"total": 1, "errors": 0}
+    assert app.outcomes == {"completed": 2, "client_cancelled": 2, "revoked": 1, "idle_timeout": 1}
     assert await store.count_users("app-1") == 2
     assert await store.count_users("no-app") == 0
     empty = await store.usage_stats(now, user_id="nobody")
     assert (empty.total, empty.last_request, empty.providers, empty.top_models) == (0, None, {}, [])
+    assert empty.outcomes == {}
 
 
 async def test_top_models_are_the_ten_most_used(store: KeyStore) -> None:
@@ -614,7 +717,7 @@ async def test_top_models_are_the_ten_most_used(store: KeyStore) -> None:
 
 
 async def test_a_batch_larger_than_one_statement_is_recorded_whole(store: KeyStore) -> None:
-    # SQLite takes at most 3,276 records per multi-row INSERT (32,766 parameters).
+    # More records than SQLite takes in one multi-row INSERT (32,766 parameters at most).
     await add_user(store)
     records = [usage("user-1", created_at=T0 + i, output_tokens=i % 3) for i in range(3300)]
     await store.record_usage(records)
@@ -631,6 +734,85 @@ async def test_deleting_a_user_erases_their_usage(store: KeyStore) -> None:
     assert (await store.usage_stats(T0, user_id="user-1")).total == 0
     assert (await store.usage_stats(T0, app_id="app-1")).total == 1
     assert await store.count_users("app-1") == 1
+
+
+async def test_records_of_a_user_who_never_existed_are_not_stored(
+    store: KeyStore, usage_owners: Callable[[], Awaitable[set[str]]]
+) -> None:
+    await add_user(store, "user-1")
+    await store.record_usage([usage("nobody"), usage("user-1"), usage("ghost"), usage("user-1")])
+    await store.record_usage([usage("nobody")])
+    assert (await store.usage_stats(T0, user_id="user-1")).total == 2
+    assert (await store.usage_stats(T0, user_id="nobody")).total == 0
+    assert (await store.usage_stats(T0, app_id="app-1")).total == 2
+    assert await usage_owners() == {"user-1"}
+
+
+async def test_records_sent_after_delete_user_are_not_stored(
+    store: KeyStore, usage_owners: Callable[[], Awaitable[set[str]]]
+) -> None:
+    await add_user(store, "user-1")
+    await add_user(store, "user-2")
+    await store.record_usage([usage("user-1")])
+    await store.delete_user("user-1")
+    await store.record_usage([usage("user-1"), usage("user-2"), usage("user-1", created_at=T0 + 1)])
+    assert (await store.usage_stats(T0, user_id="user-1")).total == 0
+    assert (await store.usage_stats(T0, user_id="user-2")).total == 1
+    assert (await store.usage_stats(T0, app_id="app-1")).total == 1
+    assert await usage_owners() == {"user-2"}
+
+
+async def test_records_racing_delete_user_never_outlive_it(
+    store: KeyStore, usage_owners: Callable[[], Awaitable[set[str]]]
+) -> None:
+    """Batches written while their users are being erased: nothing of an erased user remains,
+    and nothing of anyone else is lost."""
+    kept = [f"kept-{i}" for i in range(5)]
+    for user_id in kept:
+        await add_user(store, user_id)
+    rounds, batches = 3, 10
+    erased: list[str] = []
+    failures: list[StoreError] = []
+
+    async def settle(call: Awaitable[None]) -> None:
+        # A failure is asserted on below, not left to cancel the other calls midway.
+        try:
+            await call
+        except StoreError as exc:
+            failures.append(exc)
+
+    for round_ in range(rounds):
+        doomed = [f"erased-{round_}-{i:02d}" for i in range(50)]
+        for user_id in doomed:
+            await add_user(store, user_id)
+        batch = [usage(user_id, created_at=T0 + round_) for user_id in doomed + kept]
+        async with anyio.create_task_group() as group:
+            for index, user_id in enumerate(doomed):
+                if index % (len(doomed) // batches) == 0:
+                    group.start_soon(settle, store.record_usage(batch))
+                group.start_soon(settle, store.delete_user(user_id))
+        erased += doomed
+
+    assert failures == []
+    assert await usage_owners() == set(kept)  # every erased user's records, beneath the store
+    for user_id in erased[::10]:  # and a sample through it
+        assert (await store.usage_stats(T0, user_id=user_id)).total == 0, user_id
+    assert (await store.usage_stats(T0, app_id="app-1")).total == rounds * batches * len(kept)
+
+
+async def test_records_written_before_outcomes_count_by_their_status() -> None:
+    """Redis records written before outcomes existed read as the SQL migration backfills."""
+    old = dataclasses.asdict(usage("user-1"))
+    del old["outcome"]
+    records = [{**old, "status": status} for status in (200, 499, 504, 502, 500, 429)]
+    records.append({**old, "status": 502, "outcome": "revoked"})
+    assert usage_stats_of(records, T0).outcomes == {
+        "completed": 3,
+        "client_cancelled": 1,
+        "upstream_timeout": 1,
+        "upstream_error": 1,
+        "revoked": 1,
+    }
 
 
 async def test_close_is_idempotent(store: KeyStore) -> None:
