@@ -167,6 +167,11 @@ class Connection(asyncio.Protocol):
         return self.complete and not self._chunks
 
     @property
+    def closing(self) -> bool:
+        """Closed, or on its way: the provider's end of it has already been seen."""
+        return self.transport is None or self.transport.is_closing()
+
+    @property
     def unanswered(self) -> bool:
         """Not a byte of an answer came back."""
         return self._head_size == 0 and not self.head_done

@@ -65,6 +65,9 @@ class ConnectionPool:
                 connection, _ = idle.popitem()  # the most recently used
                 if not idle:
                     del self._idle[origin]
+                if connection.closing:  # the provider closed it: its loss is on the way
+                    self.discard(connection)
+                    continue
                 if connection.idle_since + self._expiry > connection.loop.time():
                     return connection
                 self.discard(connection)  # expired: so are all older ones of this origin

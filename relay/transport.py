@@ -16,9 +16,11 @@ per request (figures in the README's Performance section). What crosses the boun
   provider;
 - everything that fails is one of httpx's exceptions; an error raised by the request body's
   own stream (the client went away, the body grew too large) is raised as itself;
-- a request whose reused connection turns out to have been closed by the provider while idle
-  (nothing of an answer came back) is sent once more on a new connection, when its body can be
-  sent again.
+- a request is sent once: a pooled connection the provider has closed is never written to,
+  and a request written on a reused connection that then closes unanswered (the provider's
+  keep-alive ran out as it arrived, or it took the request and died) goes out again on a new
+  connection only when its method is idempotent and its body can be sent again. A `POST` that
+  was written may have been acted on: sending it twice could bill its user twice.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from .pool import ConnectionPool
 __all__ = ["HTTPTransport", "ResponseBody"]
 
 DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # RFC 9110
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SPLITS: Final = re.compile(rb"[\r\n\0]")
 _CHECKED_NAMES: set[bytes] = set()  # header names seen valid (a few dozen in practice)
@@ -101,7 +104,7 @@ class HTTPTransport(httpx.AsyncBaseTransport):
         timeout = request.extensions.get("timeout", {})
         head = _head(request)
         body = request.stream
-        replayable = isinstance(body, httpx.ByteStream)
+        replayable = isinstance(body, httpx.ByteStream) and request.method in IDEMPOTENT
         for attempt in (1, 2):
             connection = await self.pool.acquire(
                 origin, timeout.get("connect"), timeout.get("pool")
@@ -109,7 +112,7 @@ class HTTPTransport(httpx.AsyncBaseTransport):
             reused = connection.exchanges > 0
             connection.begin(head_only=request.method == "HEAD")
             try:
-                if replayable:
+                if isinstance(body, httpx.ByteStream):
                     connection.write(head + request.content if request.content else head)
                 else:
                     await _send_stream(connection, head, body, request, timeout.get("write"))
@@ -117,7 +120,7 @@ class HTTPTransport(httpx.AsyncBaseTransport):
             except (httpx.RemoteProtocolError, httpx.ReadError):
                 self.pool.discard(connection)
                 if attempt == 1 and reused and replayable and connection.unanswered:
-                    continue  # closed by the provider while idle: once more, on a new one
+                    continue  # idempotent: once more, on a new connection
                 raise
             except BaseException:
                 self.pool.discard(connection)

@@ -466,32 +466,63 @@ async def test_an_idle_connection_the_provider_closes_leaves_the_pool() -> None:
     assert (response.status_code, body, upstream.connections) == (200, b"{}", 2)
 
 
-async def test_a_reused_connection_found_closed_is_retried_once_on_a_new_one() -> None:
-    """The provider closes an idle connection just as it is reused (its keep-alive ran out):
-    the request was never answered, so it goes out again on a fresh connection."""
+def drop_the_second_request() -> Handler:
+    """The first connection answers one request, then reads the next whole and closes without
+    answering (its keep-alive ran out as the request came, or it took it and died); later
+    connections answer every request."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
         await up.read_request(reader)
         writer.write(OK)
         await writer.drain()
         if up.connections == 1:
-            await up.read_request(reader)  # the second request on it: closed unanswered
+            await up.read_request(reader)
+            return
+        while True:
+            await up.read_request(reader)
+            writer.write(OK)
+            await writer.drain()
 
-    async with serving(handler) as upstream, transport() as client:
-        await fetch(client, request(upstream))
-        response, body = await fetch(client, request(upstream))
+    return handler
+
+
+async def test_an_idempotent_request_dropped_unanswered_is_sent_again_on_a_new_connection() -> None:
+    async with serving(drop_the_second_request()) as upstream, transport() as client:
+        await fetch(client, request(upstream, method="GET", content=None))
+        response, body = await fetch(client, request(upstream, method="GET", content=None))
         assert (response.status_code, body) == (200, b"{}")
         assert len(upstream.requests) == 3
         assert upstream.connections == 2
 
-        async def streamed() -> AsyncIterator[bytes]:
-            yield b"{}"
 
-        # A streamed body cannot be sent again: the failure is the caller's to see.
-        upstream.connections = 0
-        await fetch(client, request(upstream))  # connection 1 again: answers once, then drops
-        with pytest.raises(httpx.RemoteProtocolError):
-            await client.handle_async_request(request(upstream, content=streamed()))
+async def test_a_post_the_provider_may_have_taken_is_never_sent_twice() -> None:
+    """Whether the provider acted on it cannot be known: sending it again could bill twice."""
+
+    async def streamed() -> AsyncIterator[bytes]:
+        yield b"{}"
+
+    for content in (b'{"model":"m"}', streamed()):
+        async with serving(drop_the_second_request()) as upstream, transport() as client:
+            await fetch(client, request(upstream))
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.handle_async_request(request(upstream, content=content))
+            assert len(upstream.requests) == 2
+            assert upstream.connections == 1
+
+
+async def test_a_pooled_connection_the_provider_has_closed_is_never_written_to() -> None:
+    """The provider's close has been read (the transport is closing; its loss is reported on
+    the loop's next turn) when the pool would hand the connection out again: the POST goes out
+    on a new connection instead, once."""
+    async with serving(answer_each(OK)) as upstream, transport() as client:
+        await fetch(client, request(upstream))
+        (idle,) = [c for by_origin in client.pool._idle.values() for c in by_origin]
+        assert idle.transport is not None
+        idle.transport.close()  # what reading the provider's end of it does
+        response, body = await fetch(client, request(upstream))
+    assert (response.status_code, body) == (200, b"{}")
+    assert len(upstream.requests) == 2
+    assert upstream.connections == 2
 
 
 async def test_a_full_pool_waits_for_a_connection_up_to_the_pool_timeout() -> None:
