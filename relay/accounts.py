@@ -51,6 +51,7 @@ async def revoke_token(request: Request) -> JSONResponse:
     services: Services = request.state.services
     user = await authenticate(services, request.headers)
     await services.store.revoke_token(user.id, now_ms())
+    services.inflight.end_user(user.id)  # other instances end theirs within CACHE_TTL
     return JSONResponse({"ok": True, "message": "Token revoked."})
 
 
@@ -58,4 +59,7 @@ async def delete_user(request: Request) -> JSONResponse:
     services: Services = request.state.services
     user = await authenticate(services, request.headers)
     await services.store.delete_user(user.id)
+    # The store refuses any later record of the user; those still queued here go now.
+    services.usage.forget(user.id)
+    services.inflight.end_user(user.id)  # other instances end theirs within CACHE_TTL
     return JSONResponse({"ok": True, "message": "Account and all stored keys deleted."})

@@ -23,9 +23,10 @@ from .cors import CORSMiddleware
 from .errors import RelayError, error_body
 from .lane import Handler, RelayLane
 from .models import ModelPolicy
+from .protocol import SEND_TIMEOUT_STATE
 from .proxy import ModelRelay, ProviderRelay
 from .ratelimit import GlobalLimitMiddleware
-from .services import Services, open_services
+from .services import open_services
 from .ssrf import Resolver, UpstreamPolicy
 
 __all__ = ["create_app"]
@@ -106,13 +107,17 @@ def create_app(
     process that only serves, as `byok-relay serve` runs it."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
         # Lifespan state reaches every request's scope["state"], middleware outside the
-        # Starlette app included.
+        # Starlette app included, and the server's protocol (the client send timeout).
         async with open_services(settings, store) as services:
             if settle_heap:
                 heap.settle()
-            yield {"services": services}
+            with services.drain.watch():
+                yield {
+                    "services": services,
+                    SEND_TIMEOUT_STATE: settings.client_send_timeout,
+                }
 
     upstreams = UpstreamPolicy(settings.private_upstreams, resolver)
     allowed_models = ModelPolicy(settings.allowed_models)

@@ -41,7 +41,6 @@ SERVER_OPTIONS: Final[dict[str, Any]] = {
     "access_log": False,  # it costs ~15% of throughput; relayed calls are logged by the relay
     "server_header": False,
     "proxy_headers": False,  # the app applies FORWARDED_ALLOW_IPS itself
-    "timeout_graceful_shutdown": 30,  # open streams get this long to finish on shutdown
 }
 
 
@@ -104,6 +103,7 @@ def _migrate(settings: Settings) -> None:
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from .drain import graceful_timeout
     from .logs import configure_logging
 
     message = ensure_dev_secret()
@@ -118,6 +118,8 @@ def serve(args: argparse.Namespace) -> None:
         host=args.host or settings.host,
         port=args.port if args.port is not None else settings.port,
         workers=args.workers or settings.workers,
+        # The drain (relay.drain) ends every exchange first: uvicorn never has to cancel one.
+        timeout_graceful_shutdown=graceful_timeout(settings.drain_seconds),
         **SERVER_OPTIONS,
     )
 

@@ -98,6 +98,8 @@ class Settings:
     connect_timeout: float = 10.0
     upstream_timeout: float = 300.0
     stream_idle_timeout: float = 120.0
+    client_send_timeout: float = 60.0
+    drain_seconds: float = 25.0
     base_url_overrides: Mapping[str, str] = dataclasses.field(default_factory=dict)
     private_upstreams: tuple[str, ...] = ()
     host: str = "127.0.0.1"
@@ -223,6 +225,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
         connect_timeout=_number(get, "RELAY_CONNECT_TIMEOUT", 10, minimum=0.001),
         upstream_timeout=_number(get, "RELAY_UPSTREAM_TIMEOUT", 300, minimum=0.001),
         stream_idle_timeout=_number(get, "RELAY_STREAM_IDLE_TIMEOUT", 120, minimum=0.001),
+        client_send_timeout=_number(get, "RELAY_CLIENT_SEND_TIMEOUT", 60, minimum=0.001),
+        drain_seconds=_number(get, "RELAY_DRAIN_SECONDS", 25, minimum=0, maximum=3600),
         base_url_overrides=overrides,
         private_upstreams=private,
         host=get("HOST") or "127.0.0.1",

@@ -42,9 +42,12 @@ async def health(request: Request) -> JSONResponse:
         "allowed_models": bool(settings.allowed_models),
         "environment": settings.environment,
     }
-    ok = db["ok"] is True
+    # Draining: the process is going away, so no orchestrator should send it more.
+    draining = services.drain.draining
+    ok = db["ok"] is True and not draining
     body = {
         "ok": ok,
+        "draining": draining,
         "version": __version__,
         "uptime": round(time.time() - services.started_at, 3),
         "timestamp": int(time.time() * 1000),

@@ -28,8 +28,8 @@ import httpx
 __all__ = ["HEAD_LIMIT", "HIGH_WATER", "LOW_WATER", "Connection", "Origin"]
 
 HEAD_LIMIT: Final = 64 * 1024  # status line and headers of one answer
-HIGH_WATER: Final = 256 * 1024  # answer bytes buffered before reading pauses
-LOW_WATER: Final = 64 * 1024  # ... and below which it resumes
+HIGH_WATER: Final = 64 * 1024  # answer bytes buffered before reading pauses (a slow client's share)
+LOW_WATER: Final = 16 * 1024  # ... and below which it resumes
 
 
 class Origin(NamedTuple):

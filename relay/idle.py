@@ -1,19 +1,18 @@
 """A deadline on a stream's silence that is cheap to move on and cheap to hold.
 
-A relayed stream may go silent for `RELAY_STREAM_IDLE_TIMEOUT` between chunks (and
-`RELAY_UPSTREAM_TIMEOUT` before the first). Moving an `asyncio.timeout` on at every chunk costs
-a timer cancelled and another armed at every chunk (with no deadline while the client takes the
-chunk: a slow client is not a silent provider): 3.6 µs a chunk here, 70 µs a 20-chunk stream.
-`IdleDeadline` only notes the time at each chunk. When it comes due, it is checked: if there
-was progress meanwhile it waits again for the new expiry, and otherwise it makes the enclosing
-`asyncio.timeout` expire (which cancels the task and raises `TimeoutError` at its end, as
-before). So a silent stream is cut when its silence reaches the limit, never earlier.
+A relayed answer may go silent for `RELAY_STREAM_IDLE_TIMEOUT`, counted from its head and then
+from each chunk. Moving an `asyncio.timeout` on at every chunk costs a timer cancelled and
+another armed per chunk; `IdleDeadline` only notes the time. When it comes due it is checked:
+after progress it waits again for the new expiry, otherwise it makes the enclosing
+`asyncio.timeout` expire (which cancels the task and raises `TimeoutError` at its end). The
+expiry only ever moves later, so a deadline filed once is never checked late: a silent stream
+is cut when its silence reaches the limit, never earlier. While the relay waits on the client
+to take a chunk the clock stops: a slow client is not a silent provider (the server edge
+bounds a client that takes nothing, `relay.protocol`).
 
-Nor does each deadline arm a timer of its own (a timer handle is half a KiB, on every open
-stream): the deadlines of a process wait in an `IdleWheel` (one, made in the lifespan), in
-buckets with one timer each, each bucket `1/GRAIN` of the limit wide. A stream is cut at most
-that much after its silence reached the limit: 7.5 s after the default idle limit of 120 s,
-with a few dozen timers for any number of streams.
+Nor does each deadline arm a timer of its own: the deadlines of a process wait in an
+`IdleWheel` (one, made in the lifespan), in buckets with one timer each, each bucket `1/GRAIN`
+of the limit wide. A stream is cut at most that much after its silence reached the limit.
 """
 
 from __future__ import annotations
@@ -30,18 +29,16 @@ GRAIN: Final = 16  # a deadline is checked at most 1/GRAIN of its limit after it
 class IdleDeadline:
     __slots__ = ("_due", "_expires", "_idle", "_loop", "_paused", "_tick", "_timeout", "_wheel")
 
-    def __init__(
-        self, wheel: IdleWheel, timeout: asyncio.Timeout, first: float, idle: float
-    ) -> None:
-        """Expire `timeout` (entered with no deadline of its own) after `first` seconds without
-        a chunk, then after `idle` seconds between chunks; `wheel` keeps it until then."""
+    def __init__(self, wheel: IdleWheel, timeout: asyncio.Timeout, idle: float) -> None:
+        """Expire `timeout` (entered with no deadline of its own) after `idle` seconds with no
+        chunk, counted from now and then from each chunk; `wheel` keeps it until then."""
         self._wheel = wheel
         self._loop = wheel.loop
         self._timeout = timeout
         self._idle = idle
-        self._tick = min(first, idle) / GRAIN
+        self._tick = idle / GRAIN
         self._paused = False
-        self._expires = self._loop.time() + first
+        self._expires = self._loop.time() + idle
         self._due: float | None = wheel.add(self, self._expires, self._tick)
 
     def pause(self) -> None:

@@ -17,6 +17,8 @@ from typing import Any, Final, Literal
 from starlette.requests import Request
 from starlette.responses import Response
 
+from backends import OUTCOMES
+
 from . import __version__
 from .providers import PROVIDERS
 
@@ -318,6 +320,11 @@ def _usage_stats(**extra: JSON) -> JSON:
         },
         "last_request": {"type": ["integer", "null"]},
         "tokens": _object({"input": count, "output": count}, ("input", "output")),
+        "outcomes": _object(
+            {outcome: count for outcome in OUTCOMES},
+            OUTCOMES,
+            description="Requests by how their exchange ended.",
+        ),
         **extra,
     }
     return _object(properties, tuple(properties))
@@ -340,6 +347,10 @@ def _schemas() -> JSON:
         "Health": _object(
             {
                 "ok": {"type": "boolean"},
+                "draining": {
+                    "type": "boolean",
+                    "description": "Shutting down: finishing what is in progress, taking no more.",
+                },
                 "version": {"type": "string"},
                 "uptime": {"type": "number", "description": "Seconds since start."},
                 "timestamp": {"type": "integer", "description": "Epoch milliseconds."},
@@ -357,7 +368,7 @@ def _schemas() -> JSON:
                     ("db", "config"),
                 ),
             },
-            ("ok", "version", "uptime", "timestamp", "providers", "checks"),
+            ("ok", "draining", "version", "uptime", "timestamp", "providers", "checks"),
         ),
         "Unhealthy": {"anyOf": [_ref("schemas", "Health"), _ref("schemas", "Error")]},
         "Version": _object(

@@ -20,22 +20,64 @@ its whole exchange 7 segments on the loopback where 4 do. What a response writes
 iteration in which it starts writing is held and sent as one write at that iteration's end
 (Node's http server corks its socket for a response the same way); a stream's later chunks go
 straight out as they come.
+
+A client that stops reading must not hold a stream (and what is buffered for it) forever: once
+the socket's send buffer is full, the client has `SEND_TIMEOUT_STATE` seconds (the lifespan's
+setting, `RELAY_CLIENT_SEND_TIMEOUT`) in which it must take something, or the connection is
+dropped; the application sees the client leave, and `Edge.send_timed_out` says why. Only a
+connection whose buffer filled pays for this (a timer while it stays full); a client that keeps
+up costs nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+import contextlib
+import fcntl
+import logging
+import struct
+import termios
+from typing import Any, Final, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from .errors import error_body
 
-__all__ = ["CORK_LIMIT", "MAX_HEADERS", "MAX_HEAD_BYTES", "JSONErrorsProtocol"]
+__all__ = [
+    "CORK_LIMIT",
+    "EDGE",
+    "MAX_HEADERS",
+    "MAX_HEAD_BYTES",
+    "SEND_TIMEOUT_STATE",
+    "Edge",
+    "JSONErrorsProtocol",
+]
+
+logger = logging.getLogger("relay")
 
 MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_HEADERS: Final = 200
 CORK_LIMIT: Final = 64 * 1024
+EDGE: Final = "relay.edge"
+"""Scope key of the request's `Edge`: its connection, as the application may act on it."""
+SEND_TIMEOUT_STATE: Final = "relay.client_send_timeout"
+"""Lifespan state key: seconds a client with a full send buffer may take nothing."""
+DEFAULT_SEND_TIMEOUT: Final = 60.0
+SEND_CHECKS: Final = 4  # looks at a full buffer per timeout: a client is cut within 1/4 late
+
+
+class Edge(Protocol):
+    """What the application may do with and learn of a request's connection."""
+
+    @property
+    def send_timed_out(self) -> bool:
+        """The connection was dropped because the client took nothing for too long."""
+
+    def end_response(self) -> None:
+        """End the response where it is, incomplete: the connection closes once what is
+        buffered has gone out (or the client's time to take it runs out), and the server logs
+        nothing about a response left unfinished."""
+
 
 _MALFORMED: Final = (b"400 Bad Request", error_body("Malformed HTTP request", "malformed_request"))
 _TOO_LARGE: Final = (
@@ -115,13 +157,24 @@ class JSONErrorsProtocol(HttpToolsProtocol):
     # uvicorn's protocol keeps its state in its instance dict, shared-key and compact (296
     # bytes); two more keys there would make it a full dict of 1,584 bytes for every
     # connection, so ours live in slots.
-    __slots__ = ("_corked", "_head_bytes", "_header_count", "_too_large")
+    __slots__ = (
+        "_corked",
+        "_head_bytes",
+        "_header_count",
+        "_send_check",
+        "_send_left",
+        "_send_since",
+        "_too_large",
+        "send_timed_out",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_bytes = self._header_count = 0
         self._too_large = False
         self.pipeline = _Pipeline()  # type: ignore[assignment]
+        self._send_check: asyncio.TimerHandle | None = None
+        self.send_timed_out = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -137,11 +190,77 @@ class JSONErrorsProtocol(HttpToolsProtocol):
         self._corked.release()  # uvicorn closes the transport itself here
         super().shutdown()
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._send_check is not None:
+            self._send_check.cancel()
+            self._send_check = None
+        if self.cycle is not None:  # its scope points back here: no cycle left for the GC
+            self.cycle.scope.pop(EDGE, None)  # type: ignore[typeddict-item]
+        super().connection_lost(exc)
+
+    # -- a client that takes nothing --------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_check is None:
+            timeout = float(self.app_state.get(SEND_TIMEOUT_STATE, DEFAULT_SEND_TIMEOUT))
+            self._send_left = self._unsent()
+            self._send_since = self.loop.time()
+            self._send_check = self.loop.call_later(
+                timeout / SEND_CHECKS, self._check_send, timeout
+            )
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_check is not None:
+            self._send_check.cancel()
+            self._send_check = None
+
+    def _check_send(self, timeout: float) -> None:
+        """The send buffer has stayed above its high-water mark: has the client taken any of
+        it since the last look?"""
+        left = self._unsent()
+        now = self.loop.time()
+        if left < self._send_left:
+            self._send_left, self._send_since = left, now
+        elif now - self._send_since >= timeout:
+            self._send_check = None
+            self.send_timed_out = True
+            logger.warning(
+                "client took nothing for %g s; connection dropped",
+                timeout,
+                extra={"buffered_bytes": left},
+            )
+            self.transport.abort()  # close() would wait for the client to read
+            return
+        self._send_check = self.loop.call_later(timeout / SEND_CHECKS, self._check_send, timeout)
+
+    def _unsent(self) -> int:
+        """Bytes written but not yet taken by the client: the transport's buffer and the
+        kernel's send queue. (The kernel reports the socket writable only once half its queue
+        has gone, which at a slow client's pace can take longer than the timeout: the queue
+        shows progress the buffer does not.)"""
+        unsent = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+                unsent += struct.unpack("i", queued)[0]
+        return int(unsent)
+
+    def end_response(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # uvicorn then neither writes more nor logs the cut
+        self._corked.release()
+        self.transport.close()
+
     def on_headers_complete(self) -> None:
         previous = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not previous:  # a new request's cycle, whose task has not run yet
+            cycle.scope[EDGE] = self  # type: ignore[typeddict-unknown-key]
             cycle.transport = self._corked  # type: ignore[assignment]
             if not cycle.message_event.is_set():  # nothing waits on it
                 cycle.message_event = _Event()

@@ -7,7 +7,9 @@ request at once, whether the provider is still thinking (before headers) or mid-
 
 Errors before the response starts are raised as `RelayError`s (the app's handlers answer them);
 after it has started, an SSE stream ends with an `event: error` frame and any other body is cut
-short, so the client can tell that it is incomplete.
+short, so the client can tell that it is incomplete. Every exchange in progress is known to
+`relay.inflight`, which ends it when its token is revoked or the relay drains; each leaves one
+usage record saying how it ended.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import httpx
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
-from backends import UsageRecord, User
+from backends import Outcome, UsageRecord, User
 
 from .auth import authenticate_digest, now_ms
 from .crypto import DecryptionError
@@ -33,6 +35,8 @@ from .errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     RelayError,
+    ServiceUnavailable,
+    Unauthorized,
     UpstreamError,
 )
 from .idle import IdleDeadline
@@ -40,6 +44,7 @@ from .jsonedit import parse_object
 from .models import ModelPolicy, model_of
 from .paths import encode_path, normalize_path
 from .pinning import pinned
+from .protocol import EDGE, Edge
 from .providers import PROVIDERS, Provider, forwarded_request_headers
 from .routing import route_model
 from .services import Services
@@ -56,6 +61,36 @@ logger = logging.getLogger("relay.proxy")
 STREAM_ERROR_FRAME: Final = b'event: error\ndata: {"error":"Stream interrupted by provider"}\n\n'
 CLIENT_CLOSED: Final = 499  # recorded when the client left before the provider answered
 WATCH_AFTER: Final = 0.02  # seconds into an exchange before the client is watched for leaving
+
+CLIENT_ENDINGS: Final = frozenset({Outcome.CLIENT_CANCELLED, Outcome.SLOW_CLIENT})
+"""Endings that leave nobody to tell."""
+
+
+def _restarting() -> RelayError:
+    return ServiceUnavailable(
+        "The relay is restarting: send the request again",
+        code="relay_restarting",
+        headers={"retry-after": "1"},
+    )
+
+
+def _revoked() -> RelayError:
+    return Unauthorized("Invalid or expired token", code="invalid_token")
+
+
+# How an exchange ended from outside tells its client: before the answer started, and in an
+# event stream once it has.
+ENDING_ERRORS: Final = {Outcome.DRAINED: _restarting, Outcome.REVOKED: _revoked}
+ENDING_FRAMES: Final = {
+    outcome: b"event: error\ndata: " + make().body() + b"\n\n"
+    for outcome, make in ENDING_ERRORS.items()
+}
+ENDED_LOG: Final = {
+    Outcome.CLIENT_CANCELLED: "client left; upstream request cancelled",
+    Outcome.SLOW_CLIENT: "client took nothing for too long; upstream request cancelled",
+    Outcome.DRAINED: "relay draining; exchange ended",
+    Outcome.REVOKED: "token revoked or account erased; exchange ended",
+}
 
 
 class ClientGone(Exception):
@@ -104,10 +139,11 @@ class _Relay:
     async def _prepare(self, scope: Scope, receive: Receive, send: Send) -> _Exchange | None:
         raise NotImplementedError
 
-    async def _caller(self, services: Services, headers: Headers) -> User:
+    async def _caller(self, services: Services, headers: Headers) -> tuple[User, str]:
+        """The caller and their token's digest."""
         user, token_digest = await authenticate_digest(services, headers)
         await services.limiter.check("relay", token_digest)
-        return user
+        return user, token_digest
 
     async def _exchange(
         self,
@@ -127,7 +163,7 @@ class _Relay:
         url = target.base_url + encode_path(path) + _query(provider, path, query)
         outgoing = forwarded_request_headers(provider, _first_values(scope), key)
         length = request.headers.get("content-length")
-        if body is None and length is not None:
+        if body is None and length is not None and scope["method"] == "POST":
             outgoing.append((b"content-length", length.encode()))
         shown = (
             (b"x-relay-provider", provider.name.encode()),
@@ -182,14 +218,19 @@ class ProviderRelay(_Relay):
         if provider is None:
             raise unsupported_provider()
         headers = Headers(scope=scope)
-        user = await self._caller(services, headers)
+        user, token = await self._caller(services, headers)
 
         raw = _upstream_path(scope.get("raw_path") or scope["path"].encode())
         path = normalize_path(raw)
         if path is None or not provider.allows(path):
             raise _forbidden_path(raw if path is None else path, provider.name)
-        if method == "GET" and not provider.allows_read(path):
-            raise MethodNotAllowed("Method not allowed", headers={"allow": "POST"})
+        if method == "GET":
+            if not provider.allows_read(path):
+                raise MethodNotAllowed("Method not allowed", headers={"allow": "POST"})
+            # Forwarding a length the relay does not send would let the provider read the
+            # next request on its connection as this one's body.
+            if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
+                raise BadRequest("A GET request cannot have a body", code="body_not_allowed")
         _check_length(headers, services.settings.request_body_limit)
 
         body = model = None
@@ -202,7 +243,7 @@ class ProviderRelay(_Relay):
             content_type = headers.get("content-type", "")
             model = model_of(provider, path, scope["query_string"], content_type, body)
             self._models.check(model, provider.name)
-        request = _Request(services, scope, receive, send, headers, user)
+        request = _Request(services, scope, receive, send, headers, user, token)
         return await self._exchange(request, provider, path, scope["query_string"], body, model)
 
 
@@ -212,7 +253,7 @@ class ModelRelay(_Relay):
     async def _prepare(self, scope: Scope, receive: Receive, send: Send) -> _Exchange | None:
         services: Services = scope["state"]["services"]
         headers = Headers(scope=scope)
-        user = await self._caller(services, headers)
+        user, token = await self._caller(services, headers)
         _check_length(headers, services.settings.request_body_limit)
         try:
             raw = await _read_body(receive, services.settings.request_body_limit)
@@ -234,7 +275,7 @@ class ModelRelay(_Relay):
             body = body.remove("model").remove("stream")
         elif routed.model != models[0]:
             body = body.replace("model", routed.model)
-        request = _Request(services, scope, receive, send, headers, user)
+        request = _Request(services, scope, receive, send, headers, user, token)
         return await self._exchange(
             request, provider, routed.path, b"", body.encode(), routed.model
         )
@@ -248,6 +289,8 @@ class _Request:
     send: Send
     headers: Headers
     user: User
+    token: str
+    """The digest of the caller's token."""
 
 
 def _check_length(headers: Headers, limit: int) -> None:
@@ -311,14 +354,17 @@ def _query(provider: Provider, path: str, query_string: bytes) -> str:
 
 
 class _Exchange:
-    """One relayed request: body up, response down, the client watched throughout."""
+    """One relayed request: body up, response down, the client watched throughout. It can be
+    ended from outside (`end`): by the client leaving, a drain, or its token's revocation."""
 
     # An exchange lives as long as its stream: slots keep thousands of open ones small.
     __slots__ = (
         "body_read",
-        "client_left",
+        "edge",
+        "ending",
         "meter",
         "model",
+        "outcome",
         "outgoing",
         "pin",
         "provider",
@@ -332,8 +378,10 @@ class _Exchange:
         "status",
         "streamed",
         "task",
+        "token",
         "user",
         "watch",
+        "watched",
         "watcher",
     )
 
@@ -350,7 +398,9 @@ class _Exchange:
         self.services = request.services
         self.receive = request.receive
         self.send = request.send
+        self.edge: Edge | None = request.scope.get(EDGE)
         self.user = request.user
+        self.token = request.token  # the token's digest: whether it is still live is watched
         self.provider = provider
         self.shown = shown  # headers of the relay's own, added to the answer's
         self.record = record  # the sealed key used: its health is judged by the answer
@@ -358,15 +408,24 @@ class _Exchange:
         self.outgoing: _Outgoing | None = outgoing  # until sent
         self.pin = pin  # the checked address of an upstream the client named
         self.status = 502  # until the provider answers
+        self.outcome = Outcome.UPSTREAM_ERROR  # until it is known how the exchange ended
         self.streamed = False
-        self.meter: UsageMeter | None = None
+        self.meter: UsageMeter | None = None  # from the answer's head on
         self.body_read = False  # the whole request body is in: what comes next is a disconnect
-        self.task: asyncio.Task[object] | None = None  # the exchange's, once it is watched
-        self.client_left = False
+        self.task: asyncio.Task[object] | None = None  # while the exchange runs
+        self.ending: Outcome | None = None  # why it is being ended from outside
         self.watch: asyncio.TimerHandle | None = None  # until WATCH_AFTER
+        self.watched = False  # WATCH_AFTER has passed: the client is listened to
         self.watcher: asyncio.Future[Message] | None = None
         self.recorded = False
         self.started = time.monotonic()
+
+    def end(self, outcome: Outcome) -> None:
+        """End the exchange wherever it waits (for the provider's head, its next chunk, or the
+        client to take one); `outcome` says why. Once only; a no-op once it is over."""
+        if self.task is not None and self.ending is None:
+            self.ending = outcome
+            self.task.cancel()
 
     async def run(self) -> None:
         """Send the request (its body when it was already read, else the client's stream) and
@@ -375,8 +434,8 @@ class _Exchange:
         assert outgoing is not None, "an exchange runs once"
         settings = self.services.settings
         # Sending and reading need no timers of the transport's own: the exchange's deadlines
-        # bound them (RELAY_UPSTREAM_TIMEOUT until the answer starts, the idle timeout for each
-        # chunk after), so an open stream arms one timer, not two.
+        # bound them (RELAY_UPSTREAM_TIMEOUT until the answer's head, the idle timeout after),
+        # so an open stream arms no timer of its own.
         extensions: dict[str, object] = {
             "timeout": {
                 "connect": settings.connect_timeout,
@@ -385,12 +444,13 @@ class _Exchange:
                 "pool": settings.connect_timeout,
             }
         }
-        exchange = asyncio.current_task()
-        assert exchange is not None
+        task = self.task = asyncio.current_task()
+        assert task is not None
         # Most answers are over within a few milliseconds: only an exchange still running
         # after WATCH_AFTER gets a task listening for the client leaving.
-        self.watch = asyncio.get_running_loop().call_later(WATCH_AFTER, self._watch, exchange)
-        left = False
+        self.watch = asyncio.get_running_loop().call_later(WATCH_AFTER, self._watch)
+        inflight = self.services.inflight
+        inflight.add(self)
         try:
             content: bytes | AsyncIterator[bytes] | None = outgoing.body
             if content is None and outgoing.method == "POST":
@@ -417,16 +477,18 @@ class _Exchange:
                 # back to the pool (or closes) whatever happened.
                 await chunks.aclose()
         except ClientGone:
-            left = True
+            self.ending = self.ending or Outcome.CLIENT_CANCELLED
         except asyncio.CancelledError:
-            # The watcher's cancellation is ours to absorb; any other (shutdown) goes on.
-            if not self.client_left or exchange.uncancel() > 0:
+            # An ending of ours is ours to absorb; any other cancellation (shutdown) goes on.
+            if self.ending is None or task.uncancel() > 0:
                 raise
-            left = True
+            await self._ended(self.ending)
         except RelayError as error:
             self.status = error.status
+            self.outcome = Outcome.COMPLETED  # refused, and the refusal answered whole
             raise
         finally:
+            inflight.discard(self)
             if self.watch is not None:
                 self.watch.cancel()
                 self.watch = None
@@ -434,17 +496,41 @@ class _Exchange:
             if self.watcher is not None:
                 self.watcher.cancel()
                 self.watcher = None
-            if left and self.meter is None:
-                self.status = CLIENT_CLOSED
+            if self.ending is not None:
+                self.outcome = self.ending
+                if self.meter is None and self.ending in CLIENT_ENDINGS:
+                    self.status = CLIENT_CLOSED
             self._record()
-        if left:
+        if self.ending is not None:
             logger.info(
-                "client left; upstream request cancelled",
+                ENDED_LOG[self.ending],
                 extra={
                     "provider": self.provider.name,
+                    "outcome": str(self.ending),
                     "elapsed_ms": round((time.monotonic() - self.started) * 1000),
                 },
             )
+
+    async def _ended(self, outcome: Outcome) -> None:
+        """Ended from outside: tell the client why, as far as it can still be told."""
+        if outcome in CLIENT_ENDINGS:
+            return  # nobody left to tell
+        if self.meter is None:  # nothing of the answer sent yet: an error answer says it all
+            error = ENDING_ERRORS[outcome]()
+            self.status = error.status
+            raise error
+        if self.streamed:
+            frame = ENDING_FRAMES[outcome]
+            await self.send({"type": "http.response.body", "body": frame, "more_body": False})
+        else:
+            self._cut()
+
+    def _cut(self) -> None:
+        """Leave the answer's body unterminated: the client sees a truncated response rather
+        than a short one that looks complete."""
+        if self.edge is not None:
+            self.edge.end_response()
+        # Else returning unfinished makes the server drop the connection all the same.
 
     def _record(self) -> None:
         """Report the exchange once: before the last byte reaches the client when it ends
@@ -467,6 +553,7 @@ class _Exchange:
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
                 created_at=now_ms(),
+                outcome=self.outcome,
             )
         )
 
@@ -481,7 +568,7 @@ class _Exchange:
 
     def _body_read(self) -> None:
         self.body_read = True
-        if self.task is not None:  # the watch is due: it waited for the body
+        if self.watched:  # the watch is due: it waited for the body
             self._listen()
 
     async def _next_chunk(self, received: int) -> tuple[bytes, bool]:
@@ -504,18 +591,17 @@ class _Exchange:
             received += len(chunk)
         self._body_read()
 
-    def _watch(self, exchange: asyncio.Task[object]) -> None:
+    def _watch(self) -> None:
         """WATCH_AFTER into the exchange: listen for the client leaving, as soon as its body
         is in (until then, the client's messages are the body's)."""
         self.watch = None  # done: an open stream need not keep the timer
-        self.task = exchange
+        self.watched = True
         if self.body_read:
             self._listen()
 
     def _listen(self) -> None:
         """Once the body is read, the next ASGI message can only be the client leaving: then
-        the exchange is cancelled, wherever it waits (for the provider's headers or its next
-        chunk, or for the client to take the last one). The watching task runs the server's
+        the exchange is ended, wherever it waits. The watching task runs the server's
         `receive` itself, with no frame of ours in it."""
         self.watcher = watcher = asyncio.ensure_future(self.receive())
         watcher.add_done_callback(self._client_spoke)
@@ -526,8 +612,8 @@ class _Exchange:
         if watcher.result()["type"] != "http.disconnect":
             self._listen()
             return
-        self.client_left = True
-        self.task.cancel()
+        slow = self.edge is not None and self.edge.send_timed_out
+        self.end(Outcome.SLOW_CLIENT if slow else Outcome.CLIENT_CANCELLED)
 
     async def _open(self, request: httpx.Request) -> httpx.Response:
         """Send the request; the provider has `RELAY_UPSTREAM_TIMEOUT` to take it and start
@@ -536,10 +622,12 @@ class _Exchange:
             async with asyncio.timeout(self.services.settings.upstream_timeout):
                 return await self.services.transport.handle_async_request(request)
         except (httpx.TimeoutException, TimeoutError):
+            self.outcome = Outcome.UPSTREAM_TIMEOUT
             raise UpstreamError(
                 "AI provider timed out", code="upstream_timeout", status=504
             ) from None
         except httpx.TransportError:
+            self.outcome = Outcome.UPSTREAM_ERROR
             raise UpstreamError(
                 "Failed to reach AI provider", code="upstream_unreachable"
             ) from None
@@ -562,19 +650,16 @@ class _Exchange:
         return sse
 
     async def _relay(self, chunks: ResponseBody, sse: bool) -> None:
-        settings = self.services.settings
         meter = self.meter
         assert meter is not None
         last = b""
         try:
-            # One deadline for the whole stream, moved on as chunks arrive: the first chunk
-            # has RELAY_UPSTREAM_TIMEOUT, each later one RELAY_STREAM_IDLE_TIMEOUT.
+            # One deadline for the whole stream, moved on as chunks arrive: the provider has
+            # RELAY_STREAM_IDLE_TIMEOUT from its answer's head to its first chunk and between
+            # chunks.
             async with asyncio.timeout(None) as timeout:
                 deadline = IdleDeadline(
-                    self.services.deadlines,
-                    timeout,
-                    settings.upstream_timeout,
-                    settings.stream_idle_timeout,
+                    self.services.deadlines, timeout, self.services.settings.stream_idle_timeout
                 )
                 try:
                     async for chunk in chunks:
@@ -590,21 +675,27 @@ class _Exchange:
                 finally:
                     deadline.cancel()
         except (httpx.TransportError, TimeoutError) as exc:
-            reason = "idle timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+            idle = isinstance(exc, TimeoutError)
+            self.outcome = Outcome.IDLE_TIMEOUT if idle else Outcome.UPSTREAM_ERROR
             logger.warning(
                 "provider stream interrupted",
-                extra={"provider": self.provider.name, "reason": reason},
+                extra={
+                    "provider": self.provider.name,
+                    "reason": "idle timeout" if idle else type(exc).__name__,
+                },
             )
+            self._record()
             if sse:
-                self._record()
                 await self.send(
                     {"type": "http.response.body", "body": STREAM_ERROR_FRAME, "more_body": False}
                 )
-            # Any other body is left unterminated: the server drops the connection, and the
-            # client sees a truncated response rather than a short one that looks complete.
+            else:
+                self._cut()
             return
-        except OSError:
-            return  # the client is gone; the watcher cancels the rest
+        except OSError:  # a server that reports the client gone by raising
+            self.ending = self.ending or Outcome.CLIENT_CANCELLED
+            return
+        self.outcome = Outcome.COMPLETED
         self._record()
         await self.send({"type": "http.response.body", "body": last, "more_body": False})
         logger.debug(

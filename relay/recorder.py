@@ -37,6 +37,10 @@ class UsageRecorder:
         if len(self._queue) >= BATCH:
             self._wake.set()
 
+    def forget(self, user_id: str) -> None:
+        """Drop the queued records of a user who was just erased."""
+        self._queue = [record for record in self._queue if record.user_id != user_id]
+
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 

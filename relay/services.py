@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
@@ -17,7 +17,9 @@ from backends.cache import CachedStore
 from .background import Background
 from .config import Settings
 from .crypto import KeyCipher
+from .drain import Drain
 from .idle import IdleWheel
+from .inflight import InFlight
 from .keyhealth import KeyHealth
 from .ratelimit import Limit, RateLimiter
 from .recorder import UsageRecorder
@@ -27,6 +29,10 @@ from .upstream import new_http_client, new_transport
 __all__ = ["Services", "open_services", "store_options"]
 
 logger = logging.getLogger("relay")
+
+# Seconds between checks of the open streams' tokens when CACHE_TTL is 0 (else CACHE_TTL: a
+# revocation reaches every instance's open streams as soon as its new requests).
+TOKEN_CHECK_FLOOR: Final = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +51,9 @@ class Services:
     usage: UsageRecorder
     deadlines: IdleWheel
     """Where every open stream's idle deadline waits (one timer per bucket, not per stream)."""
+    inflight: InFlight
+    """The exchanges in progress, ended on a revocation or at the end of a drain."""
+    drain: Drain
     started_at: float
 
 
@@ -119,6 +128,11 @@ async def open_services(
         usage = UsageRecorder(store)
         await usage.start()
         stack.push_async_callback(usage.close)
+        inflight = InFlight(store, settings.cache_ttl or TOKEN_CHECK_FLOOR)
+        await inflight.start()
+        stack.push_async_callback(inflight.close)
+        drain = Drain(inflight, settings.drain_seconds)
+        stack.callback(drain.close)
         yield Services(
             settings,
             store,
@@ -131,5 +145,7 @@ async def open_services(
             key_health,
             usage,
             IdleWheel(),
+            inflight,
+            drain,
             time.time(),
         )

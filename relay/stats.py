@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from backends import UsageStats
+from backends import OUTCOMES, UsageStats
 
 from .auth import authenticate, check_app_secret, now_ms
 from .errors import ServiceUnavailable
@@ -25,6 +25,7 @@ def _body(stats: UsageStats) -> dict[str, object]:
         "top_models": [{"model": model, "total": total} for model, total in stats.top_models],
         "last_request": stats.last_request,
         "tokens": {"input": stats.input_tokens, "output": stats.output_tokens},
+        "outcomes": {outcome: stats.outcomes.get(outcome, 0) for outcome in OUTCOMES},
     }
 
 

@@ -18,7 +18,8 @@ Scenario selection, first match wins:
    HuggingFace ``/models/<m>``);
 4. ``default``.
 
-Tuning query parameters: ``delay_ms``, ``interval_ms``, ``chunks``, ``status``.
+Tuning query parameters: ``delay_ms``, ``interval_ms``, ``chunks``, ``status``, ``after`` (pieces
+sent before ``stall`` or ``break``, default 2; 0: right after the head).
 See ``SCENARIOS`` for the list of scenario names.
 
 Key checks. The requests a relay sends to check a key (``GET`` of a models listing:
@@ -1646,6 +1647,7 @@ class MockApp:
         start = {"type": "http.response.start", "status": reply.status, "headers": raw_headers}
         await self._send(ex, send, start)
         deadline = time.monotonic() + _ENDLESS_SAFETY_S
+        after = ctx.qint("after", 2)  # pieces sent before a stall or a break
         for sent, piece in enumerate(pieces):
             if sent and interval > 0:
                 if await self._pause(ex, interval):
@@ -1654,9 +1656,9 @@ class MockApp:
                 break
             elif mode == "endless":
                 await asyncio.sleep(0)
-            if sent == 2 and mode == "break":
+            if sent == after and mode == "break":
                 break
-            if sent == 2 and mode == "stall":
+            if sent == after and mode == "stall":
                 mode = "normal"
                 if await self._pause(ex, ctx.qint("delay_ms", 30_000) / 1000):
                     break

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -60,8 +61,9 @@ class RelayProcess:
                 self._ready.set()
         self._ready.set()
 
-    def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10, **kwargs)  # type: ignore[arg-type]
+    def client(self, **kwargs: Any) -> httpx.Client:
+        kwargs.setdefault("timeout", 10)
+        return httpx.Client(base_url=self.url, **kwargs)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -6,6 +6,7 @@ so every HTTP-level test talks to one of these over TCP.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from relay.app import create_app
 from relay.cli import SERVER_OPTIONS
 from relay.config import Settings
 from relay.providers import PROVIDERS
+from relay.services import Services
 from relay.ssrf import Resolver
 
 TEST_SECRET = "test-encryption-secret-0123456789abcdef"
@@ -45,12 +47,16 @@ def relay_env(db_path: Path, mock_url: str, **overrides: str) -> dict[str, str]:
 
 
 class RelayServer:
-    def __init__(self, settings: Settings, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self, settings: Settings, resolver: Resolver | None = None, loop: str = "auto"
+    ) -> None:
         self.settings = settings
         upgrade(str(settings.database_url))
         self.app = create_app(settings, resolver=resolver)
         options = {**SERVER_OPTIONS, "timeout_graceful_shutdown": 2}
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, lifespan="on", **options)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=0, lifespan="on", loop=loop, **options
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = ""
@@ -70,13 +76,25 @@ class RelayServer:
         self.server.should_exit = True
         self.thread.join(timeout=10)
 
+    @property
+    def services(self) -> Services:
+        """The running relay's long-lived objects (touch them on `loop` only)."""
+        services: Services = self.server.lifespan.state["services"]
+        return services
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.server.servers[0].get_loop()
+
     def client(self, **kwargs: Any) -> httpx.Client:
         kwargs.setdefault("timeout", 10)
         return httpx.Client(base_url=self.url, **kwargs)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], resolver: Resolver | None = None) -> RelayServer:
-        return cls(Settings.from_env(env), resolver).start()
+    def from_env(
+        cls, env: Mapping[str, str], resolver: Resolver | None = None, loop: str = "auto"
+    ) -> RelayServer:
+        return cls(Settings.from_env(env), resolver, loop).start()
 
 
 def register(client: httpx.Client, app_id: str = "test-app", **headers: str) -> str:

@@ -53,6 +53,8 @@ def test_defaults_match_the_contract() -> None:
     assert s.connect_timeout == 10
     assert s.upstream_timeout == 300
     assert s.stream_idle_timeout == 120
+    assert s.client_send_timeout == 60
+    assert s.drain_seconds == 25
     assert dict(s.base_url_overrides) == {}
     assert s.private_upstreams == ()
     assert s.host == "127.0.0.1"
@@ -85,6 +87,8 @@ def test_values_are_read() -> None:
         RELAY_CONNECT_TIMEOUT="2.5",
         RELAY_UPSTREAM_TIMEOUT="600",
         RELAY_STREAM_IDLE_TIMEOUT="30",
+        RELAY_CLIENT_SEND_TIMEOUT="15",
+        RELAY_DRAIN_SECONDS="0",
         RELAY_PRIVATE_UPSTREAMS="ollama:11434, 10.0.0.0/8,fd00::/8",
         HOST="0.0.0.0",
         PORT="8080",
@@ -105,6 +109,7 @@ def test_values_are_read() -> None:
     assert s.token_expiry_days == 0
     assert s.request_body_limit == 1024
     assert (s.connect_timeout, s.upstream_timeout, s.stream_idle_timeout) == (2.5, 600, 30)
+    assert (s.client_send_timeout, s.drain_seconds) == (15, 0)
     assert s.private_upstreams == ("ollama:11434", "10.0.0.0/8", "fd00::/8")
     assert (s.host, s.port, s.log_level) == ("0.0.0.0", 8080, "debug")
 
@@ -306,6 +311,10 @@ def test_database_url_without_a_scheme(url: str) -> None:
         ("RELAY_UPSTREAM_TIMEOUT", "five minutes"),
         ("RELAY_STREAM_IDLE_TIMEOUT", "-0.5"),
         ("RELAY_STREAM_IDLE_TIMEOUT", "abc"),
+        ("RELAY_CLIENT_SEND_TIMEOUT", "0"),
+        ("RELAY_CLIENT_SEND_TIMEOUT", "a minute"),
+        ("RELAY_DRAIN_SECONDS", "-1"),
+        ("RELAY_DRAIN_SECONDS", "3601"),
         ("TOKEN_EXPIRY_DAYS", "-1"),
         ("TOKEN_EXPIRY_DAYS", "ninety"),
         ("TOKEN_EXPIRY_DAYS", "inf"),

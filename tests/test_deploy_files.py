@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from relay.config import Settings
+from relay.drain import graceful_timeout
 from relay.providers import PROVIDERS
 
 pytestmark = pytest.mark.sqlite
@@ -326,3 +328,16 @@ def test_procfile_web_process_runs_byok_relay_serve() -> None:
         words.pop(0)
     assert words[:2] == ["byok-relay", "serve"]
     assert "--port" not in words, "the platform's PORT must decide"
+
+
+# --- Drain windows --------------------------------------------------------------------------------
+
+
+def test_every_platform_waits_for_the_drain_before_killing() -> None:
+    """SIGTERM to SIGKILL must hold the drain window and the ending after it."""
+    needed = graceful_timeout(Settings.from_env({"ENCRYPTION_SECRET": "x" * 32}).drain_seconds)
+    assert tomllib.loads(read("railway.toml"))["deploy"]["drainingSeconds"] >= needed
+    (web,) = [s for s in load_yaml("render.yaml")["services"] if s["type"] == "web"]
+    assert web["maxShutdownDelaySeconds"] >= needed
+    grace = load_yaml("docker-compose.yml")["services"]["relay"]["stop_grace_period"]
+    assert int(grace.removesuffix("s")) >= needed

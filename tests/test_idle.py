@@ -11,7 +11,7 @@ from relay.idle import GRAIN, IdleDeadline, IdleWheel
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sqlite]
 
-FIRST, IDLE = 0.3, 0.15
+IDLE = 0.15
 EPSILON = 1e-6  # (last + IDLE) - last is not always IDLE in floating point
 
 
@@ -30,7 +30,7 @@ async def silent_for(
     last = loop.time()
     try:
         async with asyncio.timeout(None) as timeout:
-            deadline = IdleDeadline(IdleWheel(), timeout, FIRST, IDLE)
+            deadline = IdleDeadline(IdleWheel(), timeout, IDLE)
             try:
                 for wait in chunks:
                     await asyncio.sleep(wait)
@@ -46,8 +46,8 @@ async def silent_for(
     return -1
 
 
-async def test_no_first_chunk_within_the_first_timeout_is_cut_then() -> None:
-    assert FIRST - EPSILON <= await silent_for(5) < FIRST + 0.1
+async def test_no_chunk_within_the_idle_limit_is_cut_then() -> None:
+    assert IDLE - EPSILON <= await silent_for(5) < IDLE + 0.1
 
 
 async def test_silence_between_chunks_is_cut_at_the_idle_limit_never_before() -> None:
@@ -56,7 +56,7 @@ async def test_silence_between_chunks_is_cut_at_the_idle_limit_never_before() ->
 
 
 async def test_steady_chunks_are_never_cut() -> None:
-    # Chunks every 0.6 of the idle limit, for four times the first timeout.
+    # Chunks every 0.6 of the idle limit, for eight times the limit.
     assert await silent_for(0, chunks=(IDLE * 0.6,) * 14) == -1
 
 
@@ -70,7 +70,7 @@ async def test_a_slow_client_is_not_a_silent_provider() -> None:
 
 async def test_a_cancelled_deadline_cuts_nothing() -> None:
     async with asyncio.timeout(None) as timeout:
-        deadline = IdleDeadline(IdleWheel(), timeout, 0.05, 0.05)
+        deadline = IdleDeadline(IdleWheel(), timeout, 0.05)
         deadline.cancel()
         await asyncio.sleep(0.2)
     assert timeout.expired() is False
@@ -86,7 +86,7 @@ async def test_deadlines_share_one_timer_per_bucket_and_leave_none_behind() -> N
         deadlines = []
         started = loop.time()
         for _ in range(10):
-            deadlines += [IdleDeadline(wheel, timeout, limit, limit) for _ in range(100)]
+            deadlines += [IdleDeadline(wheel, timeout, limit) for _ in range(100)]
             await asyncio.sleep(0.03)
         spread = loop.time() - started
         assert wheel.timers <= spread / (limit / GRAIN) + 2
