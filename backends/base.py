@@ -7,6 +7,8 @@ provider table; it stores and returns bytes and strings exactly as given.
 Every method may raise `StoreUnavailable` when the server behind the store cannot be reached
 (the relay answers 503 and retries on the next request; no method leaves a partial write behind)
 and `StoreError` for anything else the driver reports. Driver exceptions never escape a store.
+A networked store gives each call one deadline, `StoreOptions.connect_timeout`, for everything it
+waits on; past it the call raises `StoreUnavailable`, and a call that timed out is never retried.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ class StoreError(Exception):
 
 
 class StoreUnavailable(StoreError):
-    """The store's server could not be reached or did not answer in time."""
+    """The store's server could not be reached or did not answer in time: it is down or frozen
+    (`backends.breaker` opens on this error, never on another)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +78,8 @@ class StoreOptions:
     pool_timeout: float = 5.0
     """Seconds to wait for a free pooled connection."""
     connect_timeout: float = 5.0
-    """Seconds to connect to the server, and to wait for any one answer from it."""
+    """Seconds one call may take in all: waiting for a pooled connection, connecting, every
+    answer (a networked store's deadline; SQLite's waits are its own busy timeout)."""
     namespace: str = "byok-relay"
     """Prefix of every key in a shared key-value server (Redis)."""
 

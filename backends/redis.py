@@ -19,12 +19,13 @@ Redis Cluster is not supported (the scripts touch keys of several hash slots).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import dataclasses
 import json
 import struct
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
 from redis import asyncio as aioredis
@@ -151,16 +152,6 @@ return 1
 """
 
 
-@contextlib.contextmanager
-def _translate(operation: str) -> Iterator[None]:
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise StoreUnavailable(f"key store unavailable during {operation}") from exc
-    except RedisError as exc:
-        raise StoreError(f"key store failed during {operation}") from exc
-
-
 def _user_fields(user: User) -> list[str | int]:
     fields: list[str | int] = [
         "v",
@@ -202,7 +193,8 @@ def _user_from_hash(data: dict[str, str]) -> User:
 
 def connect(url: str, options: StoreOptions) -> aioredis.Redis:
     """A client on a pool of its own for `url`, with the store's pool size and timeouts (also
-    used by the relay for rate limits, so that one pool serves both)."""
+    used by the relay for rate limits, so that one pool serves both). Each of its waits is
+    bounded by `connect_timeout`; a whole call is bounded by the caller's deadline."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=options.pool_size,
@@ -210,9 +202,9 @@ def connect(url: str, options: StoreOptions) -> aioredis.Redis:
         socket_connect_timeout=options.connect_timeout,
         socket_timeout=options.connect_timeout,
         health_check_interval=30,
-        # One immediate retry on a fresh connection heals a pool whose server restarted;
-        # more would only make requests during an outage slower to fail.
-        retry=Retry(NoBackoff(), 1),
+        # One immediate retry on a fresh connection heals a pool whose server restarted. A
+        # timeout is never retried: the server may be frozen, and the call's deadline is spent.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return aioredis.Redis(connection_pool=pool)
 
@@ -247,11 +239,18 @@ def usage_stats_of(records: Sequence[dict[str, Any]], now: int) -> UsageStats:
 
 class RedisStore(KeyStore):
     def __init__(
-        self, client: aioredis.Redis, namespace: str = "byok-relay", *, owns_pool: bool = False
+        self,
+        client: aioredis.Redis,
+        namespace: str = "byok-relay",
+        *,
+        owns_pool: bool = False,
+        deadline: float | None = None,
     ) -> None:
-        """A store on `client`, whose connection pool it closes only when it `owns_pool`."""
+        """A store on `client`, whose connection pool it closes only when it `owns_pool`; each
+        call takes at most `deadline` seconds in all (None: as long as the client's waits)."""
         self._redis = client
         self._owns_pool = owns_pool
+        self._deadline = deadline
         self._ns = namespace
         self._create_user = client.register_script(_CREATE_USER)
         self._revoke = client.register_script(_REVOKE)
@@ -266,7 +265,24 @@ class RedisStore(KeyStore):
     @classmethod
     def from_url(cls, url: str, options: StoreOptions | None = None) -> RedisStore:
         options = options or StoreOptions()
-        return cls(connect(url, options), options.namespace, owns_pool=True)
+        return cls(
+            connect(url, options),
+            options.namespace,
+            owns_pool=True,
+            deadline=options.connect_timeout,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _call(self, operation: str) -> AsyncIterator[None]:
+        """One store call: cut off at the deadline whatever it waits on (a pooled connection, a
+        connect, every answer), its driver errors translated."""
+        try:
+            async with asyncio.timeout(self._deadline):
+                yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # TimeoutError too
+            raise StoreUnavailable(f"key store unavailable during {operation}") from exc
+        except RedisError as exc:
+            raise StoreError(f"key store failed during {operation}") from exc
 
     def _token_key(self, token_hash: str) -> str:
         return f"{self._ns}:token:{token_hash}"
@@ -284,7 +300,7 @@ class RedisStore(KeyStore):
         return f"{self._ns}:usage:{user_id}"
 
     async def create_user(self, user: User, token_hash: str) -> None:
-        with _translate("create_user"):
+        async with self._call("create_user"):
             created = await self._create_user(
                 keys=[
                     self._token_key(token_hash),
@@ -297,18 +313,20 @@ class RedisStore(KeyStore):
             raise StoreError("create_user: user id or token digest already exists")
 
     async def user_for_token(self, token_hash: str) -> User | None:
-        with _translate("user_for_token"):
+        async with self._call("user_for_token"):
             raw = await self._redis.hgetall(self._token_key(token_hash))
         return _user_from_hash({_text(k): _text(v) for k, v in raw.items()}) if raw else None
 
     async def users_for_tokens(self, token_hashes: Sequence[str]) -> dict[str, User]:
         if not token_hashes:
             return {}
-        with _translate("users_for_tokens"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for token_hash in token_hashes:
-                    pipe.hgetall(self._token_key(token_hash))
-                found = await pipe.execute()
+        async with (
+            self._call("users_for_tokens"),
+            self._redis.pipeline(transaction=False) as pipe,
+        ):
+            for token_hash in token_hashes:
+                pipe.hgetall(self._token_key(token_hash))
+            found = await pipe.execute()
         return {
             token_hash: _user_from_hash({_text(k): _text(v) for k, v in raw.items()})
             for token_hash, raw in zip(token_hashes, found, strict=True)
@@ -316,11 +334,11 @@ class RedisStore(KeyStore):
         }
 
     async def revoke_token(self, user_id: str, at: int) -> None:
-        with _translate("revoke_token"):
+        async with self._call("revoke_token"):
             await self._revoke(keys=[self._user_key(user_id)], args=[f"{self._ns}:token:", at])
 
     async def delete_user(self, user_id: str) -> None:
-        with _translate("delete_user"):
+        async with self._call("delete_user"):
             await self._delete_user(
                 keys=[
                     self._user_key(user_id),
@@ -335,7 +353,7 @@ class RedisStore(KeyStore):
     ) -> bool:
         entry = _ENTRY.pack(RECORD_VERSION, at, at) + record
         verified = "" if meta.verified_at is None else str(meta.verified_at)
-        with _translate("put_key"):
+        async with self._call("put_key"):
             result = await self._put_key(
                 keys=[self._user_key(user_id), *self._key_hashes(user_id)],
                 args=[provider, entry, meta.hint, meta.status, verified],
@@ -345,7 +363,7 @@ class RedisStore(KeyStore):
         return bool(result)
 
     async def get_key(self, user_id: str, provider: str) -> bytes | None:
-        with _translate("get_key"):
+        async with self._call("get_key"):
             entry = await self._redis.hget(self._keys_key(user_id), provider)
         if entry is None:
             return None
@@ -357,11 +375,10 @@ class RedisStore(KeyStore):
 
     async def list_keys(self, user_id: str) -> list[KeyInfo]:
         entries_key, info_key = self._key_hashes(user_id)
-        with _translate("list_keys"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hgetall(entries_key)
-                pipe.hgetall(info_key)
-                entries, info = await pipe.execute()
+        async with self._call("list_keys"), self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(entries_key)
+            pipe.hgetall(info_key)
+            entries, info = await pipe.execute()
         fields = {_text(k): _text(v) for k, v in info.items()}
 
         def number(provider: str, name: str) -> int | None:
@@ -389,7 +406,7 @@ class RedisStore(KeyStore):
         self, user_id: str, provider: str, record: bytes, status: str, verified_at: int | None
     ) -> bool:
         verified = "" if verified_at is None else str(verified_at)
-        with _translate("set_key_status"):
+        async with self._call("set_key_status"):
             return bool(
                 await self._set_status(
                     keys=self._key_hashes(user_id), args=[provider, record, status, verified]
@@ -397,11 +414,11 @@ class RedisStore(KeyStore):
             )
 
     async def touch_key(self, user_id: str, provider: str, at: int) -> None:
-        with _translate("touch_key"):
+        async with self._call("touch_key"):
             await self._touch(keys=self._key_hashes(user_id), args=[provider, at])
 
     async def delete_key(self, user_id: str, provider: str) -> bool:
-        with _translate("delete_key"):
+        async with self._call("delete_key"):
             return bool(await self._delete_key(keys=self._key_hashes(user_id), args=[provider]))
 
     async def record_usage(self, records: Sequence[UsageRecord]) -> None:
@@ -415,7 +432,7 @@ class RedisStore(KeyStore):
             for user_id, entries in by_user.items():
                 keys += [self._user_key(user_id), self._usage_key(user_id)]
                 args += [len(entries), *entries]
-            with _translate("record_usage"):
+            async with self._call("record_usage"):
                 await self._record_usage(keys=keys, args=args)
 
     async def usage_stats(
@@ -423,7 +440,7 @@ class RedisStore(KeyStore):
     ) -> UsageStats:
         if (user_id is None) == (app_id is None):
             raise ValueError("usage_stats: give exactly one of user_id and app_id")
-        with _translate("usage_stats"):
+        async with self._call("usage_stats"):
             if user_id is not None:
                 owners = [user_id]
             else:
@@ -436,28 +453,32 @@ class RedisStore(KeyStore):
         return usage_stats_of(records, now)
 
     async def count_users(self, app_id: str) -> int:
-        with _translate("count_users"):
+        async with self._call("count_users"):
             return int(await self._redis.scard(f"{self._ns}:app:{app_id}"))
 
     async def iter_keys(self, batch: int = 500) -> AsyncIterator[tuple[str, str, bytes]]:
         prefix = f"{self._ns}:keys:"
-        with _translate("iter_keys"):
-            names = [_text(n) async for n in self._redis.scan_iter(match=prefix + "*", count=batch)]
+        names: list[str] = []
+        cursor: int | None = None
+        while cursor != 0:  # a deadline per round trip: the whole scan may take longer
+            async with self._call("iter_keys"):
+                cursor, found = await self._redis.scan(cursor or 0, match=prefix + "*", count=batch)
+            names += [_text(n) for n in found]
         for name in names:
-            with _translate("iter_keys"):
+            async with self._call("iter_keys"):
                 entries = await self._redis.hgetall(name)
             for provider, entry in entries.items():
                 if isinstance(entry, bytes) and len(entry) >= _ENTRY.size:
                     yield name.removeprefix(prefix), _text(provider), entry[_ENTRY.size :]
 
     async def replace_key(self, user_id: str, provider: str, old: bytes, new: bytes) -> bool:
-        with _translate("replace_key"):
+        async with self._call("replace_key"):
             return bool(
                 await self._replace_key(keys=[self._keys_key(user_id)], args=[provider, old, new])
             )
 
     async def ping(self) -> None:
-        with _translate("ping"):
+        async with self._call("ping"):
             await self._redis.ping()
 
     async def close(self) -> None:

@@ -5,6 +5,7 @@ The schema comes from the alembic migrations (`byok-relay migrate`), never from 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import operator
@@ -171,6 +172,14 @@ def _user(row: Row[Any]) -> User:
     return User(row.id, row.app_id, row.created_at, row.expires_at, row.revoked_at)
 
 
+def _drop_at_once(dbapi_connection: Any, _record: Any, _exception: BaseException | None) -> None:
+    # SQLAlchemy closes an invalidated asyncpg connection politely, waiting up to 2 s for a
+    # server that may be frozen (the call's deadline is what invalidated it): drop it now.
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None:
+        driver.terminate()
+
+
 @contextlib.contextmanager
 def _translate(operation: str) -> Iterator[None]:
     """Driver errors become store errors naming the operation, never values or URLs."""
@@ -185,8 +194,11 @@ def _translate(operation: str) -> Iterator[None]:
 
 
 class SQLStore(KeyStore):
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, deadline: float | None = None) -> None:
+        """A store on `engine`; each call takes at most `deadline` seconds in all (None: as long
+        as the driver's own waits)."""
         self._engine = engine
+        self._deadline = deadline
         # Reads run outside a transaction. Postgres needs AUTOCOMMIT for that (no BEGIN and
         # ROLLBACK round trips per lookup); SQLite's driver never opens one for a SELECT, and
         # switching its isolation level costs thread round trips at every checkout and return
@@ -216,32 +228,43 @@ class SQLStore(KeyStore):
             ensure_sqlite_directory(url)
             engine_options["connect_args"] = {"timeout": options.connect_timeout}
         else:
+            # No command timeout: each call has its deadline (`_call`), and a query that times
+            # out is never retried.
             engine_options.update(
                 pool_size=options.pool_size,
                 max_overflow=options.pool_size,
                 pool_timeout=options.pool_timeout,
-                connect_args={
-                    "timeout": options.connect_timeout,
-                    "command_timeout": options.connect_timeout,
-                },
+                connect_args={"timeout": options.connect_timeout},
             )
         engine = create_async_engine(full, **engine_options)
         if full.get_backend_name() == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return cls(engine)
+            # A call into SQLite runs on its driver's thread, which a deadline cannot stop: its
+            # waits are SQLite's own busy timeout.
+            return cls(engine)
+        event.listen(engine.sync_engine, "invalidate", _drop_at_once)
+        return cls(engine, deadline=options.connect_timeout)
+
+    @contextlib.asynccontextmanager
+    async def _call(self, operation: str) -> AsyncIterator[None]:
+        """One store call: cut off at the deadline whatever it waits on (a pooled connection, a
+        connect, every answer), its driver errors translated."""
+        with _translate(operation):
+            async with asyncio.timeout(self._deadline):
+                yield
 
     @contextlib.asynccontextmanager
     async def _begin(self, operation: str) -> AsyncIterator[AsyncConnection]:
-        with _translate(operation):
-            async with self._engine.begin() as conn:
-                yield conn
+        async with self._call(operation), self._engine.begin() as conn:
+            yield conn
 
     async def _rows(self, operation: str, query: Executable) -> Sequence[Row[Any]]:
-        with _translate(operation):
+        async with self._call(operation):
             try:
                 async with self._reader.connect() as conn:
                     return (await conn.execute(query)).all()
             except DBAPIError as exc:
+                # Only a connection found dead is tried again; a timeout is no DBAPIError.
                 if not exc.connection_invalidated:
                     raise
             # The pooled connection had died (the server restarted): once more, on a new one.
@@ -399,13 +422,12 @@ class SQLStore(KeyStore):
             .order_by(func.count().desc(), usage.c.model)
             .limit(10)
         )
-        with _translate("usage_stats"):
-            async with self._reader.connect() as conn:
-                total, week, month, errors, last, tokens_in, tokens_out = (
-                    await conn.execute(totals)
-                ).one()
-                groups = (await conn.execute(by_provider_and_outcome)).all()
-                models = (await conn.execute(by_model)).all()
+        async with self._call("usage_stats"), self._reader.connect() as conn:
+            total, week, month, errors, last, tokens_in, tokens_out = (
+                await conn.execute(totals)
+            ).one()
+            groups = (await conn.execute(by_provider_and_outcome)).all()
+            models = (await conn.execute(by_model)).all()
         providers: dict[str, dict[str, int]] = {}
         outcomes: dict[str, int] = {}
         for provider, outcome, n, e in groups:

@@ -9,7 +9,7 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from backends import StoreError
+from backends import StoreError, StoreUnavailable
 
 from . import __version__
 from .errors import BadRequest
@@ -28,6 +28,8 @@ async def health(request: Request) -> JSONResponse:
     try:
         await services.store.ping()
         db: dict[str, object] = {"ok": True}
+    except StoreUnavailable:
+        db = {"ok": False, "error": "key store unreachable"}  # its breaker logs it, once
     except StoreError as exc:
         logger.warning("health: key store check failed: %s", exc)
         db = {"ok": False, "error": "key store unreachable"}

@@ -9,7 +9,8 @@ request, which made the limiter its largest cost of its own (6% of a relayed req
 limits' storage (get, get_expiry, clear, reset) works on it unchanged. A hit is a few dictionary
 operations: no lock (nothing awaits between reading a count and writing it, so on one event
 loop a hit is atomic) and no task; expired keys are swept at most once every `SWEEP_EVERY`
-seconds, in the hit that finds the sweep due.
+seconds, in the hit that finds the sweep due. `hit` is the relay's own call: synchronous, and
+with the window's end beside the count, which every response's RateLimit headers need.
 """
 
 from __future__ import annotations
@@ -29,17 +30,23 @@ class MemoryStorage(_LimitsMemoryStorage):
         super().__init__()
         self._next_sweep = time.time() + SWEEP_EVERY
 
-    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+    def hit(self, key: str, expiry: float, amount: int = 1) -> tuple[int, float]:
+        """Count `amount` hits of `key` in its fixed window of `expiry` seconds: the count so
+        far, these hits included, and when the window ends (epoch seconds)."""
         now = time.time()
         if now >= self._next_sweep:
             self._sweep(now)
         counts, expirations = self.storage, self.expirations
-        if expirations.get(key, 0) <= now:  # a new window
+        ends = expirations.get(key, 0.0)
+        if ends <= now:  # a new window
+            ends = expirations[key] = now + expiry
             counts[key] = amount
-            expirations[key] = now + expiry
-            return amount
-        counts[key] += amount
-        return counts[key]
+            return amount, ends
+        count = counts[key] = counts[key] + amount
+        return count, ends
+
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        return self.hit(key, expiry, amount)[0]
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + SWEEP_EVERY

@@ -12,6 +12,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -132,6 +133,7 @@ class PrivatePostgres:
             shutil.chown(self.dir, self.user)
         self._run("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._frozen: list[int] = []
 
     def _run(self, tool: str, *args: str) -> None:
         command = [str(self.bin / tool), *args]
@@ -156,7 +158,30 @@ class PrivatePostgres:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
 
+    def _processes(self) -> list[int]:
+        """The postmaster, then every process it forked (backends, writers, checkpointer)."""
+        postmaster = int((self.dir / "data" / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(
+            ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        return [postmaster, *(int(pid) for pid in children)]
+
+    def freeze(self) -> None:
+        """Stop every process of the server (SIGSTOP): its sockets stay open, the kernel still
+        accepts connections, and nothing ever answers. The postmaster first, so that it forks
+        nothing meanwhile."""
+        self._frozen = self._processes()
+        for pid in self._frozen:
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in reversed(self._frozen):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self._frozen = []
+
     def remove(self) -> None:
+        self.thaw()
         with contextlib.suppress(subprocess.CalledProcessError):
             self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -208,6 +233,15 @@ class PrivateRedis:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+    def freeze(self) -> None:
+        """Stop the server (SIGSTOP): connections stay open and nothing answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
 
     def remove(self) -> None:
         self.stop()
