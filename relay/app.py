@@ -13,17 +13,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from backends import KeyStore, StoreError, StoreUnavailable
 
 from . import accounts, discovery, health, heap, keys, openapi, stats
 from .config import Settings
 from .cors import CORSMiddleware
+from .edge import EDGE_LIMITS, EdgeLimits, connections_the_files_allow, raise_file_limit
 from .errors import RelayError, error_body
+from .forwarded import ForwardedMiddleware, TrustedProxies, parse_address
 from .lane import Handler, RelayLane
 from .models import ModelPolicy
-from .protocol import SEND_TIMEOUT_STATE
 from .proxy import ModelRelay, ProviderRelay
 from .ratelimit import GlobalLimitMiddleware
 from .services import open_services
@@ -79,19 +79,40 @@ def _allowed_methods(request: Request) -> list[str]:
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:
-    logger.error("key store error: %s", exc, extra={"cause": type(exc.__cause__).__name__})
     if isinstance(exc, StoreUnavailable):
+        # Its breaker logs the store going down and coming back, once each.
+        logger.debug("key store unavailable: %s", exc)
         return _json_error(
             503,
             "Key store unavailable, try again shortly",
             "store_unavailable",
             {"retry-after": "1"},
         )
+    logger.error("key store error: %s", exc, extra={"cause": type(exc.__cause__).__name__})
     return _json_error(500, "Key store error", "store_error")
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     return _json_error(500, "Internal server error", "internal_error")
+
+
+def edge_limits(settings: Settings) -> EdgeLimits:
+    """What one connection may take of this process (`relay.edge`)."""
+    trusted = TrustedProxies(settings.forwarded_allow_ips)
+
+    def proxy(address: str) -> bool:
+        peer = parse_address(address)
+        return peer is not None and trusted.trusts(peer)
+
+    total = settings.max_connections or connections_the_files_allow(raise_file_limit())
+    return EdgeLimits(
+        head_timeout=settings.head_timeout,
+        body_timeout=settings.body_timeout,
+        send_timeout=settings.client_send_timeout,
+        max_connections=total,
+        max_per_address=settings.max_connections_per_address or max(16, total // 8),
+        proxy=proxy,
+    )
 
 
 def create_app(
@@ -114,10 +135,7 @@ def create_app(
             if settle_heap:
                 heap.settle()
             with services.drain.watch():
-                yield {
-                    "services": services,
-                    SEND_TIMEOUT_STATE: settings.client_send_timeout,
-                }
+                yield {"services": services, EDGE_LIMITS: edge_limits(settings)}
 
     upstreams = UpstreamPolicy(settings.private_upstreams, resolver)
     allowed_models = ModelPolicy(settings.allowed_models)
@@ -162,7 +180,7 @@ def create_app(
     # requests skip the router). All pure ASGI.
     inner: ASGIApp = GlobalLimitMiddleware(RelayLane(app, provider_relay, handlers))
     if settings.forwarded_allow_ips:
-        # uvicorn's own, typed against its ASGI types rather than Starlette's.
-        proxied = ProxyHeadersMiddleware(cast(Any, inner), list(settings.forwarded_allow_ips))
-        inner = cast(ASGIApp, proxied)
+        inner = ForwardedMiddleware(
+            inner, settings.forwarded_allow_ips, settings.forwarded_trusted_hops
+        )
     return CORSMiddleware(inner, allow_origins=settings.allowed_origins)

@@ -41,6 +41,7 @@ SERVER_OPTIONS: Final[dict[str, Any]] = {
     "access_log": False,  # it costs ~15% of throughput; relayed calls are logged by the relay
     "server_header": False,
     "proxy_headers": False,  # the app applies FORWARDED_ALLOW_IPS itself
+    "ws": "none",  # no WebSocket route: an upgrade request is an ordinary request
 }
 
 
@@ -104,8 +105,10 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .drain import graceful_timeout
+    from .edge import raise_file_limit
     from .logs import configure_logging
 
+    raise_file_limit()  # before the workers start: they inherit it
     message = ensure_dev_secret()
     if message:
         print(message, file=sys.stderr)

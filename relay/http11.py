@@ -5,20 +5,22 @@ then reads the answer: `read_head` until the status line and headers are in, `ne
 each piece of the body as it arrives. Everything the connection has to report is raised as httpx's
 exceptions, so that the transport above passes them on unchanged:
 
-- the provider sending something that is not HTTP/1.1, or a head over `HEAD_LIMIT`:
-  `RemoteProtocolError`, and so is the connection closing before the answer is complete
-  (an answer without a length, which ends when the connection does, is complete then);
+- the provider sending something that is not HTTP/1.1, or a head (or trailers) over
+  `HEAD_LIMIT`: `RemoteProtocolError`, and so is the connection closing before the answer is
+  complete (an answer without a length, which ends when the connection does, is complete then);
 - the connection failing under a read: `ReadError`; a wait longer than its timeout: the
   `ReadTimeout` or `WriteTimeout` the waiting side asked for.
 
 Flow control both ways: reading pauses while more than `HIGH_WATER` bytes of the answer wait
 for a slow client (and resumes below `LOW_WATER`), and writing the request waits while the
-socket's buffer is full.
+socket's buffer is full. A read takes at most `READ_SIZE` bytes (asyncio's own reads take up to
+256 KiB), so what a stalled client's stream holds never depends on how fast the provider sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Final, NamedTuple, cast
 
@@ -27,9 +29,11 @@ import httpx
 
 __all__ = ["HEAD_LIMIT", "HIGH_WATER", "LOW_WATER", "Connection", "Origin"]
 
-HEAD_LIMIT: Final = 64 * 1024  # status line and headers of one answer
+HEAD_LIMIT: Final = 64 * 1024  # status line and headers of one answer; its trailers, apart
 HIGH_WATER: Final = 64 * 1024  # answer bytes buffered before reading pauses (a slow client's share)
 LOW_WATER: Final = 16 * 1024  # ... and below which it resumes
+READ_SIZE: Final = 64 * 1024  # one read from the socket
+_STATUS_LINE: Final = len(b"HTTP/1.1 200 \r\n")  # a status line but its reason
 
 
 class Origin(NamedTuple):
@@ -47,12 +51,25 @@ def _timed_out(waiter: asyncio.Future[None], error: type[httpx.TimeoutException]
         waiter.set_exception(error("timed out waiting for the AI provider"))
 
 
-class Connection(asyncio.Protocol):
+class _ReadBuffer(threading.local):
+    """One read buffer per thread (per event loop), shared by its connections: the parser copies
+    out everything it keeps before a read returns, so a buffer per connection would only cost
+    `READ_SIZE` bytes per open stream."""
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(READ_SIZE))
+
+
+_READ = _ReadBuffer()
+
+
+class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "_buffered",
         "_chunks",
         "_error",
         "_head_size",
+        "_held",
         "_on_lost",
         "_parser",
         "_reading_paused",
@@ -97,7 +114,8 @@ class Connection(asyncio.Protocol):
         self.head_done = False
         self.complete = False
         self.keep_alive = False
-        self._head_size = 0
+        self._head_size = 0  # bytes of the head, then of the trailers, as the parser reads them
+        self._held = 0  # bytes the parser holds that made nothing yet (an unfinished line)
         self._until_close = False  # the answer's body ends when the connection does
         self._chunks: list[bytes] = []  # read whole at each `read`: a list is enough
         self._buffered = 0
@@ -114,9 +132,9 @@ class Connection(asyncio.Protocol):
         self.reason = b""
         self.headers = []
         self.head_done = self.complete = self.keep_alive = self._until_close = False
-        self._head_size = 0
+        self._head_size = self._held = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self.transport is not None:  # else lost: dropped, as a closed transport would
             self.transport.write(data)
 
@@ -174,7 +192,7 @@ class Connection(asyncio.Protocol):
     @property
     def unanswered(self) -> bool:
         """Not a byte of an answer came back."""
-        return self._head_size == 0 and not self.head_done
+        return self._head_size == 0 and self._held == 0 and not self.head_done
 
     @property
     def reusable(self) -> bool:
@@ -230,24 +248,35 @@ class Connection(asyncio.Protocol):
         self.close()
         self._wake()
 
-    # -- asyncio.Protocol ---------------------------------------------------------------------
+    # -- asyncio.BufferedProtocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_READ.view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if not self.active:  # nothing is asked of an idle connection: it has broken
             self._fail(httpx.RemoteProtocolError("the AI provider sent data unasked"))
             return
+        # The callbacks count each line of a head or trailers once the parser has it whole;
+        # until then, a line that never ends is counted here: every read that makes nothing
+        # (no head, body or end) adds to what the parser holds.
+        self._held += len(data)
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self._fail(httpx.RemoteProtocolError(f"invalid answer from the AI provider: {exc}"))
-            return
-        if not self.head_done:  # all of it went to the head: the parser holds it so far
-            self._head_size += len(data)
             if self._head_size > HEAD_LIMIT:
-                self._fail(httpx.RemoteProtocolError("the AI provider's answer head is too large"))
+                self._fail(self._too_large())
+            else:
+                self._fail(httpx.RemoteProtocolError(f"invalid answer from the AI provider: {exc}"))
+            return
+        if self._held > HEAD_LIMIT:
+            self._fail(self._too_large())
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: connection_lost follows
@@ -278,19 +307,26 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.complete:  # a second answer to one request: the parser stops here
             raise httptools.HttpParserError("an answer nobody asked for")
+        self._count(_STATUS_LINE)
 
     def on_status(self, reason: bytes) -> None:
+        self._count(len(reason))
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        self._count(len(name) + len(value) + 4)  # name: value CRLF
+        if not self.head_done:  # a trailer is counted, never kept: nothing reads them
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._count(2)  # the empty line
+        self._held = 0
         status = self._parser.get_status_code()
         if status < 200:  # informational (100 Continue): the real answer follows
             return
         self.status = status
         self.head_done = True
+        self._head_size = 0  # from here on, the trailers'
         self._until_close = not self._parser.should_keep_alive() and self._delimited_by_close()
         if self.head_only:
             self.complete = True  # no body follows, whatever the headers say; not reused
@@ -299,6 +335,7 @@ class Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.head_only:  # the answer to HEAD has no body, whatever its headers say
             raise httptools.HttpParserError("a body in the answer to HEAD")
+        self._held = 0
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._reading_paused:
@@ -308,6 +345,7 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        self._held = 0
         if not self.head_done:  # the end of an informational answer
             self.reason = b""
             self.headers = []
@@ -316,6 +354,16 @@ class Connection(asyncio.Protocol):
         self.complete = True
         self.keep_alive = not self.head_only and self._parser.should_keep_alive()
         self._wake()
+
+    def _count(self, size: int) -> None:
+        """`size` more bytes of the head (or the trailers); past `HEAD_LIMIT` the parser stops."""
+        self._head_size += size
+        if self._head_size > HEAD_LIMIT:
+            raise httptools.HttpParserError("too large")
+
+    def _too_large(self) -> httpx.RemoteProtocolError:
+        part = "trailers are" if self.head_done else "head is"
+        return httpx.RemoteProtocolError(f"the AI provider's answer {part} too large")
 
     def _delimited_by_close(self) -> bool:
         """An answer with neither a length nor chunked encoding ends with the connection."""

@@ -21,12 +21,13 @@ iteration in which it starts writing is held and sent as one write at that itera
 (Node's http server corks its socket for a response the same way); a stream's later chunks go
 straight out as they come.
 
-A client that stops reading must not hold a stream (and what is buffered for it) forever: once
-the socket's send buffer is full, the client has `SEND_TIMEOUT_STATE` seconds (the lifespan's
-setting, `RELAY_CLIENT_SEND_TIMEOUT`) in which it must take something, or the connection is
-dropped; the application sees the client leave, and `Edge.send_timed_out` says why. Only a
-connection whose buffer filled pays for this (a timer while it stays full); a client that keeps
-up costs nothing.
+Every connection is held to the process's `relay.edge.EdgeLimits`: admitted or refused with
+503 JSON as it opens; its request heads and bodies timed (408 JSON); a client whose send
+buffer is full given a time to take something, or dropped (the application sees the client
+leave, and `Edge.send_timed_out` says why). A request that arrives in one piece, as nearly all
+do, arms no timer of these: a head or body still incomplete after a read does, and a full
+send buffer does. A request line without an HTTP version (HTTP/0.9), an HTTP/1.1 request
+without `Host` and any request with two get 400 JSON.
 """
 
 from __future__ import annotations
@@ -35,48 +36,27 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import re
 import struct
 import termios
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from .edge import EDGE, EDGE_LIMITS, MIN_BODY_RATE, EdgeLimits
 from .errors import error_body
 
-__all__ = [
-    "CORK_LIMIT",
-    "EDGE",
-    "MAX_HEADERS",
-    "MAX_HEAD_BYTES",
-    "SEND_TIMEOUT_STATE",
-    "Edge",
-    "JSONErrorsProtocol",
-]
+__all__ = ["CORK_LIMIT", "MAX_HEADERS", "MAX_HEAD_BYTES", "JSONErrorsProtocol"]
 
 logger = logging.getLogger("relay")
 
 MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_HEADERS: Final = 200
 CORK_LIMIT: Final = 64 * 1024
-EDGE: Final = "relay.edge"
-"""Scope key of the request's `Edge`: its connection, as the application may act on it."""
-SEND_TIMEOUT_STATE: Final = "relay.client_send_timeout"
-"""Lifespan state key: seconds a client with a full send buffer may take nothing."""
-DEFAULT_SEND_TIMEOUT: Final = 60.0
 SEND_CHECKS: Final = 4  # looks at a full buffer per timeout: a client is cut within 1/4 late
-
-
-class Edge(Protocol):
-    """What the application may do with and learn of a request's connection."""
-
-    @property
-    def send_timed_out(self) -> bool:
-        """The connection was dropped because the client took nothing for too long."""
-
-    def end_response(self) -> None:
-        """End the response where it is, incomplete: the connection closes once what is
-        buffered has gone out (or the client's time to take it runs out), and the server logs
-        nothing about a response left unfinished."""
+_DEFAULT_LIMITS: Final = EdgeLimits()  # for a server run without the relay's lifespan
+_REQUEST_LINE: Final = re.compile(rb" HTTP/[0-9]\.[0-9]\r?$")
+_NOT_ADMITTED: Final = "\0"  # the address of a connection refused as it opened
 
 
 _MALFORMED: Final = (b"400 Bad Request", error_body("Malformed HTTP request", "malformed_request"))
@@ -84,10 +64,27 @@ _TOO_LARGE: Final = (
     b"431 Request Header Fields Too Large",
     error_body("Request headers too large", "headers_too_large"),
 )
+_HOST: Final = (
+    b"400 Bad Request",
+    error_body("A request takes one Host header (HTTP/1.1 requires it)", "bad_host_header"),
+)
+_HEAD_TIMEOUT: Final = (
+    b"408 Request Timeout",
+    error_body("The request head took too long to arrive", "request_timeout"),
+)
+_BODY_TIMEOUT: Final = (
+    b"408 Request Timeout",
+    error_body("The request body stopped arriving", "request_timeout"),
+)
+_BUSY: Final = (
+    b"503 Service Unavailable",
+    error_body("Too many connections: try again shortly", "too_many_connections"),
+)
 
 
-class HeadTooLarge(Exception):
-    """Raised from a parser callback; httptools turns it into a parser error."""
+class Refused(Exception):
+    """Raised from a parser callback to refuse the request: httptools makes it a parser error,
+    which uvicorn answers with `send_400_response` (sending the protocol's `_answer`)."""
 
 
 class _Pipeline(list[Any]):
@@ -158,22 +155,33 @@ class JSONErrorsProtocol(HttpToolsProtocol):
     # bytes); two more keys there would make it a full dict of 1,584 bytes for every
     # connection, so ours live in slots.
     __slots__ = (
+        "_address",
+        "_answer",
+        "_body_check",
+        "_body_got",
         "_corked",
         "_head_bytes",
         "_header_count",
+        "_hosts",
+        "_limits",
+        "_line",
+        "_reading_head",
         "_send_check",
         "_send_left",
         "_send_since",
-        "_too_large",
         "send_timed_out",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._head_bytes = self._header_count = 0
-        self._too_large = False
+        self._head_bytes = self._header_count = self._hosts = self._body_got = 0
+        self._answer = _MALFORMED  # what `send_400_response` sends
         self.pipeline = _Pipeline()  # type: ignore[assignment]
         self._send_check: asyncio.TimerHandle | None = None
+        self._body_check: asyncio.TimerHandle | None = None
+        self._reading_head = False
+        self._line: bytes | None = b""  # the first request line, until it is whole
+        self._address: str | None = None
         self.send_timed_out = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -181,29 +189,113 @@ class JSONErrorsProtocol(HttpToolsProtocol):
         self.flow._is_writable_event = _Event()  # uvicorn's was just made, set: nobody waits
         self.flow._is_writable_event.set()
         self._corked = _Corked(transport, self.loop)
+        self._limits: EdgeLimits = self.app_state.get(EDGE_LIMITS, _DEFAULT_LIMITS)
+        address = self.client[0] if self.client else None
+        if not self._limits.admit(address):
+            self._address = _NOT_ADMITTED
+            self._refuse(_BUSY)
+            return
+        self._address = address
+        self._limits.waiting.add(self, self.loop)  # for its first request
 
     def data_received(self, data: bytes) -> None:
         self._corked.release()  # nothing the protocol writes itself may pass what is held
+        if self._line is not None and not self._first_line(data):
+            return
         super().data_received(data)
+        # What this read left incomplete is timed; a request read whole never is.
+        if self._reading_head:
+            self._limits.waiting.add(self, self.loop)
+        cycle = self.cycle
+        if (
+            self._body_check is None
+            and cycle is not None
+            and cycle.more_body
+            and not cycle.response_complete
+            and not self._reading_head
+        ):
+            self._body_got = 0
+            self._body_check = self.loop.call_later(
+                self._limits.body_timeout, self._check_body, self.loop.time()
+            )
+
+    def _first_line(self, data: bytes) -> bool:
+        """Whether the connection's first request line, once whole, names an HTTP version
+        (False: refused)."""
+        line = self._line
+        assert line is not None
+        end = data.find(b"\n")
+        if end < 0:
+            self._line = line + data if len(line) + len(data) <= MAX_HEAD_BYTES else None
+            return True
+        self._line = None
+        first = (line + data[:end]).lstrip(b"\r\n")
+        if first and not _REQUEST_LINE.search(first):
+            self._refuse(_MALFORMED)
+            return False
+        return True
 
     def shutdown(self) -> None:
         self._corked.release()  # uvicorn closes the transport itself here
         super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._send_check is not None:
-            self._send_check.cancel()
-            self._send_check = None
+        for timer in (self._send_check, self._body_check):
+            if timer is not None:
+                timer.cancel()
+        self._send_check = self._body_check = None
+        self._limits.waiting.discard(self)
+        if self._address != _NOT_ADMITTED:
+            self._limits.release(self._address)
+        self._address = _NOT_ADMITTED  # released once
         if self.cycle is not None:  # its scope points back here: no cycle left for the GC
             self.cycle.scope.pop(EDGE, None)  # type: ignore[typeddict-item]
         super().connection_lost(exc)
+
+    # -- heads and bodies that take too long ------------------------------------------------
+
+    def head_late(self) -> None:
+        if self._reading_head or self.cycle is None:  # a head begun, or none yet at all
+            logger.info("request head too slow; connection closed")
+            self._refuse(_HEAD_TIMEOUT)
+
+    def _check_body(self, since: float) -> None:
+        """A body has been arriving for `body_timeout`: has it come fast enough?"""
+        self._body_check = None
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body or cycle.response_complete:
+            return
+        now = self.loop.time()
+        if self.flow.read_paused:  # the application is not reading: not the client's fault
+            pass
+        elif self._body_got < MIN_BODY_RATE * (now - since):
+            logger.info("request body too slow; connection closed", extra={"bytes": self._body_got})
+            cycle.disconnected = True  # the application's reads and writes end here
+            cycle.message_event.set()
+            if cycle.response_started:
+                self.transport.abort()
+            else:
+                self._refuse(_BODY_TIMEOUT)
+            return
+        self._body_got = 0
+        self._body_check = self.loop.call_later(self._limits.body_timeout, self._check_body, now)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_got += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._body_check is not None:
+            self._body_check.cancel()
+            self._body_check = None
+        super().on_message_complete()
 
     # -- a client that takes nothing --------------------------------------------------------
 
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._send_check is None:
-            timeout = float(self.app_state.get(SEND_TIMEOUT_STATE, DEFAULT_SEND_TIMEOUT))
+            timeout = self._limits.send_timeout
             self._send_left = self._unsent()
             self._send_since = self.loop.time()
             self._send_check = self.loop.call_later(
@@ -256,6 +348,11 @@ class JSONErrorsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def on_headers_complete(self) -> None:
+        self._reading_head = False
+        self._limits.waiting.discard(self)
+        if self._hosts > 1 or (self._hosts == 0 and self.parser.get_http_version() == "1.1"):
+            self._answer = _HOST
+            raise Refused
         previous = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
@@ -271,7 +368,8 @@ class JSONErrorsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_bytes = self._header_count = 0
+        self._head_bytes = self._header_count = self._hosts = 0
+        self._reading_head = True
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url), headers=0)
@@ -279,17 +377,23 @@ class JSONErrorsProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value), headers=1)
+        if len(name) == 4 and name.lower() == b"host":
+            self._hosts += 1
         super().on_header(name, value)
 
     def _count(self, size: int, headers: int) -> None:
         self._head_bytes += size
         self._header_count += headers
         if self._head_bytes > MAX_HEAD_BYTES or self._header_count > MAX_HEADERS:
-            self._too_large = True
-            raise HeadTooLarge
+            self._answer = _TOO_LARGE
+            raise Refused
 
     def send_400_response(self, msg: str) -> None:
-        status, body = _TOO_LARGE if self._too_large else _MALFORMED
+        self._refuse(self._answer)  # uvicorn's for every refusal; `_answer` says which
+
+    def _refuse(self, answer: tuple[bytes, bytes]) -> None:
+        """Answer with `answer` (a status line's end, a JSON body) and close."""
+        status, body = answer
         head = [b"HTTP/1.1 " + status + b"\r\n"]
         head.extend(n + b": " + v + b"\r\n" for n, v in self.server_state.default_headers)
         head.append(b"content-type: application/json\r\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -34,14 +35,27 @@ def run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[st
 
 
 class RelayProcess:
-    def __init__(self, cwd: Path, env: Mapping[str, str], *args: str) -> None:
+    def __init__(
+        self,
+        cwd: Path,
+        env: Mapping[str, str],
+        *args: str,
+        files: tuple[int, int] | None = None,
+    ) -> None:
+        """`files`: the (soft, hard) limit on open files the process starts with."""
         self.lines: list[str] = []
+
+        def limit_files() -> None:
+            if files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, files)
+
         self.process = subprocess.Popen(
             [sys.executable, "-m", "relay", "serve", "--port", "0", *args],
             cwd=cwd,
             env=clean_env(**env),
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=limit_files if files is not None else None,
         )
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -77,6 +77,21 @@ def test_production_never_generates_a_secret(tmp_path: Path) -> None:
         ({"APP_SECRET": "has a space"}, "APP_SECRET must not contain spaces", "has a space"),
         ({"DATABASE_URL": "mysql://relay:hunter2pass@db/relay"}, "'mysql'", "hunter2pass"),
         ({"RELAY_UPSTREAM_TIMEOUT": "soon"}, "RELAY_UPSTREAM_TIMEOUT must be a number", "soon"),
+        (
+            {"RELAY_OPENAI_BASE_URL": "https://eu.example/v1?api-key=hunter2pass"},
+            "RELAY_OPENAI_BASE_URL must not have a query or fragment",
+            "hunter2pass",
+        ),
+        (
+            {"RELAY_OPENAL_BASE_URL": "https://relay:hunter2pass@eu.example"},
+            "RELAY_OPENAL_BASE_URL names no provider",
+            "hunter2pass",
+        ),
+        (
+            {"FORWARDED_ALLOW_IPS": "*", "FORWARDED_TRUSTED_HOPS": "0"},
+            "FORWARDED_TRUSTED_HOPS must be a whole number",
+            "Traceback",
+        ),
     ],
 )
 def test_bad_configuration_is_refused_in_one_line(

@@ -11,6 +11,7 @@ network. Names resolve through `FakeResolver`, never through DNS.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime
 import ipaddress
 import threading
@@ -366,6 +367,84 @@ def test_dns_rebinding_connects_to_the_validated_address(
         assert len(resolver.calls) == 2
         assert len(mock.requests) == 1
         assert dialled == [("127.0.0.1", mock.port)]
+
+
+# --------------------------------------------------------------------------------------------
+# 2b. Lookups: after the key, within RELAY_DNS_TIMEOUT, at most two at a time per token
+# --------------------------------------------------------------------------------------------
+
+
+class HangingResolver(FakeResolver):
+    """`FakeResolver`, except that names under `.hang.example` are never answered."""
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        if host.endswith(".hang.example"):
+            self.calls.append((host, port))
+            await asyncio.Event().wait()
+        return await super().__call__(host, port)
+
+
+def test_the_key_is_checked_before_any_lookup(start_relay: StartRelay) -> None:
+    resolver = HangingResolver()
+    server = start_relay(resolver)
+    with server.client() as client:
+        keyless = register(client)
+        response = relay_post(client, keyless, "https://a.hang.example")
+        assert response.status_code == 400, response.text
+        assert response.json()["code"] == "no_key"
+        refused = client.post(
+            CHAT_PATH, json=CHAT, headers={"x-relay-base-url": "https://x.example"}
+        )
+        assert refused.status_code == 401
+    assert resolver.calls == []
+
+
+def test_a_lookup_is_given_the_dns_timeout_and_no_more(start_relay: StartRelay) -> None:
+    server = start_relay(HangingResolver(), RELAY_DNS_TIMEOUT="0.3")
+    with server.client() as client:
+        token = compatible_user(client)
+        started = time.monotonic()
+        response = relay_post(client, token, "https://a.hang.example")
+        elapsed = time.monotonic() - started
+    assert_invalid_base_url(response)
+    assert response.json()["error"] == "x-relay-base-url host could not be resolved"
+    assert 0.3 <= elapsed < 2
+
+
+def test_a_token_has_at_most_two_lookups_at_once(
+    start_relay: StartRelay, mock: MockProvider
+) -> None:
+    resolver = HangingResolver({"ok.example": ["127.0.0.1"]})
+    server = start_relay(resolver, RELAY_DNS_TIMEOUT="1", RELAY_PRIVATE_UPSTREAMS="127.0.0.1/32")
+    with server.client() as client:
+        busy, other = compatible_user(client), compatible_user(client)
+
+        def hang(n: int) -> httpx.Response:
+            with server.client() as own:
+                return relay_post(own, busy, f"https://n{n}.hang.example")
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            hanging = [pool.submit(hang, n) for n in range(2)]
+            deadline = time.monotonic() + 2
+            while len(resolver.calls) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            third = relay_post(client, busy, "https://n3.hang.example")
+            # Another token looks names up meanwhile.
+            answered = relay_post(client, other, f"http://ok.example:{mock.port}")
+            results = [future.result() for future in hanging]
+        assert third.status_code == 429, third.text
+        assert third.json() == {
+            "error": "Too many upstream lookups in progress. Try again in 1 seconds.",
+            "code": "rate_limited",
+            "limit": "lookups",
+        }
+        assert third.headers["retry-after"] == "1"
+        assert answered.status_code == 200, answered.text
+        for response in results:
+            assert_invalid_base_url(response)
+        # Their lookups over, the token may look names up again.
+        assert relay_post(client, busy, f"http://ok.example:{mock.port}").status_code == 200
+    assert ("n3.hang.example", 443) not in resolver.calls
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.http11 import HEAD_LIMIT, HIGH_WATER
+from relay.http11 import HEAD_LIMIT, HIGH_WATER, READ_SIZE
 from relay.pinning import pinned
 from relay.transport import HTTPTransport
 from relay.upstream import upstream_request
@@ -212,8 +212,9 @@ async def test_a_relayed_request_carries_the_headers_httpx_itself_would_add(
     ours = upstream_request(method, url, headers, body, {})
     theirs = httpx.Request(method, url, headers=headers, content=body)
     assert ours.headers.raw == theirs.headers.raw
-    if content != "stream":
-        assert ours.content == theirs.content
+    if content != "stream":  # the body the transport sends, as httpx would have it
+        assert isinstance(ours.stream, httpx.ByteStream)
+        assert b"".join(ours.stream) == theirs.content
 
 
 async def test_a_relayed_request_streams_its_body_once() -> None:
@@ -374,6 +375,114 @@ async def test_a_broken_answer_is_a_protocol_error(reply: bytes) -> None:
     async with serving(handler) as upstream, transport() as client:
         with pytest.raises(httpx.RemoteProtocolError):
             await client.handle_async_request(request(upstream))
+        assert client.pool.open_connections == 0
+
+
+def head_of(size: int, framing: bytes = b"content-length: 2\r\n") -> bytes:
+    """An answer head of exactly `size` bytes, status line to empty line: headers of 1,000 bytes
+    and one of the rest."""
+    head = b"HTTP/1.1 200 OK\r\n" + framing
+    rest = size - len(head) - 2
+    while rest > 0:
+        line = min(rest, 1000) if rest - 1000 >= 20 or rest <= 1000 else rest - 20
+        name = b"x-h%d: " % len(head)
+        head += name + b"a" * (line - len(name) - 2) + b"\r\n"
+        rest -= line
+    assert len(head) + 2 == size
+    return head + b"\r\n"
+
+
+def trailers_of(size: int) -> bytes:
+    """A chunked body ending in trailers of `size` bytes (their empty line apart)."""
+    lines = b""
+    while len(lines) < size:
+        lines += b"x-t%d: " % len(lines) + b"t" * 990 + b"\r\n"
+    return b"3\r\nabc\r\n0\r\n" + lines + b"\r\n"
+
+
+def writing(reply: bytes, piece: int | None) -> Handler:
+    """Answer one request with `reply`, in one write or in pieces of `piece` bytes, then wait."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        await up.read_request(reader)
+        step = piece or len(reply)
+        for start in range(0, len(reply), step):
+            writer.write(reply[start : start + step])
+            await writer.drain()
+        await reader.read()
+
+    return handler
+
+
+PIECES = [pytest.param(None, id="one write"), pytest.param(4096, id="4 KiB pieces")]
+
+
+@pytest.mark.parametrize("piece", PIECES)
+@pytest.mark.parametrize(
+    ("size", "passes"),
+    [
+        pytest.param(63_000, True, id="63 KB"),
+        pytest.param(HEAD_LIMIT, True, id="the limit"),
+        pytest.param(HEAD_LIMIT + 1, False, id="a byte past it"),
+        pytest.param(70_000, False, id="70 KB"),
+    ],
+)
+async def test_every_byte_of_a_head_counts_however_it_arrives(
+    size: int, passes: bool, piece: int | None
+) -> None:
+    """The read that completes a head counts too, whether the head came in it alone or not."""
+    async with serving(writing(head_of(size) + b"{}", piece)) as upstream, transport() as client:
+        if passes:
+            response, body = await fetch(client, request(upstream))
+            assert (response.status_code, body) == (200, b"{}")
+            assert len(response.headers.raw) > 60
+        else:
+            with pytest.raises(httpx.RemoteProtocolError, match="head is too large"):
+                await client.handle_async_request(request(upstream))
+        assert client.pool.open_connections == (1 if passes else 0)
+
+
+@pytest.mark.parametrize("piece", PIECES)
+@pytest.mark.parametrize(
+    ("size", "passes"),
+    [pytest.param(60_000, True, id="60 KB"), pytest.param(70_000, False, id="70 KB")],
+)
+async def test_trailers_count_like_a_head(size: int, passes: bool, piece: int | None) -> None:
+    reply = head_of(100, b"transfer-encoding: chunked\r\n") + trailers_of(size)
+    async with serving(writing(reply, piece)) as upstream, transport() as client:
+        if passes:
+            response, body = await fetch(client, request(upstream))
+            assert (response.status_code, body) == (200, b"abc")
+        else:
+            with pytest.raises(httpx.RemoteProtocolError, match="trailers are too large"):
+                await fetch(client, request(upstream))
+        assert client.pool.open_connections == (1 if passes else 0)
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\nx-endless: ", id="a header"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx-t: ", id="a trailer"
+        ),
+    ],
+)
+async def test_a_line_that_never_ends_is_refused_once_past_the_limit(start: bytes) -> None:
+    """The parser holds an unfinished line whole: what it holds is counted read by read."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        await up.read_request(reader)
+        writer.write(start)
+        await asyncio.sleep(0.05)  # read apart: the line alone follows
+        for _ in range(2 * HEAD_LIMIT // 4096):
+            writer.write(b"a" * 4096)
+            await writer.drain()
+        await reader.read()
+
+    async with serving(handler) as upstream, transport() as client:
+        with pytest.raises(httpx.RemoteProtocolError, match="too large"):
+            await fetch(client, request(upstream))
         assert client.pool.open_connections == 0
 
 
@@ -699,7 +808,10 @@ async def test_reading_pauses_while_the_answer_waits_for_a_slow_reader() -> None
         assert not transport_.is_reading()
         received = b""
         async for chunk in response.stream:  # type: ignore[union-attr]
-            assert len(chunk) <= HIGH_WATER + 256 * 1024  # never more than a window
+            # Reading paused past the window, after one read: a bounded read, however much
+            # the socket held (asyncio's own reads take up to 256 KiB).
+            assert len(chunk) <= HIGH_WATER + READ_SIZE
             received += chunk
+            await asyncio.sleep(0.05)  # the socket fills up again meanwhile
         await response.aclose()
     assert received == payload
