@@ -10,7 +10,8 @@ generator, so a machine without wrk runs the same path, and sizes everything dow
 Sections: small JSON and 20-chunk SSE at 1, 16 and 64 connections; added latency and time to
 first byte at one connection, interleaved with direct requests; server CPU time per request;
 a ramp of concurrent SSE streams until one is not held cleanly, with the relay's resident memory
-per stream; one worker against two. The report ends with the targets, passed or failed. The
+per stream; one worker against two; how long one hostile request body stalls the event loop
+(`bench.stalls`). The report ends with the targets, passed or failed. The
 figures are printed and written as JSON to bench/results/<timestamp>.json (or `--out`).
 """
 
@@ -32,6 +33,7 @@ from bench import suite
 from bench.processes import Children, Role, parse_cpus, raise_file_limit
 from bench.ramp import ramp
 from bench.report import machine, render, targets
+from bench.stalls import stalls
 from bench.wrk import wrk_version
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -110,6 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["cpu"] = suite.cpu(bench)
             result["ramp"] = ramp(bench)
             result["workers"] = suite.workers(bench)
+            result["stalls"] = stalls(children, bench.upstream, Path(workdir), plan.stall_bytes)
             result["relay_log"] = suite.log_summary(bench.relay_log())
         finally:
             children.close()

@@ -118,6 +118,13 @@ GOALS: Final = (
         unit="x",
     ),
     Goal(
+        "worst event-loop stall, one hostile body",
+        lambda r: _get(r, "stalls", "worst_ms"),
+        50,
+        at_most=True,
+        unit="ms",
+    ),
+    Goal(
         "direct rps / relay rps, 16 connections",
         lambda r: _rps(r, "direct") / _rps(r, "relay"),
         3,
@@ -256,6 +263,19 @@ def _workers(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _stalls(stalls: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Event-loop stall while one body is read (GET /version every 5 ms; idle worst "
+        f"{stalls['idle_ms']:.0f} ms, taken off):"
+    ]
+    for name, shape in stalls["shapes"].items():
+        lines.append(
+            f"  {name:<34}{shape['bytes'] / 1e6:5.1f} MB  {shape['status']}  "
+            f"{shape['stall_ms']:6.1f} ms"
+        )
+    return lines
+
+
 def _placement(placement: dict[str, list[int]]) -> str:
     if not placement:
         return "CPUs: every process may run on any (servers, generators and mock share them)"
@@ -296,6 +316,8 @@ def render(result: dict[str, Any]) -> str:
         f" µs ({cpu['relay']['requests']:,} each); relay/mock {_factor(cpu['relay_over_direct'])}, "
         f"relay/floor {_factor(cpu['relay_over_floor'])}",
         *_workers(result),
+        "",
+        *_stalls(result["stalls"]),
         "",
         "Targets",
     ]

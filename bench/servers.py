@@ -114,10 +114,12 @@ def start_relay(
     *,
     under: Sequence[str] = (),
     timeout: float = 60,
+    env: dict[str, str] | None = None,
+    name: str = "",
 ) -> Server:
     """The relay on a free port; tried again on another port should that one be taken. `under`
-    and `timeout` as for `announced`."""
-    log = workdir / f"relay-{workers}w.log"
+    and `timeout` as for `announced`; `env` adds settings, and `name` tells its log apart."""
+    log = workdir / f"relay-{name or f'{workers}w'}.log"
     for _ in range(3):
         port = free_port()
         args = ["serve", "--port", str(port), "--workers", str(workers)]
@@ -126,7 +128,7 @@ def start_relay(
                 [*under, sys.executable, "-m", "relay", *args],
                 role="server",
                 cwd=workdir,
-                env=relay_env(upstream, workdir),
+                env={**relay_env(upstream, workdir), **(env or {})},
                 stderr=stderr,
             )
         try:

@@ -72,6 +72,7 @@ class Plan:
     ramp_frames: int
     open_rate: float  # ramp streams opened per second
     max_streams: int
+    stall_bytes: int  # the size of each hostile body (bench.stalls)
 
     @classmethod
     def full(cls, duration: int, max_streams: int) -> Plan:
@@ -85,6 +86,7 @@ class Plan:
             ramp_frames=20,
             open_rate=500,
             max_streams=max_streams,
+            stall_bytes=10 * 1024 * 1024 - 4096,  # the default body limit, less the headroom
         )
 
     @classmethod
@@ -99,6 +101,7 @@ class Plan:
             ramp_frames=5,
             open_rate=500,
             max_streams=max_streams,
+            stall_bytes=256 * 1024,
         )
 
     def ramp_steps(self) -> list[int]:

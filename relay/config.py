@@ -21,9 +21,13 @@ import limits
 
 from backends import SCHEMES, url_scheme
 
+from .providers import PROVIDERS
+
 __all__ = ["ConfigError", "Secret", "Settings", "read_env_file"]
 
 MIN_SECRET_LENGTH: Final = 32
+# Operator values for providers' default headers: (variable, provider, header).
+HEADER_DEFAULTS: Final = (("RELAY_OPENROUTER_REFERER", "openrouter", "http-referer"),)
 
 
 class ConfigError(Exception):
@@ -95,13 +99,29 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = ()
     token_expiry_days: float = 90
     request_body_limit: int = 10 * 1024 * 1024
+    parse_limit: int = 10 * 1024 * 1024
+    body_memory_limit: int = 256 * 1024 * 1024
     connect_timeout: float = 10.0
     upstream_timeout: float = 300.0
     stream_idle_timeout: float = 120.0
     client_send_timeout: float = 60.0
+    head_timeout: float = 10.0
+    body_timeout: float = 10.0
+    max_connections: int = 0
+    """0: as many as the process's open-file limit allows."""
+    max_connections_per_address: int = 0
+    """0: an eighth of `max_connections` (at least 16)."""
     drain_seconds: float = 25.0
     base_url_overrides: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    default_header_overrides: Mapping[str, Mapping[str, str]] = dataclasses.field(
+        default_factory=dict
+    )
     private_upstreams: tuple[str, ...] = ()
+    forwarded_trusted_hops: int | None = None
+    """Proxies in front whose `X-Forwarded-For` entries are believed; None: 1 when
+    `FORWARDED_ALLOW_IPS` is `*`, no cap with a list (`relay.forwarded`)."""
+    dns_timeout: float = 5.0
+    """Seconds to resolve a host an openai-compatible client names."""
     host: str = "127.0.0.1"
     port: int = 3000
     workers: int = 1
@@ -124,6 +144,10 @@ class Settings:
 
     def base_url_for(self, provider: str, default: str) -> str:
         return self.base_url_overrides.get(provider, default)
+
+    def default_headers_for(self, provider: str) -> Mapping[str, str]:
+        """The operator's values for `provider`'s default headers, by name (`HEADER_DEFAULTS`)."""
+        return self.default_header_overrides.get(provider, {})
 
 
 def _parse(env: Mapping[str, str]) -> Settings:
@@ -175,9 +199,13 @@ def _parse(env: Mapping[str, str]) -> Settings:
         raise ConfigError("LOG_LEVEL must be one of debug, info, warning, error, critical")
 
     overrides: dict[str, str] = {}
+    env_names = {provider.upper().replace("-", "_"): provider for provider in PROVIDERS}
     for name, value in env.items():
         match = re.fullmatch(r"RELAY_([A-Z0-9_]+)_BASE_URL", name)
         if match and value.strip():
+            provider = env_names.get(match.group(1))
+            if provider is None:  # a typo would leave the real provider's URL in force
+                raise ConfigError(f"{name} names no provider (known: {', '.join(PROVIDERS)})")
             url = value.strip().rstrip("/")
             try:
                 parts = urlsplit(url)
@@ -192,12 +220,32 @@ def _parse(env: Mapping[str, str]) -> Settings:
                 raise ConfigError(f"{name} must be an http(s) URL")
             if parts.username is not None or parts.password is not None:
                 raise ConfigError(f"{name} must not contain credentials")
-            overrides[match.group(1).lower().replace("_", "-")] = url
+            if "?" in url or "#" in url:  # the request's path would land inside them
+                raise ConfigError(f"{name} must not have a query or fragment")
+            overrides[provider] = url
+
+    header_overrides: dict[str, dict[str, str]] = {}
+    for variable, provider, header in HEADER_DEFAULTS:
+        chosen = get(variable)
+        if chosen is None:
+            continue
+        try:
+            parts = urlsplit(chosen)
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            valid = False
+        # Sent upstream as it is, as a header value: printable ASCII only.
+        if not (valid and chosen.isascii() and chosen.isprintable()):
+            raise ConfigError(f"{variable} must be an http(s) URL")
+        header_overrides.setdefault(provider, {})[header] = chosen
 
     private = _csv(get("RELAY_PRIVATE_UPSTREAMS"))
     for entry in private:
         _check_private_upstream(entry)
 
+    body_limit = int(
+        _number(get, "REQUEST_BODY_LIMIT_BYTES", 10 * 1024 * 1024, minimum=1, maximum=2**40)
+    )
     return Settings(
         encryption_secrets=tuple(Secret(s) for s in secrets),
         token_hmac_secret=Secret(hmac_secret or secrets[0]),
@@ -219,16 +267,29 @@ def _parse(env: Mapping[str, str]) -> Settings:
         cache_ttl=_number(get, "CACHE_TTL", 1, minimum=0, maximum=1),
         forwarded_allow_ips=_csv(get("FORWARDED_ALLOW_IPS")),
         token_expiry_days=_number(get, "TOKEN_EXPIRY_DAYS", 90, minimum=0, maximum=36_500),
-        request_body_limit=int(
-            _number(get, "REQUEST_BODY_LIMIT_BYTES", 10 * 1024 * 1024, minimum=1, maximum=2**40)
+        request_body_limit=body_limit,
+        parse_limit=int(
+            min(body_limit, _number(get, "RELAY_PARSE_LIMIT_BYTES", body_limit, minimum=1))
+        ),
+        body_memory_limit=int(
+            _number(get, "REQUEST_BODY_MEMORY_BYTES", 256 * 1024 * 1024, minimum=1, maximum=2**40)
         ),
         connect_timeout=_number(get, "RELAY_CONNECT_TIMEOUT", 10, minimum=0.001),
         upstream_timeout=_number(get, "RELAY_UPSTREAM_TIMEOUT", 300, minimum=0.001),
         stream_idle_timeout=_number(get, "RELAY_STREAM_IDLE_TIMEOUT", 120, minimum=0.001),
         client_send_timeout=_number(get, "RELAY_CLIENT_SEND_TIMEOUT", 60, minimum=0.001),
+        head_timeout=_number(get, "RELAY_HEAD_TIMEOUT", 10, minimum=0.001, maximum=3600),
+        body_timeout=_number(get, "RELAY_BODY_TIMEOUT", 10, minimum=0.001, maximum=3600),
+        max_connections=int(_number(get, "RELAY_MAX_CONNECTIONS", 0, minimum=0, maximum=2**31)),
+        max_connections_per_address=int(
+            _number(get, "RELAY_MAX_CONNECTIONS_PER_IP", 0, minimum=0, maximum=2**31)
+        ),
         drain_seconds=_number(get, "RELAY_DRAIN_SECONDS", 25, minimum=0, maximum=3600),
         base_url_overrides=overrides,
+        default_header_overrides=header_overrides,
         private_upstreams=private,
+        forwarded_trusted_hops=_forwarded_hops(get),
+        dns_timeout=_number(get, "RELAY_DNS_TIMEOUT", 5, minimum=0.001, maximum=60),
         host=get("HOST") or "127.0.0.1",
         port=int(_number(get, "PORT", 3000, minimum=0, maximum=65535)),
         workers=int(_number(get, "WEB_CONCURRENCY", 1, minimum=1, maximum=256)),
@@ -301,3 +362,27 @@ def _check_private_upstream(entry: str) -> None:
     host, sep, port = entry.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"RELAY_PRIVATE_UPSTREAMS: {entry!r} is not host:port or a CIDR block")
+
+
+def _forwarded_hops(get: Callable[[str], str | None]) -> int | None:
+    """`FORWARDED_TRUSTED_HOPS`, checked together with the `FORWARDED_ALLOW_IPS` it counts."""
+    allowed = _csv(get("FORWARDED_ALLOW_IPS"))
+    for entry in allowed:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"FORWARDED_ALLOW_IPS: {entry!r} is not an IP address, a CIDR block or *"
+            ) from None
+    if "*" in allowed and len(allowed) > 1:
+        raise ConfigError("FORWARDED_ALLOW_IPS: * trusts every address, list nothing beside it")
+    raw = get("FORWARDED_TRUSTED_HOPS")
+    if raw is None:
+        return None
+    if not allowed:
+        raise ConfigError("FORWARDED_TRUSTED_HOPS needs FORWARDED_ALLOW_IPS: the proxies it counts")
+    if not (len(raw) <= 2 and raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 16):
+        raise ConfigError("FORWARDED_TRUSTED_HOPS must be a whole number from 1 to 16")
+    return int(raw)

@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Final
 
 import httpx
@@ -28,7 +28,9 @@ from starlette.types import Message, Receive, Scope, Send
 from backends import Outcome, UsageRecord, User
 
 from .auth import authenticate_digest, now_ms
+from .bodies import ClientGone, declared_length, read_whole
 from .crypto import DecryptionError
+from .edge import EDGE, Edge
 from .errors import (
     BadRequest,
     Forbidden,
@@ -40,13 +42,12 @@ from .errors import (
     UpstreamError,
 )
 from .idle import IdleDeadline
-from .jsonedit import parse_object
+from .jsonedit import Body, Repeated, TooDeep, cut, find_members, replace_value
 from .models import ModelPolicy, model_of
 from .paths import encode_path, normalize_path
 from .pinning import pinned
-from .protocol import EDGE, Edge
 from .providers import PROVIDERS, Provider, forwarded_request_headers
-from .routing import route_model
+from .routing import Routed, route_model
 from .services import Services
 from .ssrf import Upstream, UpstreamPolicy
 from .transport import ResponseBody
@@ -61,6 +62,10 @@ logger = logging.getLogger("relay.proxy")
 STREAM_ERROR_FRAME: Final = b'event: error\ndata: {"error":"Stream interrupted by provider"}\n\n'
 CLIENT_CLOSED: Final = 499  # recorded when the client left before the provider answered
 WATCH_AFTER: Final = 0.02  # seconds into an exchange before the client is watched for leaving
+
+TOO_LARGE_TO_READ: Final = (
+    "Request body too large for this relay to read its model (RELAY_PARSE_LIMIT_BYTES)"
+)
 
 CLIENT_ENDINGS: Final = frozenset({Outcome.CLIENT_CANCELLED, Outcome.SLOW_CLIENT})
 """Endings that leave nobody to tell."""
@@ -91,10 +96,6 @@ ENDED_LOG: Final = {
     Outcome.DRAINED: "relay draining; exchange ended",
     Outcome.REVOKED: "token revoked or account erased; exchange ended",
 }
-
-
-class ClientGone(Exception):
-    """The client disconnected while its request body was still arriving."""
 
 
 def unsupported_provider() -> BadRequest:
@@ -145,23 +146,38 @@ class _Relay:
         await services.limiter.check("relay", token_digest)
         return user, token_digest
 
+    async def _holding(
+        self, services: Services, held: int, making: Awaitable[_Exchange]
+    ) -> _Exchange:
+        """The exchange `making` makes, holding `held` bytes of the process's body budget until
+        it has sent them (given back at once if it is never made)."""
+        try:
+            exchange = await making
+        except BaseException:
+            services.bodies.give(held)
+            raise
+        exchange.held = held
+        return exchange
+
     async def _exchange(
         self,
         request: _Request,
         provider: Provider,
         path: str,
         query: bytes,
-        body: bytes | None,
+        body: Body | None,
         model: str | None,
     ) -> _Exchange:
         """The exchange that sends the request to `provider` at `path` and relays the answer.
         `body` is the request body when it was already read; otherwise the client's stream is
         forwarded. `model` is the model the request names, when the relay read it."""
         services, scope = request.services, request.scope
-        target = await self._target(services, provider, request.headers)
+        # The key first: a caller without one makes the relay look up no name.
         record, key = await self._key(services, request.user, provider)
+        target = await self._target(request, provider)
         url = target.base_url + encode_path(path) + _query(provider, path, query)
-        outgoing = forwarded_request_headers(provider, _first_values(scope), key)
+        defaults = services.settings.default_headers_for(provider.name)
+        outgoing = forwarded_request_headers(provider, _first_values(scope), key, defaults)
         length = request.headers.get("content-length")
         if body is None and length is not None and scope["method"] == "POST":
             outgoing.append((b"content-length", length.encode()))
@@ -173,14 +189,19 @@ class _Relay:
         sending = _Outgoing(scope["method"], url, outgoing, body)
         return _Exchange(request, provider, shown, record, model, sending, target.pin)
 
-    async def _target(self, services: Services, provider: Provider, headers: Headers) -> _Target:
+    async def _target(self, request: _Request, provider: Provider) -> _Target:
+        settings = request.services.settings
         if provider.base_url:
-            return _Target(services.settings.base_url_for(provider.name, provider.base_url))
+            return _Target(settings.base_url_for(provider.name, provider.base_url))
         # openai-compatible: the client names the upstream, unless the operator pinned one.
-        override = services.settings.base_url_overrides.get(provider.name)
+        override = settings.base_url_overrides.get(provider.name)
         if override:
             return _Target(override)
-        upstream = await self._policy.resolve(headers.get("x-relay-base-url"))
+        upstream = await self._policy.resolve(
+            request.headers.get("x-relay-base-url"),
+            owner=request.token,
+            lookup_timeout=settings.dns_timeout,
+        )
         return _Target(f"{upstream.scheme}://{upstream.host_header}", upstream)
 
     async def _key(self, services: Services, user: User, provider: Provider) -> tuple[bytes, str]:
@@ -231,20 +252,31 @@ class ProviderRelay(_Relay):
             # next request on its connection as this one's body.
             if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
                 raise BadRequest("A GET request cannot have a body", code="body_not_allowed")
-        _check_length(headers, services.settings.request_body_limit)
-
+        settings = services.settings
         body = model = None
+        held = 0
         if self._models.enabled and method == "POST":
             # Only a model allowlist makes the relay read a body it otherwise only streams.
+            declared = declared_length(headers, settings.parse_limit, TOO_LARGE_TO_READ)
             try:
-                body = await _read_body(receive, services.settings.request_body_limit)
+                body = await read_whole(
+                    receive, declared, settings.parse_limit, services.bodies, TOO_LARGE_TO_READ
+                )
             except ClientGone:
                 return None
-            content_type = headers.get("content-type", "")
-            model = model_of(provider, path, scope["query_string"], content_type, body)
-            self._models.check(model, provider.name)
+            held = len(body)
+            try:
+                content_type = headers.get("content-type", "")
+                model = model_of(provider, path, scope["query_string"], content_type, body)
+                self._models.check(model, provider.name)
+            except BaseException:
+                services.bodies.give(held)
+                raise
+        else:
+            declared_length(headers, settings.request_body_limit)
         request = _Request(services, scope, receive, send, headers, user, token)
-        return await self._exchange(request, provider, path, scope["query_string"], body, model)
+        making = self._exchange(request, provider, path, scope["query_string"], body, model)
+        return await (self._holding(services, held, making) if held else making)
 
 
 class ModelRelay(_Relay):
@@ -254,31 +286,47 @@ class ModelRelay(_Relay):
         services: Services = scope["state"]["services"]
         headers = Headers(scope=scope)
         user, token = await self._caller(services, headers)
-        _check_length(headers, services.settings.request_body_limit)
+        limit = services.settings.parse_limit
+        declared = declared_length(headers, limit, TOO_LARGE_TO_READ)
         try:
-            raw = await _read_body(receive, services.settings.request_body_limit)
+            raw = await read_whole(receive, declared, limit, services.bodies, TOO_LARGE_TO_READ)
         except ClientGone:
             return None
+        held = len(raw)
         try:
-            body = parse_object(raw)
+            provider, routed = self._route(raw)
+        except BaseException:
+            services.bodies.give(held)
+            raise
+        request = _Request(services, scope, receive, send, headers, user, token)
+        making = self._exchange(request, provider, routed.path, b"", raw, routed.model)
+        return await self._holding(services, held, making)
+
+    def _route(self, raw: bytearray) -> tuple[Provider, Routed]:
+        """The provider and the route for the model `raw` names; `raw` is made the body to
+        send (edited in place)."""
+        try:
+            found = find_members(raw, ("model", "stream"))
+        except Repeated:
+            raise BadRequest(
+                "model and stream may each be given once", code="invalid_json"
+            ) from None
+        except TooDeep:
+            raise BadRequest("The JSON body nests too deeply", code="invalid_json") from None
         except ValueError:
             raise BadRequest("Request body must be a JSON object", code="invalid_json") from None
-        models, streams = body.values("model"), body.values("stream")
-        if len(models) > 1 or len(streams) > 1:
-            raise BadRequest("model and stream may each be given once", code="invalid_json")
-        routed = route_model(models[0] if models else None, stream=streams == [True])
+        model, stream = found.get("model"), found.get("stream")
+        named = model.value(str) if model is not None else None
+        routed = route_model(named, stream=stream is not None and stream.value(bool) is True)
         provider = PROVIDERS[routed.provider]
         if not provider.allows(routed.path):
             raise _forbidden_path(routed.path, provider.name)
         self._models.check(routed.model, provider.name)
         if provider.model_in != "body:model":  # Google: the model is in the path
-            body = body.remove("model").remove("stream")
-        elif routed.model != models[0]:
-            body = body.replace("model", routed.model)
-        request = _Request(services, scope, receive, send, headers, user, token)
-        return await self._exchange(
-            request, provider, routed.path, b"", body.encode(), routed.model
-        )
+            cut(raw, list(found.values()))
+        elif model is not None and routed.model != named:
+            replace_value(raw, model, routed.model)
+        return provider, routed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,16 +341,6 @@ class _Request:
     """The digest of the caller's token."""
 
 
-def _check_length(headers: Headers, limit: int) -> None:
-    length = headers.get("content-length")
-    if length is None:
-        return
-    if not length.isdigit():
-        raise BadRequest("Invalid Content-Length header", code="invalid_content_length")
-    if int(length) > limit:
-        raise PayloadTooLarge()
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Outgoing:
     """What the exchange sends; let go of once sent."""
@@ -310,7 +348,7 @@ class _Outgoing:
     method: str
     url: str
     headers: list[tuple[bytes, bytes]]
-    body: bytes | None  # None: the client's body, streamed as it arrives
+    body: Body | None  # None: the client's body, streamed as it arrives
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,22 +356,6 @@ class _Target:
     base_url: str
     pin: Upstream | None = None
     """An upstream the client named: connections to its host go to the address checked."""
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge()
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _first_values(scope: Scope) -> dict[str, str]:
@@ -344,7 +366,11 @@ def _first_values(scope: Scope) -> dict[str, str]:
 
 
 def _query(provider: Provider, path: str, query_string: bytes) -> str:
+    """The query sent upstream: the client's, less what the provider must never be sent, plus
+    what its streaming actions need."""
     query = query_string.decode("latin-1")
+    if query and provider.withheld_query:
+        query = "&".join(part for part in query.split("&") if not provider.withholds(part))
     for suffix, name, value in provider.sse_query:
         if path.endswith(suffix) and not any(
             part.split("=", 1)[0] == name for part in query.split("&")
@@ -362,6 +388,7 @@ class _Exchange:
         "body_read",
         "edge",
         "ending",
+        "held",
         "meter",
         "model",
         "outcome",
@@ -406,6 +433,7 @@ class _Exchange:
         self.record = record  # the sealed key used: its health is judged by the answer
         self.model = model  # the model the request named, when the relay read it
         self.outgoing: _Outgoing | None = outgoing  # until sent
+        self.held = 0  # bytes of the process's body budget the body to send takes
         self.pin = pin  # the checked address of an upstream the client named
         self.status = 502  # until the provider answers
         self.outcome = Outcome.UPSTREAM_ERROR  # until it is known how the exchange ended
@@ -452,7 +480,7 @@ class _Exchange:
         inflight = self.services.inflight
         inflight.add(self)
         try:
-            content: bytes | AsyncIterator[bytes] | None = outgoing.body
+            content: Body | AsyncIterator[bytes] | None = outgoing.body
             if content is None and outgoing.method == "POST":
                 content = await self._content()
             else:
@@ -464,6 +492,7 @@ class _Exchange:
             # Sent: a long prompt (and the key in its headers) need not stay in memory as long
             # as the answer streams.
             del request, content, outgoing
+            self._let_go()
             # The transport's own stream: raw bytes as they arrive, without httpx's
             # re-chunking generator around it.
             chunks = response.stream
@@ -488,6 +517,7 @@ class _Exchange:
             self.outcome = Outcome.COMPLETED  # refused, and the refusal answered whole
             raise
         finally:
+            self._let_go()
             inflight.discard(self)
             if self.watch is not None:
                 self.watch.cancel()
@@ -510,6 +540,12 @@ class _Exchange:
                     "elapsed_ms": round((time.monotonic() - self.started) * 1000),
                 },
             )
+
+    def _let_go(self) -> None:
+        """The body is sent (or never will be): its bytes leave the process's budget."""
+        if self.held:
+            self.services.bodies.give(self.held)
+            self.held = 0
 
     async def _ended(self, outcome: Outcome) -> None:
         """Ended from outside: tell the client why, as far as it can still be told."""
@@ -557,7 +593,7 @@ class _Exchange:
             )
         )
 
-    async def _content(self) -> bytes | AsyncIterator[bytes]:
+    async def _content(self) -> Body | AsyncIterator[bytes]:
         """The request body: whole when it came in one message (a chat request usually does,
         and a whole body is cheaper to send), else a stream that forwards it as it arrives."""
         first, more = await self._next_chunk(0)

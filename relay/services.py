@@ -7,21 +7,23 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Final
 
 import httpx
 
-from backends import KeyStore, StoreOptions, open_store, url_scheme
+from backends import KeyStore, StoreOptions, open_store
+from backends.breaker import Breaker, BreakerStore
 from backends.cache import CachedStore
 
 from .background import Background
+from .bodies import BodyBudget
 from .config import Settings
 from .crypto import KeyCipher
 from .drain import Drain
 from .idle import IdleWheel
 from .inflight import InFlight
 from .keyhealth import KeyHealth
-from .ratelimit import Limit, RateLimiter
+from .ratelimit import Limit, RateLimiter, WhenDown
 from .recorder import UsageRecorder
 from .tokens import TokenHasher
 from .upstream import new_http_client, new_transport
@@ -53,6 +55,8 @@ class Services:
     """Where every open stream's idle deadline waits (one timer per bucket, not per stream)."""
     inflight: InFlight
     """The exchanges in progress, ended on a revocation or at the end of a drain."""
+    bodies: BodyBudget
+    """The request bodies held whole, in all."""
     drain: Drain
     started_at: float
 
@@ -67,12 +71,12 @@ def store_options(settings: Settings) -> StoreOptions:
 
 
 def _limits(settings: Settings) -> dict[str, Limit]:
-    closed = settings.rate_limit_fail == "closed"
+    fail: WhenDown = "closed" if settings.rate_limit_fail == "closed" else "open"
     return {
-        "global": Limit.parse("global", settings.rate_limit_global, fail_closed=False),
-        "relay": Limit.parse("relay", settings.rate_limit_relay, fail_closed=closed),
-        "register": Limit.parse("register", settings.rate_limit_register, fail_closed=closed),
-        "health": Limit.parse("health", settings.rate_limit_health, fail_closed=closed),
+        "global": Limit.parse("global", settings.rate_limit_global, when_down="memory"),
+        "relay": Limit.parse("relay", settings.rate_limit_relay, when_down=fail),
+        "register": Limit.parse("register", settings.rate_limit_register, when_down=fail),
+        "health": Limit.parse("health", settings.rate_limit_health, when_down=fail),
     }
 
 
@@ -84,38 +88,45 @@ async def open_services(
     tokens = TokenHasher(str(settings.token_hmac_secret))
     database_url = str(settings.database_url)
     async with contextlib.AsyncExitStack() as stack:
+        shared_breaker: Breaker | None = None
         if settings.redis_url is None:
-            limiter = RateLimiter.in_memory(_limits(settings))
+            limiter = RateLimiter(_limits(settings))
             logger.info("rate limits: in process memory (set REDIS_URL to share them)")
         else:
-            from limits.aio.storage import RedisStorage
-
             from backends.redis import RedisStore, connect
+
+            from .redislimits import RedisCounter
 
             redis_url = str(settings.redis_url)
             redis = connect(redis_url, store_options(settings))
             stack.push_async_callback(redis.connection_pool.disconnect)
             stack.push_async_callback(redis.aclose)
-            shared: dict[str, Any] = {"connection_pool": redis.connection_pool}
-            storage = RedisStorage(
-                f"async+{url_scheme(redis_url)}://",  # the pool, not the URL, says where
-                implementation="redispy",
-                wrap_exceptions=True,
-                key_prefix=f"{settings.redis_namespace}:limits",
-                **shared,
-            )
-            limiter = RateLimiter(storage, _limits(settings))
+            prefix = f"{settings.redis_namespace}:limits"
+            counter = RedisCounter(redis, prefix, settings.db_connect_timeout)
+            if store is None and database_url == redis_url:
+                # The Redis key store and the limits share one pool, and one breaker: the first
+                # timeout of either makes both fail fast.
+                store = RedisStore(
+                    redis, settings.redis_namespace, deadline=settings.db_connect_timeout
+                )
+                shared_breaker = Breaker(store.ping, "Redis (key store and rate limits)")
+                breaker = shared_breaker
+            else:
+                breaker = Breaker(counter.ping, "rate-limit Redis")
+            stack.push_async_callback(breaker.close)
+            limiter = RateLimiter(_limits(settings), counter, breaker)
             logger.info(
-                "rate limits: shared through Redis; when it is unreachable the relay and "
-                "registration limits fail %s",
+                "rate limits: shared through Redis; while it is unavailable the per-IP limit "
+                "counts in process memory and the relay and registration limits fail %s",
                 settings.rate_limit_fail,
             )
-            if store is None and database_url == redis_url:
-                # The Redis key store and the limits share one pool.
-                store = RedisStore(redis, settings.redis_namespace)
         if store is None:
             store = open_store(database_url, store_options(settings))
             stack.push_async_callback(store.close)
+        # Inside the cache: a token or key it holds is still served while the store is down.
+        guarded = BreakerStore(store, shared_breaker)
+        stack.push_async_callback(guarded.breaker.close)
+        store = guarded
         if settings.cache_ttl > 0:
             store = CachedStore(store, settings.cache_ttl)
         transport = new_transport()
@@ -146,6 +157,7 @@ async def open_services(
             usage,
             IdleWheel(),
             inflight,
+            BodyBudget(settings.body_memory_limit),
             drain,
             time.time(),
         )

@@ -40,6 +40,8 @@ from .pool import ConnectionPool
 __all__ = ["HTTPTransport", "ResponseBody"]
 
 DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
+SMALL_BODY: Final = 64 * 1024  # a body held whole up to this goes out with the head
+BODY_SLICE: Final = 256 * 1024
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # RFC 9110
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SPLITS: Final = re.compile(rb"[\r\n\0]")
@@ -113,7 +115,8 @@ class HTTPTransport(httpx.AsyncBaseTransport):
             connection.begin(head_only=request.method == "HEAD")
             try:
                 if isinstance(body, httpx.ByteStream):
-                    connection.write(head + request.content if request.content else head)
+                    whole = next(iter(body), b"")
+                    await _send_whole(connection, head, whole, timeout.get("write"))
                 else:
                     await _send_stream(connection, head, body, request, timeout.get("write"))
                 await connection.read_head(timeout.get("read"))
@@ -152,6 +155,25 @@ def _head(request: httpx.Request) -> bytes:
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+async def _send_whole(
+    connection: Connection, head: bytes, content: bytes, timeout: float | None
+) -> None:
+    """The head and a body held whole: one write for a small one (one segment, usually), else
+    in slices as the socket takes them, so that the transport never copies more of a large
+    body than a slice."""
+    if len(content) <= SMALL_BODY:
+        connection.write(head + content if content else head)
+        return
+    connection.write(head)
+    view = memoryview(content)
+    for start in range(0, len(view), BODY_SLICE):
+        if connection.head_done or connection.closed:
+            connection.forbid_reuse()
+            return
+        connection.write(view[start : start + BODY_SLICE])
+        await connection.drain(timeout)
 
 
 async def _send_stream(

@@ -412,6 +412,67 @@ def test_several_base_url_overrides() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"https://eu.openai.example/v1?api-key={DB_PASSWORD}",
+        "https://eu.openai.example/?",
+        "https://eu.openai.example/v1#SENTINEL",
+        "https://eu.openai.example?x=1/",
+    ],
+)
+def test_base_url_override_with_a_query_or_fragment(url: str) -> None:
+    """The relay appends the request's path and query: they would land inside either."""
+    message = refusal({"ENCRYPTION_SECRET": SECRET, "RELAY_OPENAI_BASE_URL": url})
+    assert message == "RELAY_OPENAI_BASE_URL must not have a query or fragment"
+
+
+@pytest.mark.parametrize(
+    "name", ["RELAY_OPENAL_BASE_URL", "RELAY_CLAUDE_BASE_URL", "RELAY_OPENAI_COMPAT_BASE_URL"]
+)
+def test_base_url_override_for_no_provider(name: str) -> None:
+    """A misspelt provider would leave the real one pointed at its public URL, unnoticed."""
+    message = refusal({"ENCRYPTION_SECRET": SECRET, name: "https://eu.openai.example"})
+    assert message.startswith(f"{name} names no provider (known: openai, anthropic, ")
+    assert "openai-compatible" in message
+    # Blank counts as unset, as everywhere.
+    assert dict(settings(**{name: " "}).base_url_overrides) == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# The client's address behind proxies, and client-named upstreams
+
+
+def test_forwarded_and_dns_defaults() -> None:
+    s = settings()
+    assert (s.forwarded_allow_ips, s.forwarded_trusted_hops, s.dns_timeout) == ((), None, 5)
+    s = settings(FORWARDED_ALLOW_IPS="*", FORWARDED_TRUSTED_HOPS="2", RELAY_DNS_TIMEOUT="0.5")
+    assert (s.forwarded_allow_ips, s.forwarded_trusted_hops, s.dns_timeout) == (("*",), 2, 0.5)
+    s = settings(FORWARDED_ALLOW_IPS="10.0.0.0/8, 192.0.2.7, fd00::/8", FORWARDED_TRUSTED_HOPS="3")
+    assert s.forwarded_allow_ips == ("10.0.0.0/8", "192.0.2.7", "fd00::/8")
+    assert s.forwarded_trusted_hops == 3
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({"FORWARDED_ALLOW_IPS": "railway"}, "FORWARDED_ALLOW_IPS: 'railway' is not an IP"),
+        ({"FORWARDED_ALLOW_IPS": "10.0.0.0/33"}, "FORWARDED_ALLOW_IPS: '10.0.0.0/33' is not"),
+        ({"FORWARDED_ALLOW_IPS": "*, 10.0.0.1"}, "FORWARDED_ALLOW_IPS: * trusts every address"),
+        ({"FORWARDED_TRUSTED_HOPS": "1"}, "FORWARDED_TRUSTED_HOPS needs FORWARDED_ALLOW_IPS"),
+        *(
+            ({"FORWARDED_ALLOW_IPS": "*", "FORWARDED_TRUSTED_HOPS": hops}, "a whole number")
+            for hops in ("0", "17", "1.5", "two", "-1", "\u00b2", "9" * 5000)
+        ),
+        ({"RELAY_DNS_TIMEOUT": "0"}, "RELAY_DNS_TIMEOUT must be a number between"),
+        ({"RELAY_DNS_TIMEOUT": "61"}, "RELAY_DNS_TIMEOUT must be a number between"),
+        ({"RELAY_DNS_TIMEOUT": "soon"}, "RELAY_DNS_TIMEOUT must be a number"),
+    ],
+)
+def test_bad_forwarded_and_dns_settings(env: dict[str, str], reason: str) -> None:
+    assert reason in refusal({"ENCRYPTION_SECRET": SECRET, **env})
+
+
 # ---------------------------------------------------------------------------------------------
 # `.env` files
 
@@ -480,3 +541,19 @@ def test_from_env_reads_the_env_file_under_the_environment(
     assert s.encryption_secrets == (Secret(SECRET),)
     assert s.log_level == "warning"
     assert s.port == 5000
+
+
+def test_the_openrouter_referer_is_the_operators_when_set() -> None:
+    assert settings().default_headers_for("openrouter") == {}
+    chosen = settings(RELAY_OPENROUTER_REFERER="https://relay.example/app")
+    assert chosen.default_headers_for("openrouter") == {"http-referer": "https://relay.example/app"}
+    assert chosen.default_headers_for("openai") == {}
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["not a url", "ftp://x.example", "https://", "https://x.example/\x7f", "https://é.example"],
+)
+def test_a_referer_that_is_no_http_url_stops_start_up(value: str) -> None:
+    with pytest.raises(ConfigError, match="RELAY_OPENROUTER_REFERER must be an http"):
+        settings(RELAY_OPENROUTER_REFERER=value)

@@ -267,10 +267,10 @@ RELAY_TARGETS = [
 
 @pytest.fixture(scope="module")
 def routable_models(http: httpx.Client) -> list[str]:
-    """A model name for each `provider/` prefix that `GET /models` says `POST /relay` routes."""
+    """A `provider/name` model for each provider `GET /models` says `POST /relay` routes."""
     response = http.get("/models")
     assert response.status_code == 200, response.text
-    return [f"{prefix}fuzz-model" for prefix in response.json()["providerPrefixes"]]
+    return [f"{prefix}/fuzz-model" for prefix in response.json()["providerPrefixes"]]
 
 
 @settings(

@@ -225,6 +225,45 @@ def test_gemini_stream_gets_alt_sse(client: httpx.Client, mock: MockProvider, us
     assert all(frame["candidates"] for frame in frames)
 
 
+GEMINI = "/relay/google/v1beta/models/gemini-1.5-flash"
+GEMINI_BODY = {"contents": [{"parts": [{"text": "hi"}]}]}
+
+
+@pytest.mark.parametrize(
+    ("query", "forwarded"),
+    [
+        ("key=attacker&alt=json", b"alt=json"),
+        ("alt=json&%6Bey=a&KEY=b&$key=c&%24key=d&access_token=e&x=%20y", b"alt=json&x=%20y"),
+        ("monkey=1&keys=2", b"monkey=1&keys=2"),
+    ],
+)
+def test_a_clients_key_parameter_never_reaches_google(
+    client: httpx.Client, mock: MockProvider, user: Token, query: str, forwarded: bytes
+) -> None:
+    """Google takes a `key` in the query over the `x-goog-api-key` header: the stored key is
+    the only one sent."""
+    token, keys = user
+    response = client.post(
+        f"{GEMINI}:generateContent?{query}", json=GEMINI_BODY, headers=relay_headers(token)
+    )
+    assert response.status_code == 200, response.text
+    received = mock.last()
+    assert received.query_string == forwarded
+    assert received.header_values("x-goog-api-key") == [keys["google"]]
+    assert response.headers["x-relay-key-hint"] == keys["google"][:3] + "..." + keys["google"][-4:]
+
+    with client.stream(
+        "POST",
+        f"{GEMINI}:streamGenerateContent?key=attacker",
+        json=GEMINI_BODY,
+        headers=relay_headers(token),
+    ) as streamed:
+        assert streamed.status_code == 200
+        streamed.read()
+    assert mock.last().query_string == b"alt=sse"
+    assert mock.last().header_values("x-goog-api-key") == [keys["google"]]
+
+
 def test_binary_audio_is_byte_identical(client: httpx.Client, user: Token) -> None:
     response = client.post(
         "/relay/elevenlabs/v1/text-to-speech/voice123",
@@ -299,6 +338,50 @@ def test_allowlisted_headers_are_forwarded_and_others_are_not(
     )
     assert mock.last().header("openai-organization") == "org-1"
     assert mock.last().header("openai-project") == "proj-1"
+
+
+DEFAULT_REFERER = "https://github.com/byok-relay/byok-relay"
+
+
+@pytest.mark.parametrize(
+    ("sent", "referer"),
+    [
+        ({}, DEFAULT_REFERER),
+        ({"http-referer": "https://app.example/page"}, "https://app.example/page"),
+        ({"x-relay-referer": "https://b.example"}, "https://b.example"),
+    ],
+)
+def test_openrouter_requests_carry_a_referer(
+    client: httpx.Client, mock: MockProvider, user: Token, sent: dict[str, str], referer: str
+) -> None:
+    """OpenRouter credits a request to the app its `HTTP-Referer` names: the client's, else the
+    relay's project, as the Node relay did."""
+    headers = {**relay_headers(user[0]), **sent}
+    response = client.post("/relay/openrouter/api/v1/chat/completions", json=CHAT, headers=headers)
+    assert response.status_code == 200, response.text
+    assert mock.last().header_values("http-referer") == [referer]
+    assert mock.last().header("x-relay-referer") is None
+    routed = client.post(
+        "/relay", json={**CHAT, "model": "openrouter/openai/gpt-4o-mini"}, headers=headers
+    )
+    assert routed.status_code == 200, routed.text
+    assert mock.last().path == "/api/v1/chat/completions"
+    assert mock.last().header_values("http-referer") == [referer]
+
+
+def test_the_operators_openrouter_referer_replaces_the_default(
+    make_relay: RelayFactory, mock: MockProvider
+) -> None:
+    server = make_relay(RELAY_OPENROUTER_REFERER="https://relay.example/app")
+    with server.client() as c:
+        token = register(c)
+        store_key(c, token, "openrouter", "test-openrouter-key-referer")
+        path = "/relay/openrouter/api/v1/chat/completions"
+        assert c.post(path, json=CHAT, headers=relay_headers(token)).status_code == 200
+        assert mock.last().header_values("http-referer") == ["https://relay.example/app"]
+        own = {**relay_headers(token), "x-relay-referer": "https://mine.example"}
+        assert c.post(path, json=CHAT, headers=own).status_code == 200
+        assert mock.last().header_values("http-referer") == ["https://mine.example"]
 
 
 def test_upstream_rate_limit_answer_is_returned_with_its_headers(
