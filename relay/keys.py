@@ -1,9 +1,10 @@
 """A user's provider keys: `POST /keys/{provider}` (`?verify=true`), `POST
 /keys/{provider}/rotate`, `GET /keys`, `DELETE /keys/{provider}`.
 
-Keys go in, encrypted; only their metadata ever comes out. A verified save checks the key's
-shape, then asks the provider (one free, read-only call) before anything is stored: a key the
-provider refuses never replaces the one stored before.
+Keys go in, encrypted; only their metadata ever comes out. A verified save refuses a key that
+carries another provider's prefix, then asks the provider (one free, read-only call) before
+anything is stored: a key the provider refuses never replaces the one stored before. A key of
+unfamiliar shape is the provider's to judge; the answer then carries a `hint` about the shape.
 """
 
 from __future__ import annotations
@@ -60,18 +61,22 @@ async def _save(request: Request, *, verify: bool, rotation: bool) -> JSONRespon
     ):
         raise BadRequest("A valid API key is required", code="invalid_key")
     meta = KeyMeta(key_hint(key))
+    hint: str | None = None  # about a key of unfamiliar shape, which the provider judges
     if verify:
-        check_format(provider, key)
+        hint = check_format(provider, key)
         verification = await _verify(services, provider, key)
         if verification.refused:
             title = provider.title or provider.name
-            raise RelayError(
+            rejected = RelayError(
                 f"New key was rejected by {title} ({verification.detail}). "
                 "Your existing key was not changed.",
                 code="key_rejected",
                 status=422,
                 key_status=verification.status,
             )
+            if hint is not None:
+                rejected.extra["hint"] = hint
+            raise rejected
         verified_at = now_ms() if verification.conclusive else None
         meta = KeyMeta(
             key_hint(key), "ok" if verification.conclusive else "unverified", verified_at
@@ -83,6 +88,8 @@ async def _save(request: Request, *, verify: bool, rotation: bool) -> JSONRespon
         answer["rotated"] = existed
     if verify:
         answer["status"] = meta.status
+    if hint is not None:
+        answer["hint"] = hint
     return JSONResponse(answer)
 
 

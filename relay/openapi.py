@@ -379,7 +379,12 @@ def _schemas() -> JSON:
         "Models": _object(
             {
                 "providers": {"type": "array", "items": provider},
-                "providerPrefixes": {"type": "array", "items": {"type": "string"}},
+                "providerPrefixes": {
+                    "type": "array",
+                    "items": provider,
+                    "description": "The providers a `provider/name` model may name, without "
+                    "the slash (as the Node relay lists them).",
+                },
                 "patterns": {
                     "type": "array",
                     "items": _object(
@@ -442,6 +447,11 @@ def _schemas() -> JSON:
                 "provider": provider,
                 "rotated": {"type": "boolean"},
                 "status": {"enum": ["ok", "unverified"]},
+                "hint": {
+                    "type": "string",
+                    "description": "Present when the key's shape is unfamiliar for the provider "
+                    "(which accepted it): a hint in case it was pasted for another one.",
+                },
             },
             ("ok", "provider"),
         ),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from typing import Final
+from urllib.parse import unquote
 
 __all__ = ["PROVIDERS", "KeyShape", "Provider", "forwarded_request_headers"]
 
@@ -18,15 +19,19 @@ COMMON_REQUEST_HEADERS: Final = ("content-type", "accept", "accept-encoding", "a
 
 @dataclasses.dataclass(frozen=True)
 class KeyShape:
-    """What a provider's keys look like, for `relay.verify.check_format`."""
+    """What a provider's keys look like, for `relay.verify.check_format`: a hint, not a gate,
+    except for a prefix that is another provider's."""
 
     pattern: str = r"[\x20-\x7e]{10,}"
-    """A regular expression the whole key must match."""
+    """A regular expression this provider's keys match as a whole; a key that does not is still
+    the provider's own check to judge."""
     prefix: str = ""
-    """What this provider's keys start with: a key sent to another provider is recognised by its
-    longest matching prefix (so `sk-ant-` is Anthropic's although OpenAI's `sk-` matches too)."""
+    """What this provider's keys start with, and no other's: a key sent to another provider is
+    recognised by its longest matching prefix and refused there (so `sk-ant-` is Anthropic's
+    although OpenAI's `sk-` matches too)."""
     expected: str = "Keys are at least 10 printable ASCII characters."
-    """One sentence telling a person what a key of this provider looks like."""
+    """One sentence telling a person what a key of this provider looks like (the hint shown with
+    a key that does not match `pattern`)."""
     foreign: bool = False
     """Also accept keys that carry another provider's prefix (openai-compatible: any server's)."""
 
@@ -49,6 +54,9 @@ class Provider:
     """Sent when the client did not send that header itself."""
     sse_query: tuple[tuple[str, str, str], ...] = ()
     """(path suffix, query name, value): added to the query when the path ends with the suffix."""
+    withheld_query: tuple[str, ...] = ()
+    """Query parameters never forwarded, by lower-cased name, matched in any case and after
+    percent-decoding: credentials of the client's own, which would take the stored key's place."""
     model_in: str = "body:model"
     """Where a request names its model, for `ALLOWED_MODELS`: `body:<field>` (JSON or form),
     `query:<name>`, `path:rest` (the path after the allowed prefix) or `path:action` (the
@@ -68,6 +76,10 @@ class Provider:
 
     def allows_read(self, path: str) -> bool:
         return any(path == p or path.startswith(p + "/") for p in self.read_paths)
+
+    def withholds(self, parameter: str) -> bool:
+        """Whether the query's `name=value` part `parameter` names one of `withheld_query`."""
+        return unquote(parameter.partition("=")[0]).lower() in self.withheld_query
 
 
 def _compatible_paths() -> tuple[str, ...]:
@@ -135,6 +147,9 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             "",
             allowed_paths=("/v1beta/models", "/v1/models"),
             sse_query=((":streamGenerateContent", "alt", "sse"),),
+            # Google's system parameters: an API key as `key` or `$key` (`%24key`), an OAuth
+            # token as `access_token` or `oauth_token`.
+            withheld_query=("key", "$key", "access_token", "oauth_token"),
             model_in="path:action",
             title="Google",
             key_shape=KeyShape(
@@ -166,6 +181,9 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
                 ("http-referer", ("http-referer", "x-relay-referer")),
                 ("x-title", ("x-title",)),
             ),
+            # OpenRouter credits requests to the app its HTTP-Referer names; the Node relay sent
+            # its project's URL.
+            default_headers=(("http-referer", "https://github.com/byok-relay/byok-relay"),),
             title="OpenRouter",
             key_shape=KeyShape(
                 r"sk-or-[A-Za-z0-9_-]{20,}", "sk-or-", 'OpenRouter keys start with "sk-or-".'
@@ -271,12 +289,17 @@ def _clean(value: str) -> bytes:
 
 
 def forwarded_request_headers(
-    provider: Provider, client_headers: Mapping[str, str], key: str
+    provider: Provider,
+    client_headers: Mapping[str, str],
+    key: str,
+    defaults: Mapping[str, str] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The headers sent upstream: the allowlisted client headers, the defaults, the stored key.
 
     `client_headers` maps lower-cased names to values. Nothing else the client sent (its
     `Authorization`, `x-relay-token`, cookies, hop-by-hop headers) is ever forwarded.
+    `defaults` holds the operator's values for some of `provider.default_headers`, by name; the
+    table's values stand for the others. Either is sent only where the client sent no value.
     """
     out: list[tuple[bytes, bytes]] = []
     for name in COMMON_REQUEST_HEADERS:
@@ -292,8 +315,9 @@ def forwarded_request_headers(
                 out.append((upstream_name.encode(), _clean(value)))
                 break
     sent = {name for name, _ in out}
+    chosen = defaults or {}
     out.extend(
-        (name.encode(), value.encode())
+        (name.encode(), chosen.get(name, value).encode())
         for name, value in provider.default_headers
         if name.encode() not in sent
     )

@@ -1,9 +1,10 @@
 """`POST /relay`: which provider and path a model name goes to, as data shared with `/models`.
 
 A `provider/name` model goes to that provider (prefix case-insensitive, stripped before
-forwarding); otherwise the first matching pattern of `ROUTES` decides. The model name is data,
-never a path: names that are not plain model names (`google/../x`, empty, control characters)
-are refused, and the name is percent-encoded where it goes into a path.
+forwarding), at the path of the first of that provider's `ROUTES` matching the name, else at its
+chat-style path; any other model goes where the first matching pattern of `ROUTES` says. The
+model name is data, never a path: names that are not plain model names (`google/../x`, empty,
+control characters) are refused, and the name is percent-encoded where it goes into a path.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ ROUTES: Final = (
     Route(r"(?:llama|mixtral-|gemma-|qwen-)", "groq", "/openai/v1/chat/completions"),
 )
 
-# For a `provider/name` model: where that provider's chat-style endpoint is.
+# The providers a `provider/name` model may name (`GET /models`' `providerPrefixes`, in the
+# Node relay's order), and the chat-style path for a name none of their routes matches.
 _PREFIX_PATHS: Final = {
     "openai": _CHAT,
     "anthropic": "/v1/messages",
@@ -81,6 +83,11 @@ def _unroutable(model: str) -> BadRequest:
     )
 
 
+def _first_route(name: str, provider: str | None = None) -> Route | None:
+    """The first route matching `name`, among `provider`'s routes when one is given."""
+    return next((r for r in ROUTES if provider in (None, r.provider) and r.regex.match(name)), None)
+
+
 def route_model(model: object, stream: bool) -> Routed:
     """Where `model` goes. `stream` picks Google's streaming action."""
     if not isinstance(model, str) or not model.strip():
@@ -92,9 +99,10 @@ def route_model(model: object, stream: bool) -> Routed:
     prefix, slash, rest = model.partition("/")
     provider = prefix.lower()
     if slash and provider in _PREFIX_PATHS:
-        name, path = rest, _PREFIX_PATHS[provider]
+        route = _first_route(rest, provider)
+        name, path = rest, route.path if route is not None else _PREFIX_PATHS[provider]
     else:
-        route = next((r for r in ROUTES if r.regex.match(model)), None)
+        route = _first_route(model)
         if route is None:
             raise _unroutable(model)
         provider, name, path = route.provider, model, route.path
@@ -112,7 +120,7 @@ def routing_table() -> dict[str, object]:
     """The data `GET /models` shows: the same table `route_model` uses."""
     return {
         "providers": list(PROVIDERS),
-        "providerPrefixes": [f"{name}/" for name in _PREFIX_PATHS],
+        "providerPrefixes": list(_PREFIX_PATHS),
         "patterns": [
             {"pattern": f"^{r.pattern}", "flags": "i", "provider": r.provider} for r in ROUTES
         ],

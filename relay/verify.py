@@ -1,7 +1,9 @@
 """Checking a provider key before it is stored: its shape, then one free call to the provider.
 
-    check_format(provider, key)      400 `invalid_key_format` when the key cannot be that
-                                     provider's, with a `hint` naming the provider it looks like
+    check_format(provider, key)      400 `invalid_key_format`, with a `hint` naming the provider
+                                     it belongs to, when the key carries another provider's
+                                     prefix; else the hint for a key of unfamiliar shape (None
+                                     when it fits), which the provider's own answer then judges
     verify_key(http, provider, ...)  one read-only GET (the models listing) with the key, as the
                                      relay would send it; the answer becomes a `Verification`
     key_hint(key)                    `sk-...a1b2`: enough for a person to tell their keys apart
@@ -86,22 +88,22 @@ def _hint(provider: Provider, key: str, owner: Provider | None) -> str:
     return provider.key_shape.expected
 
 
-def check_format(provider: Provider, key: str) -> None:
-    """Raise `BadRequest` (400, `invalid_key_format`, with a `hint`) when `key` cannot be a key
-    of `provider`. A key carrying another provider's prefix is refused even where the pattern
-    would let it through (`sk-ant-...` is not an OpenAI key), except by a provider whose shape
-    accepts foreign keys (openai-compatible)."""
-    shape = provider.key_shape
+def check_format(provider: Provider, key: str) -> str | None:
+    """Raise `BadRequest` (400, `invalid_key_format`, with a `hint`) only when `key` carries
+    another provider's prefix, even where the pattern would let it through (`sk-ant-...` is not
+    an OpenAI key), except for a provider whose shape accepts foreign keys (openai-compatible).
+
+    Otherwise the shape is a hint, not a gate (providers change their key formats): the hint
+    for a key that does not fit `provider`'s pattern, None for one that does."""
     owner = _owner_by_prefix(key)
-    foreign = owner is not None and owner.name != provider.name
-    if _fits(provider, key) and (shape.foreign or not foreign):
-        return
-    title = _title(provider)
-    raise BadRequest(
-        f"This does not look like {_article(title)} {title} key.",
-        code="invalid_key_format",
-        hint=_hint(provider, key, owner),
-    )
+    if owner is not None and owner.name != provider.name and not provider.key_shape.foreign:
+        title = _title(provider)
+        raise BadRequest(
+            f"This does not look like {_article(title)} {title} key.",
+            code="invalid_key_format",
+            hint=_hint(provider, key, owner),
+        )
+    return None if _fits(provider, key) else _hint(provider, key, owner)
 
 
 def key_hint(key: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from relay.providers import PROVIDERS
 from tests.conftest import RelayFactory
 from tests.mockprovider import MockProvider
 from tests.relayserver import RelayServer, register, store_key
@@ -186,3 +187,141 @@ def test_rotate_without_an_earlier_key(client: httpx.Client) -> None:
     )
     assert response.status_code == 200, response.text
     assert response.json()["rotated"] is False
+
+
+# ---- key shapes: a hint, not a gate ---------------------------------------------------------
+
+
+def save(client: httpx.Client, token: str, provider: str, key: str, how: str) -> httpx.Response:
+    """Store `key` with a check: by rotation, or a first save with `?verify=true`."""
+    path = f"/keys/{provider}/rotate" if how == "rotate" else f"/keys/{provider}?verify=true"
+    return client.post(path, json={"key": key}, headers={"x-relay-token": token})
+
+
+def stored(client: httpx.Client, token: str) -> list[str]:
+    listed = client.get("/keys", headers={"x-relay-token": token}).json()
+    return listed["providers"]  # type: ignore[no-any-return]
+
+
+HOW = ["rotate", "verify"]
+
+
+@pytest.mark.parametrize("how", HOW)
+@pytest.mark.parametrize(
+    ("provider", "key", "owner"),
+    [
+        ("openai", "sk-ant-api03-" + "c" * 40, "anthropic"),
+        ("anthropic", "sk-or-v1-" + "c" * 40, "openrouter"),
+        ("mistral", "gsk_" + "c" * 40, "groq"),
+        ("deepgram", "AIza" + "c" * 35, "google"),
+        ("elevenlabs", "hf_" + "c" * 30, "huggingface"),
+        ("google", "sk_" + "c" * 48, "elevenlabs"),
+        ("groq", "sk-proj-" + "c" * 40, "openai"),
+    ],
+)
+def test_another_providers_prefix_is_refused_before_asking(
+    client: httpx.Client, mock: MockProvider, provider: str, key: str, owner: str, how: str
+) -> None:
+    token = register(client)
+    mock.clear()
+    response = save(client, token, provider, key, how)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["code"] == "invalid_key_format"
+    assert f"POST /keys/{owner}" in body["hint"]
+    assert key not in response.text
+    assert mock.requests == []  # the provider was never asked
+    assert stored(client, token) == []
+
+
+# Keys of no shape the relay knows for the provider, and no other provider's prefix (not hex
+# either: the mock's letter markers decide their check's answer).
+UNFAMILIAR = {
+    "openai": "org-key-{}-" + "a" * 24,
+    "anthropic": "ant-admin-{}-" + "a" * 24,
+    "google": "ya29.{}-" + "a" * 24,
+    "mistral": "mistral-{}-" + "a" * 24,
+    "elevenlabs": "xi-{}-" + "a" * 24,  # neither sk_... nor 32 hex digits
+    "deepgram": "dg-{}-" + "a" * 24,
+}
+
+
+@pytest.mark.parametrize("how", HOW)
+@pytest.mark.parametrize("provider", sorted(UNFAMILIAR))
+def test_an_unfamiliar_key_the_provider_accepts_is_stored_with_a_hint(
+    client: httpx.Client, mock: MockProvider, provider: str, how: str
+) -> None:
+    token = register(client)
+    key = UNFAMILIAR[provider].format("fresh")
+    mock.clear()
+    response = save(client, token, provider, key, how)
+    assert response.status_code == 200, response.text
+    hint = PROVIDERS[provider].key_shape.expected
+    expected = {"ok": True, "provider": provider, "status": "ok", "hint": hint}
+    if how == "rotate":
+        expected["rotated"] = False
+    assert response.json() == expected
+    (probe,) = mock.requests
+    assert probe.method == "GET"
+    assert key in " ".join(value for _, value in probe.headers)
+    assert stored(client, token) == [provider]
+
+
+@pytest.mark.parametrize(
+    ("provider", "marker", "key_status"),
+    [
+        ("openai", "mock401", "invalid"),
+        ("anthropic", "mockquota", "no_credit"),
+        ("google", "mock403", "invalid"),
+        ("mistral", "mock429", "rate_limited"),
+        ("elevenlabs", "mock401", "invalid"),
+        ("deepgram", "mock402", "no_credit"),
+    ],
+)
+def test_an_unfamiliar_key_the_provider_refuses_is_refused_with_the_hint(
+    relay_with_key: tuple[RelayServer, str],
+    mock: MockProvider,
+    provider: str,
+    marker: str,
+    key_status: str,
+) -> None:
+    server, token = relay_with_key
+    key = UNFAMILIAR[provider].format(marker)
+    with server.client() as client:
+        store_key(client, token, provider, OLD)
+        before = client.get("/keys", headers={"x-relay-token": token}).json()
+        response = save(client, token, provider, key, "rotate")
+        assert response.status_code == 422, response.text
+        body = response.json()
+        assert body["code"] == "key_rejected"
+        assert body["key_status"] == key_status
+        assert body["hint"] == PROVIDERS[provider].key_shape.expected
+        assert key not in response.text
+        assert client.get("/keys", headers={"x-relay-token": token}).json() == before
+
+
+@pytest.mark.parametrize("provider", ["mistral", "huggingface"])
+def test_an_unfamiliar_key_that_cannot_be_checked_is_stored_unverified_with_the_hint(
+    client: httpx.Client, mock: MockProvider, provider: str
+) -> None:
+    """The provider failed (Mistral: 500) or offers no check (Hugging Face): inconclusive, so
+    the key is stored, and the hint still says what keys usually look like."""
+    token = register(client)
+    key = "custom-mock500-" + "a" * 24
+    response = save(client, token, provider, key, "verify")
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "ok": True,
+        "provider": provider,
+        "status": "unverified",
+        "hint": PROVIDERS[provider].key_shape.expected,
+    }
+    assert stored(client, token) == [provider]
+
+
+def test_a_key_of_the_known_shape_gets_no_hint(client: httpx.Client) -> None:
+    token = register(client)
+    for provider, key in (("openai", openai_key("shaped")), ("deepgram", "ab12" * 10)):
+        response = save(client, token, provider, key, "verify")
+        assert response.status_code == 200, response.text
+        assert "hint" not in response.json()

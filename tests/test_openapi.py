@@ -262,6 +262,20 @@ def test_served_without_auth_as_built(client: httpx.Client) -> None:
     assert response.json() == build_document()
 
 
+def test_models_answer_fits_its_schema(client: httpx.Client, document: dict[str, Any]) -> None:
+    models = document["components"]["schemas"]["Models"]
+    assert models["properties"]["providerPrefixes"]["items"] == {
+        "$ref": "#/components/schemas/ProviderName"
+    }
+    registry = jsonschema_rs.Registry([("urn:doc", document)])
+    validator = jsonschema_rs.validator_for(
+        {"$ref": "urn:doc#/components/schemas/Models"}, registry=registry
+    )
+    answer = client.get("/models").json()
+    errors = [error.message for error in validator.iter_errors(answer)]
+    assert not errors, errors
+
+
 def test_built_once() -> None:
     assert document_bytes() is document_bytes()
 

@@ -119,8 +119,16 @@ def test_auth_header_scheme(name: str) -> None:
     assert sorted(sent) == sorted([(header, prefix + KEY), *_defaults(name)])
 
 
+# What the contract sends in a header the client left out.
+DEFAULT_REFERER = "https://github.com/byok-relay/byok-relay"
+CONTRACT_DEFAULTS = {
+    "anthropic": [("anthropic-version", "2023-06-01")],
+    "openrouter": [("http-referer", DEFAULT_REFERER)],
+}
+
+
 def _defaults(name: str) -> list[tuple[str, str]]:
-    return [("anthropic-version", "2023-06-01")] if name == "anthropic" else []
+    return CONTRACT_DEFAULTS.get(name, [])
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -403,14 +411,30 @@ def test_openai_forwards_organization_and_project_only() -> None:
             {"http-referer": "https://a.example", "x-relay-referer": "https://b.example"},
             "https://a.example",
         ),
-        ({}, None),
+        ({}, DEFAULT_REFERER),
     ],
 )
-def test_openrouter_referer(client: dict[str, str], referer: str | None) -> None:
+def test_openrouter_referer(client: dict[str, str], referer: str) -> None:
     sent = forwarded(PROVIDERS["openrouter"], client, KEY)
     referers = [value for header, value in sent if header == "http-referer"]
-    assert referers == ([referer] if referer else [])
+    assert referers == [referer]
     assert all(header != "x-relay-referer" for header, _ in sent)
+
+
+def test_the_operators_default_replaces_the_tables_and_the_client_still_wins() -> None:
+    openrouter = PROVIDERS["openrouter"]
+    operator = {"http-referer": "https://relay.example"}
+
+    def referers(client: dict[str, str]) -> list[bytes]:
+        sent = forwarded_request_headers(openrouter, client, KEY, operator)
+        return [value for header, value in sent if header == b"http-referer"]
+
+    assert referers({}) == [b"https://relay.example"]
+    assert referers({"x-relay-referer": "https://b.example"}) == [b"https://b.example"]
+    # A default the operator did not set keeps the table's value.
+    anthropic = dict(forwarded_request_headers(PROVIDERS["anthropic"], {}, KEY, operator))
+    assert anthropic[b"anthropic-version"] == b"2023-06-01"
+    assert b"http-referer" not in anthropic
 
 
 def test_openrouter_title() -> None:
@@ -434,9 +458,11 @@ def test_referer_and_title_are_openrouter_only(name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# `_query`: the client's query string, plus `alt=sse` for Google's streaming action
+# `_query`: the client's query string, less the credentials Google would read from it, plus
+# `alt=sse` for Google's streaming action
 
 STREAM = "/v1beta/models/gemini-pro:streamGenerateContent"
+GENERATE = "/v1beta/models/gemini-pro:generateContent"
 
 
 @pytest.mark.parametrize(
@@ -455,14 +481,37 @@ STREAM = "/v1beta/models/gemini-pro:streamGenerateContent"
         ("/v1beta/models/gemini-pro:generateContent", b"", ""),
         ("/v1beta/models/gemini-pro:generateContent", b"foo=1", "?foo=1"),
         ("/v1beta/models/gemini-pro:streamGenerateContent/x", b"", ""),
+        # The client's own credentials never reach Google, however the name is spelled.
+        (GENERATE, b"key=attacker&alt=json", "?alt=json"),
+        (GENERATE, b"alt=json&key=attacker&x=%20y", "?alt=json&x=%20y"),
+        (GENERATE, b"key=a&key=b", ""),
+        (GENERATE, b"key", ""),
+        (GENERATE, b"key=", ""),
+        (GENERATE, b"%6Bey=a&k%65y=b&%6b%65%79=c&KEY=d&Key=e", ""),
+        (GENERATE, b"$key=a&%24key=b&%24KEY=c", ""),
+        (GENERATE, b"access_token=a&oauth_token=b&access%5Ftoken=c&a=1", "?a=1"),
+        (
+            GENERATE,
+            b"keys=1&monkey=2&apikey=3&a=key&b=key%3D1",
+            "?keys=1&monkey=2&apikey=3&a=key&b=key%3D1",
+        ),
+        (GENERATE, b"%256Bey=a", "?%256Bey=a"),  # decoded once, as Google does: not `key`
+        (STREAM, b"key=attacker", "?alt=sse"),
+        (STREAM, b"key=attacker&alt=json", "?alt=json"),
     ],
 )
 def test_query_for_google(path: str, query: bytes, expected: str) -> None:
     assert _query(PROVIDERS["google"], path, query) == expected
 
 
+def test_only_google_withholds_query_parameters() -> None:
+    withholding = {name for name, p in PROVIDERS.items() if p.withheld_query}
+    assert withholding == {"google"}
+    assert {"key", "$key"} <= set(PROVIDERS["google"].withheld_query)
+
+
 @pytest.mark.parametrize("name", [n for n in ALL if n != "google"])
-@pytest.mark.parametrize("query", [b"", b"stream=true&x=%20y", b"alt=json"])
+@pytest.mark.parametrize("query", [b"", b"stream=true&x=%20y", b"alt=json", b"key=mine&%6Bey=x"])
 def test_query_is_untouched_for_other_providers(name: str, query: bytes) -> None:
     expected = "?" + query.decode() if query else ""
     assert _query(PROVIDERS[name], "/v1/chat/completions:streamGenerateContent", query) == expected

@@ -16,6 +16,10 @@ pytestmark = pytest.mark.sqlite
 
 Token = tuple[str, dict[str, str]]
 
+GROQ_CHAT = "/openai/v1/chat/completions"
+# The Node relay's `providerPrefixes`: bare names, in its order (ours follow them).
+NODE_PREFIXES = ["openai", "anthropic", "google", "groq", "openrouter", "mistral"]
+
 
 @pytest.mark.parametrize(
     ("model", "stream", "provider", "name", "path"),
@@ -58,6 +62,24 @@ Token = tuple[str, dict[str, str]]
         ("gemma-7b-it", False, "groq", "gemma-7b-it", "/openai/v1/chat/completions"),
         ("qwen-2.5-32b", False, "groq", "qwen-2.5-32b", "/openai/v1/chat/completions"),
         ("openai/gpt-4o", False, "openai", "gpt-4o", "/v1/chat/completions"),
+        # A prefixed name goes where its provider's own pattern says, else to its chat path.
+        (
+            "openai/text-embedding-3-small",
+            False,
+            "openai",
+            "text-embedding-3-small",
+            "/v1/embeddings",
+        ),
+        (
+            "OpenAI/Text-Embedding-3-Large",
+            False,
+            "openai",
+            "Text-Embedding-3-Large",
+            "/v1/embeddings",
+        ),
+        ("openai/o3-mini", False, "openai", "o3-mini", "/v1/chat/completions"),
+        ("groq/text-embedding-3-small", False, "groq", "text-embedding-3-small", GROQ_CHAT),
+        ("mistral/gpt-4o", False, "mistral", "gpt-4o", "/v1/chat/completions"),
         ("Anthropic/claude-3-opus", False, "anthropic", "claude-3-opus", "/v1/messages"),
         (
             "google/gemini-pro",
@@ -189,6 +211,19 @@ def test_embeddings_route_to_the_embeddings_endpoint(
     assert mock.last().path == "/v1/embeddings"
 
 
+def test_a_prefixed_embedding_model_goes_to_the_embeddings_endpoint(
+    client: httpx.Client, mock: MockProvider, user: Token
+) -> None:
+    response = relay(client, user[0], {"model": "openai/text-embedding-3-small", "input": "hi"})
+    assert response.status_code == 200, response.text
+    received = mock.last()
+    assert received.path == "/v1/embeddings"
+    assert received.json() == {"model": "text-embedding-3-small", "input": "hi"}
+    answer = response.json()
+    assert answer["object"] == "list"
+    assert answer["data"][0]["object"] == "embedding"
+
+
 def test_openai_sse_streams_through_the_model_route(client: httpx.Client, user: Token) -> None:
     with client.stream(
         "POST",
@@ -262,7 +297,10 @@ def test_models_lists_the_routing_table(client: httpx.Client) -> None:
     assert body["restricted"] is False
     assert "allowed_models" not in body
     assert "openai" in body["providers"]
-    assert "anthropic/" in body["providerPrefixes"]
+    prefixes = body["providerPrefixes"]
+    assert prefixes[: len(NODE_PREFIXES)] == NODE_PREFIXES
+    for prefix in prefixes:
+        assert route_model(f"{prefix}/some-model", stream=False).provider == prefix
     assert {"pattern": "^claude-", "flags": "i", "provider": "anthropic"} in body["patterns"]
     assert len(body["patterns"]) == len(ROUTES)
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from relay.errors import BadRequest
-from relay.providers import PROVIDERS, Provider
+from relay.providers import PROVIDERS, KeyShape, Provider
 from relay.verify import BODY_PREFIX_LIMIT, Verification, check_format, key_hint, verify_key
 from tests.mockprovider import MockProvider
 
@@ -56,8 +56,9 @@ EXAMPLES: dict[str, list[str]] = {
     "openai-compatible": ["ollama-local-key", "any printable thing ~!@#"],
 }
 
-# Keys of the provider's own family that are malformed.
-REFUSED: dict[str, list[str]] = {
+# Keys that do not fit the provider's shape but carry no other provider's prefix (some of its
+# own family, malformed): the provider's own check judges them.
+UNFAMILIAR: dict[str, list[str]] = {
     "openai": ["sk-short", "sk-" + "a" * 30 + " b", "pk-" + "a" * 48, "SK-" + "a" * 48],
     "anthropic": ["sk-ant-short", "sk-ant-" + "a" * 40 + "!", "ant-" + "a" * 40],
     "google": ["AIza" + "a" * 34, "AIza" + "a" * 36, "AIza" + "a" * 34 + "."],
@@ -71,6 +72,16 @@ REFUSED: dict[str, list[str]] = {
 }
 
 
+def _prefixed(owner: str) -> list[str]:
+    prefix = PROVIDERS[owner].key_shape.prefix
+    return [k for k in EXAMPLES[owner] if prefix and k.startswith(prefix)]
+
+
+# Keys with their provider's distinctive prefix: refused by every other provider (but
+# openai-compatible), whatever their shape.
+PREFIXED = {owner: _prefixed(owner) for owner in EXAMPLES}
+
+
 def _refusal(provider: str, key: str) -> BadRequest:
     with pytest.raises(BadRequest) as caught:
         check_format(PROVIDERS[provider], key)
@@ -80,40 +91,65 @@ def _refusal(provider: str, key: str) -> BadRequest:
     return error
 
 
+def _assert_hint_shows_no_key(hint: str, key: str) -> None:
+    assert key not in hint
+    # Nothing of the key's secret part either (the first characters can be a public prefix).
+    assert key[-6:] not in hint
+
+
 def _assert_no_key(error: BadRequest, key: str) -> None:
     body = json.loads(error.body())
     assert set(body) == {"error", "code", "hint"}
-    shown = body["error"] + " " + body["hint"]
-    assert key not in shown
-    # Nothing of the key's secret part either (the first characters can be a public prefix).
-    assert key[-6:] not in shown
+    _assert_hint_shows_no_key(body["error"] + " " + body["hint"], key)
 
 
 def test_every_provider_has_shape_examples() -> None:
-    assert set(EXAMPLES) == set(PROVIDERS) == set(REFUSED)
+    assert set(EXAMPLES) == set(PROVIDERS) == set(UNFAMILIAR)
+    prefixed = {o for o, keys in PREFIXED.items() if keys}
+    assert prefixed == {p.name for p in PROVIDERS.values() if p.key_shape.prefix}
 
 
 @pytest.mark.parametrize(
     ("provider", "key"), [(p, k) for p, keys in EXAMPLES.items() for k in keys]
 )
-def test_real_shapes_are_accepted(provider: str, key: str) -> None:
-    check_format(PROVIDERS[provider], key)
+def test_real_shapes_pass_without_a_hint(provider: str, key: str) -> None:
+    assert check_format(PROVIDERS[provider], key) is None
 
 
-@pytest.mark.parametrize(("provider", "key"), [(p, k) for p, keys in REFUSED.items() for k in keys])
-def test_malformed_keys_are_refused_with_the_expected_shape(provider: str, key: str) -> None:
-    error = _refusal(provider, key)
-    p = PROVIDERS[provider]
-    assert error.message.startswith("This does not look like ")
-    assert error.message.endswith(f" {p.title} key.")
-    assert error.extra["hint"] == p.key_shape.expected
+@pytest.mark.parametrize(
+    ("provider", "key"), [(p, k) for p, keys in UNFAMILIAR.items() for k in keys]
+)
+def test_unfamiliar_shapes_pass_with_the_expected_shape_as_hint(provider: str, key: str) -> None:
+    """Key formats change (OpenAI's `sk-proj-`, ElevenLabs' `sk_`): a key that does not fit is
+    the provider's own check to judge, and the answer says what keys usually look like."""
+    hint = check_format(PROVIDERS[provider], key)
+    assert hint == PROVIDERS[provider].key_shape.expected
+    _assert_hint_shows_no_key(hint, key)
+
+
+@pytest.mark.parametrize(
+    ("target", "owner", "key"),
+    [
+        (t, o, k)
+        for t in PROVIDERS
+        if t != "openai-compatible"
+        for o, keys in PREFIXED.items()
+        if o != t
+        for k in keys
+    ],
+)
+def test_another_providers_prefix_is_refused_naming_that_provider(
+    target: str, owner: str, key: str
+) -> None:
+    error = _refusal(target, key)
+    assert error.message == f"This does not look like {_a(PROVIDERS[target].title)} key."
+    assert f"POST /keys/{owner}" in error.extra["hint"]
+    assert PROVIDERS[owner].title in error.extra["hint"]
     _assert_no_key(error, key)
 
 
-def _accepts_foreign(target: str, owner: str, key: str) -> bool:
+def _fits_both(target: str, owner: str, key: str) -> bool:
     """Where one provider's real key also fits another's shape."""
-    if target == "openai-compatible":
-        return True
     # A 32-hex-digit (old ElevenLabs) key is also 32 letters and digits (Mistral).
     return target == "mistral" and owner == "elevenlabs" and len(key) == 32
 
@@ -126,19 +162,22 @@ def _accepts_foreign(target: str, owner: str, key: str) -> bool:
         for o, keys in EXAMPLES.items()
         if o not in (t, "openai-compatible")
         for k in keys
+        if k not in PREFIXED[o]
     ],
 )
-def test_another_providers_key_is_refused_naming_that_provider(
+def test_another_providers_key_without_a_prefix_passes_with_a_hint_naming_it(
     target: str, owner: str, key: str
 ) -> None:
-    if _accepts_foreign(target, owner, key):
-        check_format(PROVIDERS[target], key)
+    """Mistral, Deepgram and old ElevenLabs keys have no prefix: their shape alone is no proof
+    of whose they are, so the target provider's check decides."""
+    hint = check_format(PROVIDERS[target], key)
+    if target == "openai-compatible" or _fits_both(target, owner, key):
+        assert hint is None
         return
-    error = _refusal(target, key)
-    assert error.message == f"This does not look like {_a(PROVIDERS[target].title)} key."
-    assert f"POST /keys/{owner}" in error.extra["hint"]
-    assert PROVIDERS[owner].title in error.extra["hint"]
-    _assert_no_key(error, key)
+    assert hint is not None
+    assert f"POST /keys/{owner}" in hint
+    assert PROVIDERS[owner].title in hint
+    _assert_hint_shows_no_key(hint, key)
 
 
 def _a(title: str) -> str:
@@ -184,19 +223,6 @@ def _a(title: str) -> str:
             "This does not look like an OpenAI key.",
             'Keys starting with "sk_" are ElevenLabs keys: POST /keys/elevenlabs.',
         ),
-        (
-            "huggingface",
-            "d" * 40,
-            "This does not look like a Hugging Face key.",
-            "This looks like a Deepgram key: POST /keys/deepgram.",
-        ),
-        (
-            "deepgram",
-            "e" * 32,
-            "This does not look like a Deepgram key.",
-            "This looks like a Mistral or ElevenLabs key: POST /keys/mistral or "
-            "POST /keys/elevenlabs.",
-        ),
     ],
 )
 def test_wrong_provider_hints(target: str, key: str, message: str, hint: str) -> None:
@@ -208,6 +234,27 @@ def test_wrong_provider_hints(target: str, key: str, message: str, hint: str) ->
         "code": "invalid_key_format",
         "hint": hint,
     }
+
+
+@pytest.mark.parametrize(
+    ("target", "key", "hint"),
+    [
+        ("huggingface", "d" * 40, "This looks like a Deepgram key: POST /keys/deepgram."),
+        (
+            "deepgram",
+            "e" * 32,
+            "This looks like a Mistral or ElevenLabs key: POST /keys/mistral or "
+            "POST /keys/elevenlabs.",
+        ),
+        ("openai", "f" * 40, "This looks like a Deepgram key: POST /keys/deepgram."),
+        ("elevenlabs", "xi-" + "a" * 40, PROVIDERS["elevenlabs"].key_shape.expected),
+        ("google", "ya29." + "b" * 40, PROVIDERS["google"].key_shape.expected),
+    ],
+)
+def test_unfamiliar_key_hints(target: str, key: str, hint: str) -> None:
+    """Not refused: a key with no provider's prefix may be a new format; the hint says what it
+    looks like instead."""
+    assert check_format(PROVIDERS[target], key) == hint
 
 
 def test_most_specific_prefix_wins_whatever_the_table_order(
@@ -225,7 +272,7 @@ def test_most_specific_prefix_wins_whatever_the_table_order(
 def test_openai_compatible_takes_any_servers_key() -> None:
     for keys in EXAMPLES.values():
         for key in keys:
-            check_format(PROVIDERS["openai-compatible"], key)
+            assert check_format(PROVIDERS["openai-compatible"], key) is None
 
 
 @pytest.mark.parametrize(
@@ -293,7 +340,7 @@ def make_key(provider: str, case: str) -> str:
     tail = f"{random.getrandbits(32):08x}"
     key = _KEY_TEMPLATES[provider](letters, hexa, tail)
     assert case == "ok" or any(m and m in key.lower() for m in (letters, hexa))
-    check_format(PROVIDERS[provider], key)  # the same keys pass the shape check
+    assert check_format(PROVIDERS[provider], key) is None  # they fit the shape, too
     return key
 
 
@@ -585,9 +632,8 @@ def test_verification_is_frozen() -> None:
 
 
 def test_table_fields_have_safe_defaults() -> None:
-    """A provider row without shape or probe data accepts printable keys and is unverified."""
+    """A provider row without shape or probe data fits printable keys and is unverified."""
     bare = Provider("x", "https://x.invalid", "authorization", "Bearer ", allowed_paths=("/v1",))
-    check_format(bare, "0123456789")
-    with pytest.raises(BadRequest):
-        check_format(bare, "012345678")
+    assert check_format(bare, "0123456789") is None
+    assert check_format(bare, "012345678") == KeyShape().expected
     assert bare.verify_path is None
