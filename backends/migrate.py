@@ -1,6 +1,6 @@
 """Apply or check the alembic migrations of the SQL key stores, from code.
 
-Stores without a schema (none yet besides SQL) need no migrations: `upgrade` is a no-op there.
+Stores without a schema (`Scheme.migrates` false: Redis) need none: `upgrade` is a no-op there.
 """
 
 from __future__ import annotations
@@ -12,14 +12,10 @@ from alembic.config import Config
 
 import migrations
 
-from . import url_scheme
+from .schemes import SCHEMES, url_scheme
 from .sql import ensure_sqlite_directory
 
-__all__ = ["SQL_SCHEMES", "alembic_config", "check", "upgrade"]
-
-SQL_SCHEMES = frozenset(
-    {"sqlite", "sqlite+aiosqlite", "postgres", "postgresql", "postgresql+asyncpg"}
-)
+__all__ = ["alembic_config", "check", "upgrade"]
 
 
 def alembic_config(url: str) -> Config:
@@ -32,7 +28,8 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str) -> bool:
     """Bring the store at `url` to the newest schema. False when the store has no migrations."""
-    if url_scheme(url) not in SQL_SCHEMES:
+    scheme = SCHEMES.get(url_scheme(url))
+    if scheme is None or not scheme.migrates:
         return False
     ensure_sqlite_directory(url)
     command.upgrade(alembic_config(url), "head")

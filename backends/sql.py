@@ -1,6 +1,9 @@
 """The SQL key store: SQLite (aiosqlite) and Postgres (asyncpg) through SQLAlchemy 2 async.
 
 The schema comes from the alembic migrations (`byok-relay migrate`), never from `create_all`.
+
+Its length is the `KeyStore` contract: one method per operation, each one statement or
+transaction, for SQLite and Postgres alike.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from .base import (
     UsageStats,
     User,
 )
+from .schemes import SCHEMES, url_scheme
 from .tables import keys, usage, users
 
 __all__ = ["SQLStore", "async_url", "ensure_sqlite_directory"]
@@ -63,31 +67,17 @@ _USER_COLUMNS = (
     users.c.expires_at,
     users.c.revoked_at,
 )
-_INFO_COLUMNS = (
-    "provider",
-    "hint",
-    "status",
-    "created_at",
-    "updated_at",
-    "verified_at",
-    "last_used_at",
-)
-
-_DRIVERS = {
-    "sqlite": "sqlite+aiosqlite",
-    "sqlite+aiosqlite": "sqlite+aiosqlite",
-    "postgres": "postgresql+asyncpg",
-    "postgresql": "postgresql+asyncpg",
-    "postgresql+asyncpg": "postgresql+asyncpg",
-}
+# One column per field of KeyInfo, named as the field (a field without a column fails here).
+_INFO_COLUMNS = tuple(keys.c[field.name] for field in dataclasses.fields(KeyInfo))
 
 
 def async_url(url: str) -> str:
-    """`url` with the async driver this store uses (`postgres://` as PaaS hosts spell it, too)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in _DRIVERS:
+    """`url` with the async driver its scheme names in `SCHEMES` (`postgres://` too)."""
+    scheme = url_scheme(url)
+    driver = SCHEMES[scheme].driver if scheme in SCHEMES else None
+    if driver is None:
         raise ValueError(f"not a SQL store URL scheme: {scheme!r}")
-    parsed = make_url(_DRIVERS[scheme.lower()] + "://" + rest)
+    parsed = make_url(driver + "://" + url.partition("://")[2])
     if parsed.drivername.startswith("postgresql") and "sslmode" in parsed.query:
         # libpq's `sslmode` (as Render and Railway give it) is asyncpg's `ssl`.
         query = dict(parsed.query)
@@ -124,10 +114,8 @@ class _UsageInsert:
 
     On SQLite, a batch goes in one multi-row INSERT (up to `SQLITE_ROWS` rows a statement):
     sqlite3's executemany gives up the GIL around every row, and aiosqlite's thread, taking it
-    back while the event loop is busy, forces a switch each time (measured under load: 2.8
-    thread switches per relayed request with executemany, 1.1 with one statement per batch, 0.3
-    with no usage written). asyncpg's executemany runs on the loop itself, all rows in one round
-    trip."""
+    back while the event loop is busy, forces a thread switch each time. asyncpg's executemany
+    runs on the loop itself, all rows in one round trip."""
 
     # Rows per statement, within SQLite's limit on parameters (999 before 3.32).
     SQLITE_ROWS: Final = (32766 if sqlite3.sqlite_version_info >= (3, 32) else 999) // len(
@@ -354,10 +342,9 @@ class SQLStore(KeyStore):
         return bytes(rows[0][0]) if rows else None
 
     async def list_keys(self, user_id: str) -> list[KeyInfo]:
-        columns = [keys.c[name] for name in _INFO_COLUMNS]
-        query = select(*columns).where(keys.c.user_id == user_id).order_by(keys.c.provider)
+        query = select(*_INFO_COLUMNS).where(keys.c.user_id == user_id).order_by(keys.c.provider)
         rows = await self._rows("list_keys", query)
-        return [KeyInfo(**{name: row._mapping[name] for name in _INFO_COLUMNS}) for row in rows]
+        return [KeyInfo(**row._mapping) for row in rows]
 
     async def set_key_status(
         self, user_id: str, provider: str, record: bytes, status: str, verified_at: int | None

@@ -5,8 +5,8 @@
 One route, `POST /relay/openai/{path}`, forwards the method, path, query string, body and
 content-type to the upstream and streams the answer back as it arrives: no authentication, no
 key lookup, no limits, no usage meter. It sends through the relay's own upstream transport
-(`relay.upstream.new_transport`) the way the relay does, straight to it, and runs on uvicorn as
-the relay does (uvloop, httptools, no access log, one worker, the same garbage-collector
+(`relay.upstream.client.new_transport`) the way the relay does, straight to it, and runs on uvicorn
+as the relay does (uvloop, httptools, no access log, one worker, the same garbage-collector
 settings), so the gap between the floor and the relay is the relay's own work.
 
 TRANSPORT swaps the upstream transport for another with the same httpx API (`TRANSPORTS`), which
@@ -32,8 +32,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from bench.processes import raise_file_limit
-from relay import heap
-from relay.upstream import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, new_transport
+from relay.server import gcsettings
+from relay.upstream.client import KEEPALIVE_EXPIRY, MAX_CONNECTIONS, new_transport
 
 __all__ = ["TRANSPORTS", "create_app", "main", "serve_announced"]
 
@@ -86,7 +86,7 @@ def create_app(upstream: str, transport: str = "relay") -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
         async with TRANSPORTS[transport]() as transport_:
-            heap.settle()  # the collector settings `byok-relay serve` uses
+            gcsettings.settle()  # the collector settings `byok-relay serve` uses
             yield {"transport": transport_, "upstream": upstream.rstrip("/")}
 
     routes = [Route("/relay/openai/{path:path}", forward, methods=["POST"])]

@@ -8,7 +8,7 @@ collector settings, and prints how much the server's resident memory grew per op
 
 - `uvicorn`: a raw ASGI app that makes the frames itself, with no upstream: the server's cost;
 - `transport`: a raw ASGI app relaying the mock's stream through the relay's upstream
-  transport (httpx's request and response objects over `relay.http11` connections);
+  transport (httpx's request and response objects over `relay.upstream.http11` connections);
 - `floor`: `bench.floor`, Starlette's `StreamingResponse` over that transport;
 - `relay`: `byok-relay serve`, as `python -m bench` runs it.
 
@@ -47,8 +47,8 @@ from bench.servers import (
 )
 from bench.suite import STREAM_BODY
 from bench.upstream import DONE, FRAME
-from relay import heap
-from relay.upstream import new_transport
+from relay.server import gcsettings
+from relay.upstream.client import new_transport
 
 __all__ = ["main"]
 
@@ -86,7 +86,7 @@ def _layer(kind: str, upstream: str) -> App:
     async def startup() -> None:
         if kind == "transport":
             state["transport"] = new_transport()
-        heap.settle()
+        gcsettings.settle()
 
     async def frames(scope: Scope, send: Send) -> None:
         """The frames the query string asks for, as the mock upstream would send them."""

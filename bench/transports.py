@@ -6,7 +6,7 @@ Starts the mock upstream and one floor proxy (`bench.floor`) per transport in `T
 package is installed, then loads each with wrk (required here), small JSON, the floors taken in
 turn round after round so they share the machine's noise. Prints requests per second and
 p50/p99 per transport, and the ratio to the relay's own, and writes the figures as JSON to
-bench/results/. This is how the relay's transport was chosen (README, Performance).
+bench/results/. This is how the relay's transport was chosen (docs/performance.md).
 """
 
 from __future__ import annotations

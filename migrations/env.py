@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from logging.config import fileConfig
 from pathlib import Path
 
@@ -12,9 +11,9 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from backends import environ
 from backends.sql import async_url
 from backends.tables import metadata
-from relay.config import read_env_file
 
 config = context.config
 
@@ -23,13 +22,13 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
 
 
 def database_url() -> str:
-    """The URL given by the caller (`byok-relay migrate`), else DATABASE_URL / DB_PATH."""
+    """The URL given by the caller (`byok-relay migrate`), else DATABASE_URL / DB_PATH over
+    `.env`, read as `byok-relay serve` reads them."""
     url = config.attributes.get("url")
     if url:
         return str(url)
-    env = read_env_file(Path(".env"))
-    env.update(os.environ)
-    return env.get("DATABASE_URL") or "sqlite:///" + env.get("DB_PATH", "./data/relay.db")
+    env = environ.read_environment(Path(".env"))
+    return environ.database_url(env.get("DATABASE_URL"), env.get("DB_PATH"))
 
 
 def do_run_migrations(connection: Connection) -> None:

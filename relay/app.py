@@ -15,19 +15,19 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp
 
 from backends import KeyStore, StoreError, StoreUnavailable
-
-from . import accounts, discovery, health, heap, keys, openapi, stats
-from .config import Settings
-from .cors import CORSMiddleware
-from .edge import EDGE_LIMITS, EdgeLimits, connections_the_files_allow, raise_file_limit
-from .errors import RelayError, error_body
-from .forwarded import ForwardedMiddleware, TrustedProxies, parse_address
-from .lane import Handler, RelayLane
-from .models import ModelPolicy
-from .proxy import ModelRelay, ProviderRelay
-from .ratelimit import GlobalLimitMiddleware
-from .services import open_services
-from .ssrf import Resolver, UpstreamPolicy
+from relay.api import accounts, discovery, health, keys, openapi, stats
+from relay.config import Settings
+from relay.errors import RelayError, error_body
+from relay.providers.allowlist import ModelPolicy
+from relay.proxy.prepare import ModelRelay, ProviderRelay
+from relay.proxy.ssrf import Resolver, UpstreamPolicy
+from relay.server import gcsettings
+from relay.server.bypass import Handler, RouterBypass
+from relay.server.cors import CORSMiddleware
+from relay.server.edge import EDGE_LIMITS, EdgeLimits, connections_the_files_allow, raise_file_limit
+from relay.server.forwarded import ForwardedMiddleware, TrustedProxies, parse_address
+from relay.server.ratelimit import GlobalLimitMiddleware
+from relay.services import open_services
 
 __all__ = ["create_app"]
 
@@ -97,7 +97,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def edge_limits(settings: Settings) -> EdgeLimits:
-    """What one connection may take of this process (`relay.edge`)."""
+    """What one connection may take of this process (`relay.server.edge`)."""
     trusted = TrustedProxies(settings.forwarded_allow_ips)
 
     def proxy(address: str) -> bool:
@@ -120,11 +120,11 @@ def create_app(
     store: KeyStore | None = None,
     resolver: Resolver | None = None,
     *,
-    settle_heap: bool = False,
+    tune_gc: bool = False,
 ) -> ASGIApp:
     """The relay for `settings`. A given `store` replaces the one `DATABASE_URL` names, and a
     given `resolver` the system's DNS for openai-compatible upstreams (tests, embedding).
-    `settle_heap` tunes the process's garbage collector once started (`relay.heap`): for a
+    `tune_gc` tunes the process's garbage collector once started (`relay.server.gcsettings`): for a
     process that only serves, as `byok-relay serve` runs it."""
 
     @contextlib.asynccontextmanager
@@ -132,16 +132,16 @@ def create_app(
         # Lifespan state reaches every request's scope["state"], middleware outside the
         # Starlette app included, and the server's protocol (the client send timeout).
         async with open_services(settings, store) as services:
-            if settle_heap:
-                heap.settle()
+            if tune_gc:
+                gcsettings.settle()
             with services.drain.watch():
                 yield {"services": services, EDGE_LIMITS: edge_limits(settings)}
 
     upstreams = UpstreamPolicy(settings.private_upstreams, resolver)
     allowed_models = ModelPolicy(settings.allowed_models)
     provider_relay = ProviderRelay(upstreams, allowed_models)
-    # `/relay/{provider}/...` reaches the proxy through the lane below (`relay.lane`); its
-    # routes stay here for 405s and the OpenAPI document. `POST /relay` goes first: the router
+    # `/relay/{provider}/...` reaches the proxy through the bypass below (`relay.server.bypass`);
+    # its routes stay here for 405s and the OpenAPI document. `POST /relay` goes first: the router
     # tries routes in order, and no two patterns match the same path.
     routes = [
         Route("/relay", ModelRelay(upstreams, allowed_models), methods=["POST"]),
@@ -176,9 +176,9 @@ def create_app(
     app.router.redirect_slashes = False
     # Outermost first: CORS (so that even a 500 from the server-error handler is readable by
     # the page, and preflights are answered before anything counts them), then the client's
-    # address from trusted proxies, then the per-IP limit, then the relay lane (relayed
+    # address from trusted proxies, then the per-IP limit, then the router bypass (relayed
     # requests skip the router). All pure ASGI.
-    inner: ASGIApp = GlobalLimitMiddleware(RelayLane(app, provider_relay, handlers))
+    inner: ASGIApp = GlobalLimitMiddleware(RouterBypass(app, provider_relay, handlers))
     if settings.forwarded_allow_ips:
         inner = ForwardedMiddleware(
             inner, settings.forwarded_allow_ips, settings.forwarded_trusted_hops

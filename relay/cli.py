@@ -17,12 +17,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from .config import ConfigError, Settings, read_env_file
+from backends.environ import read_environment
+from relay.config import ConfigError, Settings
 
 if TYPE_CHECKING:
     from backends import KeyStore
-
-    from .crypto import KeyCipher
+    from relay.security.crypto import KeyCipher
 
 T = TypeVar("T")
 
@@ -36,9 +36,9 @@ _PLATFORM_MARKERS = ("RAILWAY_ENVIRONMENT", "RENDER", "KUBERNETES_SERVICE_HOST",
 
 # How byok-relay runs uvicorn (the tests' in-process servers use the same options).
 SERVER_OPTIONS: Final[dict[str, Any]] = {
-    "http": "relay.protocol:JSONErrorsProtocol",  # httptools, with JSON 400s
-    "log_config": None,  # relay.logs configures logging: JSON lines
-    "access_log": False,  # it costs ~15% of throughput; relayed calls are logged by the relay
+    "http": "relay.server.protocol:JSONErrorsProtocol",  # httptools, with JSON 400s
+    "log_config": None,  # relay.server.logs configures logging: JSON lines
+    "access_log": False,  # a measurable share of throughput; the relay logs what it needs
     "server_header": False,
     "proxy_headers": False,  # the app applies FORWARDED_ALLOW_IPS itself
     "ws": "none",  # no WebSocket route: an upgrade request is an ordinary request
@@ -50,8 +50,7 @@ def ensure_dev_secret(env_file: Path = ENV_FILE) -> str | None:
 
     Returns the one line to print, or None when nothing was generated.
     """
-    env = read_env_file(env_file)
-    env.update(os.environ)
+    env = read_environment(env_file)
     if env.get("ENCRYPTION_SECRET", "").strip():
         return None
     if env.get("RELAY_ENV", "development").strip().lower() != "development":
@@ -73,12 +72,12 @@ def ensure_dev_secret(env_file: Path = ENV_FILE) -> str | None:
 
 def app_from_env() -> object:
     """uvicorn's factory (`--factory`), also run by every worker process."""
-    from .app import create_app
-    from .logs import configure_logging
+    from relay.app import create_app
+    from relay.server.logs import configure_logging
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    return create_app(settings, settle_heap=True)
+    return create_app(settings, tune_gc=True)
 
 
 def _load_settings() -> Settings:
@@ -104,9 +103,9 @@ def _migrate(settings: Settings) -> None:
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from .drain import graceful_timeout
-    from .edge import raise_file_limit
-    from .logs import configure_logging
+    from relay.server.drain import graceful_timeout
+    from relay.server.edge import raise_file_limit
+    from relay.server.logs import configure_logging
 
     raise_file_limit()  # before the workers start: they inherit it
     message = ensure_dev_secret()
@@ -121,7 +120,7 @@ def serve(args: argparse.Namespace) -> None:
         host=args.host or settings.host,
         port=args.port if args.port is not None else settings.port,
         workers=args.workers or settings.workers,
-        # The drain (relay.drain) ends every exchange first: uvicorn never has to cancel one.
+        # The drain (relay.server.drain) ends every exchange first: uvicorn never has to cancel one.
         timeout_graceful_shutdown=graceful_timeout(settings.drain_seconds),
         **SERVER_OPTIONS,
     )
@@ -130,8 +129,7 @@ def serve(args: argparse.Namespace) -> None:
 def _with_store(settings: Settings, work: Callable[[KeyStore], Awaitable[T]], what: str) -> T:
     """Run `work` on the configured key store, closing it after; store failures in one line."""
     from backends import StoreError, open_store
-
-    from .services import store_options
+    from relay.services import store_options
 
     async def run() -> T:
         store = open_store(str(settings.database_url), store_options(settings))
@@ -147,14 +145,14 @@ def _with_store(settings: Settings, work: Callable[[KeyStore], Awaitable[T]], wh
 
 
 def _cipher(settings: Settings) -> KeyCipher:
-    from .crypto import KeyCipher
+    from relay.security.crypto import KeyCipher
 
     return KeyCipher([str(s) for s in settings.encryption_secrets], settings.encryption_salt)
 
 
 def rotate_keys(args: argparse.Namespace) -> None:
     """Re-encrypt every stored key under the newest secret."""
-    from .rotation import rotate_keys as rotate
+    from relay.ops.rotation import rotate_keys as rotate
 
     settings = _load_settings()
     _migrate(settings)
@@ -171,8 +169,8 @@ def rotate_keys(args: argparse.Namespace) -> None:
 
 def import_node(args: argparse.Namespace) -> None:
     """Copy a Node byok-relay SQLite file's users and keys into the configured key store."""
-    from .crypto import derive_key
-    from .nodeimport import NodeDatabaseError, check_node_db, import_node_db
+    from relay.ops.nodeimport import NodeDatabaseError, check_node_db, import_node_db
+    from relay.security.crypto import derive_key
 
     settings = _load_settings()
     path = Path(args.path)

@@ -3,6 +3,9 @@
 `Settings.from_env()` is the only place that looks at `os.environ`; everything else receives a
 `Settings`. Tests build their own with `Settings.from_env({...})` instead of patching globals.
 A bad value raises `ConfigError` whose message is one line and never contains a secret.
+
+Every setting is parsed and checked here, in one place, so its length grows with the settings
+table.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
-import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,8 +22,8 @@ from urllib.parse import urlsplit
 import limits
 
 from backends import SCHEMES, url_scheme
-
-from .providers import PROVIDERS
+from backends.environ import DEFAULT_DATABASE_URL, database_url, read_env_file, read_environment
+from relay.providers.table import PROVIDERS
 
 __all__ = ["ConfigError", "Secret", "Settings", "read_env_file"]
 
@@ -55,25 +57,6 @@ class Secret:
         return hash(self._value)
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """Parse a dotenv file: `KEY=value` lines, `#` comments, optional quotes. Missing file: `{}`."""
-    values: dict[str, str] = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return values
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.removeprefix("export ").split("=", 1)
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
-
-
 @dataclasses.dataclass(frozen=True)
 class Settings:
     encryption_secrets: tuple[Secret, ...]
@@ -82,9 +65,7 @@ class Settings:
     app_secret: Secret | None = None
     allowed_origins: tuple[str, ...] = ("*",)
     allowed_models: tuple[str, ...] = ()
-    database_url: Secret = dataclasses.field(
-        default_factory=lambda: Secret("sqlite:///./data/relay.db")
-    )
+    database_url: Secret = dataclasses.field(default_factory=lambda: Secret(DEFAULT_DATABASE_URL))
     redis_url: Secret | None = None
     db_pool_size: int = 10
     db_pool_timeout: float = 5.0
@@ -119,7 +100,7 @@ class Settings:
     private_upstreams: tuple[str, ...] = ()
     forwarded_trusted_hops: int | None = None
     """Proxies in front whose `X-Forwarded-For` entries are believed; None: 1 when
-    `FORWARDED_ALLOW_IPS` is `*`, no cap with a list (`relay.forwarded`)."""
+    `FORWARDED_ALLOW_IPS` is `*`, no cap with a list (`relay.server.forwarded`)."""
     dns_timeout: float = 5.0
     """Seconds to resolve a host an openai-compatible client names."""
     host: str = "127.0.0.1"
@@ -135,11 +116,7 @@ class Settings:
         cls, environ: Mapping[str, str] | None = None, env_file: Path | None = None
     ) -> Settings:
         """Build settings from `environ` (default: `os.environ` over `.env`)."""
-        if environ is None:
-            env = read_env_file(env_file or Path(".env"))
-            env.update(os.environ)
-        else:
-            env = dict(environ)
+        env = read_environment(env_file or Path(".env")) if environ is None else dict(environ)
         return _parse(env)
 
     def base_url_for(self, provider: str, default: str) -> str:
@@ -183,10 +160,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
     if app_secret is not None and re.search(r"\s", app_secret):
         raise ConfigError("APP_SECRET must not contain spaces")
 
-    database_url = get("DATABASE_URL")
-    if database_url is None:
-        database_url = "sqlite:///" + (get("DB_PATH") or "./data/relay.db")
-    scheme = url_scheme(database_url)
+    store_url = database_url(get("DATABASE_URL"), get("DB_PATH"))
+    scheme = url_scheme(store_url)
     if scheme not in SCHEMES:
         known = ", ".join(sorted(SCHEMES))
         raise ConfigError(f"DATABASE_URL scheme {scheme!r} is not supported (use one of: {known})")
@@ -253,7 +228,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         app_secret=Secret(app_secret) if app_secret else None,
         allowed_origins=_csv(get("ALLOWED_ORIGINS")) or ("*",),
         allowed_models=tuple(m.lower() for m in _csv(get("ALLOWED_MODELS"))),
-        database_url=Secret(database_url),
+        database_url=Secret(store_url),
         redis_url=Secret(redis) if (redis := get("REDIS_URL")) else None,
         db_pool_size=int(_number(get, "DB_POOL_SIZE", 10, minimum=1, maximum=1000)),
         db_pool_timeout=_number(get, "DB_POOL_TIMEOUT", 5, minimum=0.001, maximum=3600),

@@ -14,19 +14,18 @@ import httpx
 from backends import KeyStore, StoreOptions, open_store
 from backends.breaker import Breaker, BreakerStore
 from backends.cache import CachedStore
-
-from .background import Background
-from .bodies import BodyBudget
-from .config import Settings
-from .crypto import KeyCipher
-from .drain import Drain
-from .idle import IdleWheel
-from .inflight import InFlight
-from .keyhealth import KeyHealth
-from .ratelimit import Limit, RateLimiter, WhenDown
-from .recorder import UsageRecorder
-from .tokens import TokenHasher
-from .upstream import new_http_client, new_transport
+from relay.api.bodies import BodyBudget
+from relay.config import Settings
+from relay.proxy.idle import IdleWheel
+from relay.proxy.inflight import InFlight
+from relay.security.crypto import KeyCipher
+from relay.security.tokens import TokenHasher
+from relay.server.drain import Drain
+from relay.server.ratelimit import Limit, RateLimiter, WhenDown
+from relay.upstream.client import new_http_client, new_transport
+from relay.usage.background import Background
+from relay.usage.keyhealth import KeyHealth
+from relay.usage.recorder import UsageRecorder
 
 __all__ = ["Services", "open_services", "store_options"]
 
@@ -93,15 +92,14 @@ async def open_services(
             limiter = RateLimiter(_limits(settings))
             logger.info("rate limits: in process memory (set REDIS_URL to share them)")
         else:
-            from backends.redis import RedisStore, connect
-
-            from .redislimits import RedisCounter
+            from backends.redis import RedisStore, connect, redis_key
+            from relay.server.redislimits import RedisCounter
 
             redis_url = str(settings.redis_url)
             redis = connect(redis_url, store_options(settings))
             stack.push_async_callback(redis.connection_pool.disconnect)
             stack.push_async_callback(redis.aclose)
-            prefix = f"{settings.redis_namespace}:limits"
+            prefix = redis_key(settings.redis_namespace, "limits")
             counter = RedisCounter(redis, prefix, settings.db_connect_timeout)
             if store is None and database_url == redis_url:
                 # The Redis key store and the limits share one pool, and one breaker: the first
@@ -130,7 +128,13 @@ async def open_services(
         if settings.cache_ttl > 0:
             store = CachedStore(store, settings.cache_ttl)
         transport = new_transport()
-        http = await stack.enter_async_context(new_http_client(settings, transport))
+        http = await stack.enter_async_context(
+            new_http_client(
+                transport,
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.upstream_timeout,
+            )
+        )
         background = Background()
         stack.push_async_callback(background.close)
         if settings.app_secret is None:

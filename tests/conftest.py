@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from backends.migrate import upgrade
-from relay.logs import JSONFormatter
-from relay.providers import PROVIDERS
+from relay.providers.table import PROVIDERS
+from relay.server.logs import JSONFormatter
 from tests.mockprovider import MockProvider, start_mock
 from tests.relayserver import RelayServer, register, relay_env, store_key
 from tests.servers import REDIS_URL, check_redis, create_database, drop_database, in_thread

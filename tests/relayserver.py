@@ -20,9 +20,9 @@ from backends.migrate import upgrade
 from relay.app import create_app
 from relay.cli import SERVER_OPTIONS
 from relay.config import Settings
-from relay.providers import PROVIDERS
+from relay.providers.table import PROVIDERS
+from relay.proxy.ssrf import Resolver
 from relay.services import Services
-from relay.ssrf import Resolver
 
 TEST_SECRET = "test-encryption-secret-0123456789abcdef"
 

@@ -1,4 +1,4 @@
-"""The HTTP API contract (docs: shared/spec/api.md), tested against real relays over TCP.
+"""The HTTP API contract (docs/api.md), tested against real relays over TCP.
 
 Health and version, registration and the APP_SECRET gate, token errors and expiry, key storage,
 revocation, account deletion, the generic JSON errors (404, 405, 400, 413) and CORS. Relaying

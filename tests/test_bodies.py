@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relay.jsonedit import Repeated, TooDeep, cut, find_members, replace_value
-from relay.models import MAX_PARTS
+from relay.proxy.jsonedit import Repeated, TooDeep, cut, find_members, replace_value
+from relay.proxy.modelname import MAX_PARTS
 from tests.mockprovider import MockProvider
 from tests.relayprocess import RelayProcess
 from tests.relayserver import relay_env

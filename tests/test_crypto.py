@@ -1,4 +1,5 @@
-"""`relay.crypto.KeyCipher`: AES-256-GCM records bound to (user, provider), with rotation."""
+"""`relay.security.crypto.KeyCipher`: AES-256-GCM records bound to (user, provider), with
+rotation."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from relay.crypto import DecryptionError, KeyCipher, derive_key
+from relay.security.crypto import DecryptionError, KeyCipher, derive_key
 
 OLD = "old-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 NEW = "new-secret-ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210"

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from relay.config import Settings
-from relay.drain import graceful_timeout
-from relay.providers import PROVIDERS
+from relay.providers.table import PROVIDERS
+from relay.server.drain import graceful_timeout
 
 pytestmark = pytest.mark.sqlite
 

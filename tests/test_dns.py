@@ -29,7 +29,7 @@ import pycares
 import pytest
 
 from relay.errors import BadRequest, ServiceUnavailable
-from relay.ssrf import AresResolver, UpstreamPolicy
+from relay.proxy.ssrf import AresResolver, UpstreamPolicy
 from tests.conftest import LogCapture, provider_key
 from tests.mockprovider import MockProvider
 from tests.relayserver import RelayServer, register, relay_env, store_key

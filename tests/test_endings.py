@@ -21,7 +21,7 @@ import httpx
 import pytest
 import redis
 
-from relay.idle import GRAIN
+from relay.proxy.idle import GRAIN
 from tests.mockprovider import MockProvider
 from tests.relayprocess import RelayProcess
 from tests.relayserver import RelayServer, relay_env
@@ -212,7 +212,9 @@ def test_clients_that_take_nothing_are_let_go_and_what_they_hold_is_bounded(
             mock.wait_for_request(clients, timeout=10)
             time.sleep(SEND_TIMEOUT * 0.6)  # every buffer between provider and client is full
             held = (_rss_kib(relay.process.pid) - before) / clients
-            assert held < 450, f"{held:.0f} KiB per stalled stream"
+            # 64 KiB in the send buffer, a chunk and a read of at most 128 KiB each, the
+            # stream's own objects and the allocator's slack under a loaded machine.
+            assert held < 512, f"{held:.0f} KiB per stalled stream"
             time.sleep(SEND_TIMEOUT * 1.5)
             for _ in range(100):
                 if len(mock.disconnects) >= clients:

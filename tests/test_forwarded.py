@@ -1,4 +1,4 @@
-"""The client's address behind proxies (`relay.forwarded`): a client cannot choose its own.
+"""The client's address behind proxies (`relay.server.forwarded`): a client cannot choose its own.
 
 Through real relays behind real appending proxies (what Railway's or Render's edge does), and
 the selection rule on its own: trusted CIDRs, a number of hops, junk, IPv6, ports, several
@@ -17,7 +17,7 @@ import httpx
 import pytest
 import uvicorn
 
-from relay.forwarded import ForwardedMiddleware, TrustedProxies, parse_address
+from relay.server.forwarded import ForwardedMiddleware, TrustedProxies, parse_address
 from tests.conftest import RelayFactory
 
 # --------------------------------------------------------------------------------------------

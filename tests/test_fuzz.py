@@ -33,8 +33,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from relay.openapi import build_document
-from relay.providers import PROVIDERS
+from relay.api.openapi import build_document
+from relay.providers.table import PROVIDERS
 from tests.conftest import LogCapture, provider_key
 from tests.mockprovider import MockProvider
 from tests.relayserver import RelayServer, register, relay_env, store_key

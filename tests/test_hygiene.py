@@ -16,7 +16,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from relay.protocol import MAX_HEAD_BYTES, MAX_HEADERS, JSONErrorsProtocol
+from relay.server.protocol import MAX_HEAD_BYTES, MAX_HEADERS, JSONErrorsProtocol
 from tests.mockprovider import MockProvider
 from tests.relayserver import RelayServer, raw_relay_post, register, store_key
 
@@ -187,8 +187,8 @@ def test_non_ascii_header_values_are_forwarded(
 def test_the_protocol_holds_less_memory_per_connection_than_uvicorns() -> None:
     """Ours keeps lists for uvicorn's three deques (3 x 704 bytes less) and uvicorn's compact
     instance dict (the head limits' counters in slots; in it, they would add 1,288 bytes), and
-    spends 72 bytes on its cork and 72 on the edge's limits (`relay.edge`). Measured over many
-    connections, after a first round that pays the one-time costs (caches, free lists) of
+    spends 72 bytes on its cork and 72 on the edge's limits (`relay.server.edge`). Measured over
+    many connections, after a first round that pays the one-time costs (caches, free lists) of
     whichever protocol runs first."""
     config = uvicorn.Config(app=_no_app)
     config.load()

@@ -1,5 +1,5 @@
-"""`relay.idle.IdleDeadline`: a stream is cut when its silence reaches the limit, never before,
-and never while the client is the slow one."""
+"""`relay.proxy.idle.IdleDeadline`: a stream is cut when its silence reaches the limit, never
+before, and never while the client is the slow one."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from relay.idle import GRAIN, IdleDeadline, IdleWheel
+from relay.proxy.idle import GRAIN, IdleDeadline, IdleWheel
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sqlite]
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.providers import PROVIDERS
+from relay.providers.table import PROVIDERS
 from tests.conftest import RelayFactory
 from tests.mockprovider import MockProvider
 from tests.relayserver import RelayServer, register, store_key

@@ -1,4 +1,4 @@
-"""`relay.memorylimits.MemoryStorage`: fixed windows in process memory, a hit costing a few
+"""`relay.server.memorylimits.MemoryStorage`: fixed windows in process memory, a hit costing a few
 dictionary operations (no task, no lock), expired keys swept now and then."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from limits import parse
 from limits.aio.strategies import FixedWindowRateLimiter
 
-from relay.memorylimits import SWEEP_EVERY, MemoryStorage
+from relay.server.memorylimits import SWEEP_EVERY, MemoryStorage
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sqlite]
 

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.errors import Forbidden
-from relay.models import ModelPolicy, model_of
-from relay.providers import PROVIDERS
+from relay.providers.allowlist import ModelPolicy
+from relay.providers.table import PROVIDERS
+from relay.proxy.modelname import model_of
 from tests.conftest import RelayFactory
 from tests.mockprovider import MockProvider
 from tests.relayserver import RelayServer, register, store_key

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from backends import open_store
 from backends.migrate import upgrade
-from relay.crypto import DecryptionError, KeyCipher, derive_key
-from relay.nodeimport import decrypt_node_record, import_node_db, parse_timestamp
+from relay.ops.nodeimport import decrypt_node_record, import_node_db, parse_timestamp
+from relay.security.crypto import DecryptionError, KeyCipher, derive_key
 from tests.mockprovider import MockProvider
 from tests.relayprocess import run_cli
 from tests.relayserver import TEST_SECRET, RelayServer, relay_env

@@ -1,25 +1,32 @@
-"""The OpenAPI document (`relay/openapi.py`): valid OpenAPI 3.1, served as built, and checked
-against the app's real routes both ways so that it cannot go stale."""
+"""The OpenAPI document (`relay/api/openapi.py`, from the tables of `relay/api/operations.py`):
+valid OpenAPI 3.1, served as built, checked against the app's real routes both ways, and its
+schemas against what the endpoints accept and answer, so that it cannot go stale."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import re
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 import httpx
 import jsonschema_rs
+import msgspec
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
+import backends
+from relay.api import accounts, discovery, health, keys, stats
+from relay.api.openapi import OPERATIONS, build_document, document_bytes
 from relay.app import create_app
 from relay.config import Settings
-from relay.openapi import OPERATIONS, build_document, document_bytes
-from relay.providers import PROVIDERS
-from tests.relayserver import TEST_SECRET
+from relay.providers.table import PROVIDERS
+from tests.relayserver import TEST_SECRET, register, store_key
 
 pytestmark = pytest.mark.sqlite
 
@@ -293,3 +300,89 @@ def test_openapi_json_method_not_allowed(client: httpx.Client) -> None:
     response = client.post("/openapi.json")
     assert response.status_code == 405
     assert json.loads(response.content)["code"] == "method_not_allowed"
+
+
+# ---- the schemas are the endpoints' own declarations ---------------------------------------
+
+ENDPOINT_MODULES = [accounts, discovery, health, keys, stats]
+
+
+def structs(module: ModuleType) -> list[type[msgspec.Struct]]:
+    return [
+        value
+        for value in vars(module).values()
+        if inspect.isclass(value)
+        and issubclass(value, msgspec.Struct)
+        and value.__module__ == module.__name__
+    ]
+
+
+@pytest.mark.parametrize("module", ENDPOINT_MODULES, ids=lambda m: m.__name__)
+def test_every_declared_shape_is_documented(document: dict[str, Any], module: ModuleType) -> None:
+    components = document["components"]
+    names = {*components["schemas"], *components["requestBodies"]}
+    assert structs(module), module
+    for struct in structs(module):
+        assert struct.__name__ in names, f"{module.__name__}.{struct.__name__} is not documented"
+
+
+def test_key_info_is_the_stores_record() -> None:
+    # `GET /keys` builds its entries from the store's `KeyInfo`, field for field.
+    stored = [field.name for field in dataclasses.fields(backends.KeyInfo)]
+    assert list(keys.KeyInfo.__struct_fields__) == stored
+
+
+def validator(document: dict[str, Any], name: str) -> Any:
+    registry = jsonschema_rs.Registry([("urn:doc", document)])
+    return jsonschema_rs.validator_for(
+        {"$ref": f"urn:doc#/components/schemas/{name}"}, registry=registry
+    )
+
+
+def test_answers_fit_their_schemas(client: httpx.Client, document: dict[str, Any]) -> None:
+    token = register(client)
+    headers = {"x-relay-token": token}
+    store_key(client, token, "openai", "sk-schema-check-0123456789")
+    answers = {
+        "Health": client.get("/health"),
+        "Version": client.get("/version"),
+        "Registered": client.post("/users", json={"app_id": "schema-check"}),
+        "KeyStored": client.post("/keys/groq", json={"key": "gsk_0123456789"}, headers=headers),
+        "KeyList": client.get("/keys", headers=headers),
+        "UsageStats": client.get("/stats", headers=headers),
+        "Ok": client.delete("/keys/groq", headers=headers),
+        "OkMessage": client.post("/tokens/revoke", headers=headers),
+        "Error": client.get("/keys", headers=headers),  # the token is revoked now
+    }
+    assert answers["KeyList"].json()["keys"], "a key is listed, so its entry is checked"
+    for name, response in answers.items():
+        errors = [e.message for e in validator(document, name).iter_errors(response.json())]
+        assert not errors, (name, response.text, errors)
+
+
+def body_validator(document: dict[str, Any], name: str) -> Any:
+    content = document["components"]["requestBodies"][name]["content"]
+    return jsonschema_rs.validator_for(content["application/json"]["schema"])
+
+
+def test_register_accepts_what_its_schema_allows(
+    client: httpx.Client, document: dict[str, Any]
+) -> None:
+    schema = body_validator(document, "RegisterBody")
+    for length in (0, 1, 128, 129):
+        body = {"app_id": "a" * length}
+        response = client.post("/users", json=body)
+        assert (response.status_code == 200) == schema.is_valid(body), (length, response.text)
+
+
+def test_store_key_accepts_what_its_schema_allows(
+    client: httpx.Client, document: dict[str, Any]
+) -> None:
+    schema = body_validator(document, "StoreKeyBody")
+    headers = {"x-relay-token": register(client)}
+    candidates = ["k" * n for n in (9, 10, 4096, 4097)]
+    candidates += ["k" * 10 + c for c in ("\u00e9", "\x7f", "~")]
+    for key in candidates:
+        body = {"key": key}
+        response = client.post("/keys/mistral", json=body, headers=headers)
+        assert (response.status_code == 200) == schema.is_valid(body), (key[-12:], response.text)

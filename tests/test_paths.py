@@ -1,4 +1,5 @@
-"""`relay.paths`: the upstream path is decoded once, dot-resolved, checked, then re-encoded."""
+"""`relay.proxy.paths`: the upstream path is decoded once, dot-resolved, checked, then
+re-encoded."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from relay.paths import encode_path, normalize_path
-from relay.providers import PROVIDERS
+from relay.providers.table import PROVIDERS
+from relay.proxy.paths import encode_path, normalize_path
 
 # No example database: the tests must not write files outside tmp_path.
 PROPERTY = settings(database=None, max_examples=300, deadline=None)

@@ -23,7 +23,7 @@ from typing import Final
 
 import pytest
 
-from relay.protocol import CORK_LIMIT, _Corked
+from relay.server.protocol import CORK_LIMIT, _Corked
 from tests.conftest import RelayFactory
 from tests.relayserver import RelayServer, raw_relay_post, register, store_key
 

@@ -1,4 +1,5 @@
-"""`relay.providers`: the provider table against the contract, and the headers sent upstream."""
+"""`relay.providers.table`: the provider table against the contract, and the headers sent
+upstream."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from collections.abc import Mapping
 
 import pytest
 
-from relay.providers import PROVIDERS, Provider, forwarded_request_headers
-from relay.proxy import _query
+from relay.providers.table import PROVIDERS, Provider, forwarded_request_headers
+from relay.proxy.prepare import _query
 
 KEY = "sk-stored-key-0123456789"
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from relay.tokens import TokenHasher
+from relay.security.tokens import TokenHasher
 from tests.conftest import RelayFactory
 from tests.mockprovider import MockProvider
 from tests.relayprocess import RelayProcess

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from relay.providers import PROVIDERS
-from relay.tokens import TokenHasher
+from relay.providers.table import PROVIDERS
+from relay.security.tokens import TokenHasher
 from tests.conftest import RelayFactory
 from tests.mockprovider import AUDIO_BYTES, IMAGE_BYTES, MockProvider
 from tests.relayserver import TEST_SECRET, RelayServer, register, store_key
@@ -176,7 +176,7 @@ def test_relayed_exchanges_leave_no_garbage_cycles(make_relay: RelayFactory) -> 
     """What a relayed exchange allocates is freed by reference counting as it ends. A cycle
     through it (a cancelled watcher task's traceback, a closed connection and its parser)
     would keep the whole stream's objects, uvicorn's and httpx's with them, until the cycle
-    collector runs, which a busy relay makes rare on purpose (`relay.heap`)."""
+    collector runs, which a busy relay makes rare on purpose (`relay.server.gcsettings`)."""
     server = make_relay()
     with server.client() as client:
         token = register(client)

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from relay.errors import BadRequest
-from relay.routing import ROUTES, route_model
+from relay.providers.routing import ROUTES, route_model
 from tests.conftest import RelayFactory
 from tests.mockprovider import MockProvider
 

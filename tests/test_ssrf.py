@@ -34,8 +34,8 @@ from hypothesis import strategies as st
 
 import relay.services
 from relay.errors import BadRequest
-from relay.ssrf import IPAddress, Upstream, UpstreamPolicy, is_public_address
-from relay.transport import HTTPTransport
+from relay.proxy.ssrf import IPAddress, Upstream, UpstreamPolicy, is_public_address
+from relay.upstream.transport import HTTPTransport
 from tests.conftest import LogCapture, provider_key
 from tests.mockprovider import MockProvider
 from tests.relayserver import RelayServer, register, relay_env, store_key

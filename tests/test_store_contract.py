@@ -34,7 +34,7 @@ from backends import (
     tables,
 )
 from backends.cache import CachedStore
-from backends.redis import usage_stats_of
+from backends.redis_layout import redis_key, usage_stats_of
 from backends.sql import async_url
 from tests import servers
 
@@ -116,7 +116,7 @@ def usage_owners(
     async def owners() -> set[str]:
         if namespace:
             client = aioredis.Redis.from_url(url)
-            prefix = f"{namespace}:usage:"
+            prefix = redis_key(namespace, "usage", "")
             try:
                 return {
                     n.decode().removeprefix(prefix) async for n in client.scan_iter(prefix + "*")

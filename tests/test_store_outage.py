@@ -21,8 +21,8 @@ from backends import StoreError, StoreOptions, StoreUnavailable, User
 from backends.breaker import Breaker, BreakerStore
 from backends.redis import connect
 from relay.errors import ServiceUnavailable
-from relay.ratelimit import Limit, Quota, RateLimiter, rate_limit_headers
-from relay.redislimits import RedisCounter
+from relay.server.ratelimit import Limit, Quota, RateLimiter, rate_limit_headers
+from relay.server.redislimits import RedisCounter
 from tests.conftest import RelayFactory
 from tests.mockprovider import MockProvider
 from tests.relayprocess import RelayProcess

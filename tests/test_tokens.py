@@ -1,4 +1,4 @@
-"""`relay.tokens`: random relay tokens, stored only as HMAC-SHA256 hex digests."""
+"""`relay.security.tokens`: random relay tokens, stored only as HMAC-SHA256 hex digests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from relay.tokens import MAX_TOKEN_LENGTH, TokenHasher, new_token
+from relay.security.tokens import MAX_TOKEN_LENGTH, TokenHasher, new_token
 
 SECRET = "token-hmac-secret-0123456789abcdefghijkl"
 OTHER = "another-hmac-secret-0123456789abcdefghij"

@@ -1,4 +1,5 @@
-"""`relay.transport.HTTPTransport`: the relay's own HTTP/1.1 client, against scripted servers.
+"""`relay.upstream.transport.HTTPTransport`: the relay's own HTTP/1.1 client, against scripted
+servers.
 
 Every test runs a raw TCP server on 127.0.0.1 whose handler writes exactly the bytes a test
 needs (well-formed, truncated, hostile or slow), under both event loops the relay may run on
@@ -11,18 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from relay.http11 import HEAD_LIMIT, HIGH_WATER, READ_SIZE
-from relay.pinning import pinned
-from relay.transport import HTTPTransport
-from relay.upstream import upstream_request
+from relay.upstream.client import upstream_request
+from relay.upstream.http11 import HEAD_LIMIT, HIGH_WATER, READ_SIZE
+from relay.upstream.transport import PINNED_ADDRESS, HTTPTransport
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sqlite]
 
@@ -709,9 +716,9 @@ async def test_closing_the_transport_closes_every_connection() -> None:
 async def test_a_pinned_name_connects_to_its_pinned_address_with_its_own_connections() -> None:
     async with serving(answer_each(OK)) as upstream, transport() as client:
         url = f"http://provider.invalid:{upstream.port}/v1/chat"
-        with pinned("provider.invalid", "127.0.0.1"):
-            outgoing = httpx.Request("POST", url, content=b"{}", extensions={"timeout": TIMEOUTS})
-            response, _ = await fetch(client, outgoing)
+        pin = {"timeout": TIMEOUTS, PINNED_ADDRESS: "127.0.0.1"}
+        outgoing = httpx.Request("POST", url, content=b"{}", extensions=pin)
+        response, _ = await fetch(client, outgoing)
         assert response.status_code == 200
         assert b"Host: provider.invalid:" in upstream.requests[0][0]
         await fetch(client, request(upstream))  # same port, no pin: not the pinned connection
@@ -789,6 +796,69 @@ async def test_an_answer_before_the_body_is_all_sent_stops_the_sending() -> None
         response, received = await fetch(client, request(upstream, content=body()))
         assert (response.status_code, received) == (413, b"{}")
         assert client.pool.open_connections == 0  # the request was not sent whole
+
+
+def _certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for `localhost` and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_an_answer_over_tls_is_read_in_bounded_reads(tmp_path: Path) -> None:
+    """TLS hands the connection decrypted bytes through its own reads, on either loop."""
+    cert_file, key_file = _certificate(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert_file, key_file)
+    size = 16 * HIGH_WATER
+    payload = bytes(range(256)) * (size // 256)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Upstream):
+        await up.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + payload)
+        await writer.drain()
+
+    upstream = Upstream(handler)
+    server = await asyncio.start_server(upstream.accept, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    async with server, transport() as client:
+        client.ssl_context.load_verify_locations(cert_file)
+        outgoing = httpx.Request(
+            "GET",
+            f"https://localhost:{port}/v1/models",
+            extensions={"timeout": TIMEOUTS, PINNED_ADDRESS: "127.0.0.1"},
+        )
+        response = await client.handle_async_request(outgoing)
+        received = b""
+        async for chunk in response.stream:  # type: ignore[union-attr]
+            assert len(chunk) <= HIGH_WATER + READ_SIZE
+            received += chunk
+            await asyncio.sleep(0.01)
+        await response.aclose()
+    assert response.status_code == 200
+    assert received == payload
 
 
 async def test_reading_pauses_while_the_answer_waits_for_a_slow_reader() -> None:

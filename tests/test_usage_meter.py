@@ -1,4 +1,4 @@
-"""`relay.usage.UsageMeter`: token usage read off real wire formats, however they are chunked,
+"""`relay.usage.meter.UsageMeter`: token usage read off real wire formats, however they are chunked,
 compressed or mangled, in bounded memory and without ever raising."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay import usage
-from relay.usage import (
+from relay.usage import meter as usage
+from relay.usage.meter import (
     MAX_DECODED_BYTES,
     MAX_EVENT_BYTES,
     MAX_JSON_BYTES,

@@ -1,4 +1,5 @@
-"""`relay.verify`: key shapes, and the key check against the mock provider over real sockets."""
+"""`relay.providers.verify`: key shapes, and the key check against the mock provider over real
+sockets."""
 
 from __future__ import annotations
 
@@ -14,8 +15,14 @@ import httpx
 import pytest
 
 from relay.errors import BadRequest
-from relay.providers import PROVIDERS, KeyShape, Provider
-from relay.verify import BODY_PREFIX_LIMIT, Verification, check_format, key_hint, verify_key
+from relay.providers.table import PROVIDERS, KeyShape, Provider
+from relay.providers.verify import (
+    BODY_PREFIX_LIMIT,
+    Verification,
+    check_format,
+    key_hint,
+    verify_key,
+)
 from tests.mockprovider import MockProvider
 
 pytestmark = pytest.mark.sqlite
@@ -262,7 +269,7 @@ def test_most_specific_prefix_wins_whatever_the_table_order(
 ) -> None:
     reordered = dict(reversed(list(PROVIDERS.items())))
     for table in (PROVIDERS, reordered):
-        monkeypatch.setattr("relay.verify.PROVIDERS", table)
+        monkeypatch.setattr("relay.providers.verify.PROVIDERS", table)
         check_format(PROVIDERS["anthropic"], "sk-ant-api03-" + "x" * 60)
         check_format(PROVIDERS["openrouter"], "sk-or-v1-" + "b" * 64)
         assert "POST /keys/anthropic" in _refusal("openai", "sk-ant-" + "x" * 60).extra["hint"]

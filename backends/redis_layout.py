@@ -1,0 +1,175 @@
+"""How the Redis key store lays out its data in a shared server, every key under one namespace.
+
+Layout, for namespace `ns` (every name built by `redis_key`):
+
+    ns:token:<token digest>   user record (hash: v, id, app_id, created_at, expires_at?,
+                              revoked_at?): found by its token in one HGETALL
+    ns:user:<user id>         the user's token digest, to reach the record above by id
+    ns:keys:<user id>         hash: provider -> key entry
+    ns:keyinfo:<user id>      hash: "<provider>:<field>" -> value, for each of `INFO_FIELDS`
+    ns:usage:<user id>        list of usage records (JSON, "v": 1; "outcome" only in those
+                              written since it exists), the newest 10 000 kept
+    ns:app:<app id>           set of the app's user ids
+    ns:limits:<limit key>     the rate limits' counters (`relay.server.redislimits`)
+
+A key entry is `0x01 | created_at (8 bytes) | updated_at (8 bytes) | record` (`ENTRY`). The store
+needs no migrations: the version byte and `"v"` field let a later format be read beside this one.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import struct
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from .base import UNVERIFIED, KeyInfo, KeyMeta, StoreError, UsageStats, User
+
+__all__ = [
+    "ENTRY",
+    "INFO_FIELDS",
+    "RECORD_VERSION",
+    "info_field",
+    "info_fields",
+    "key_info",
+    "meta_fields",
+    "redis_key",
+    "text",
+    "usage_stats_of",
+    "user_fields",
+    "user_from_hash",
+]
+
+RECORD_VERSION: Final = 1
+ENTRY: Final = struct.Struct(">BQQ")
+_DAY_MS: Final = 86_400_000
+# The ending of a record written before outcomes were stored, as the SQL migration 0004 reads it.
+_OUTCOME_OF_STATUS: Final = {
+    499: "client_cancelled",
+    504: "upstream_timeout",
+    502: "upstream_error",
+}
+
+# KeyInfo's fields kept in the key info hash; the provider and the two times are the entry's.
+INFO_FIELDS: Final = tuple(
+    field.name
+    for field in dataclasses.fields(KeyInfo)
+    if field.name not in ("provider", "created_at", "updated_at")
+)
+# A field missing from the hash reads as a key stored without metadata has it.
+_INFO_DEFAULTS: Final[Mapping[str, object]] = {
+    **dict.fromkeys(INFO_FIELDS),
+    **dataclasses.asdict(UNVERIFIED),
+}
+_INFO_NUMBERS: Final = frozenset(
+    name for name, kind in typing.get_type_hints(KeyInfo).items() if kind == int | None
+)
+
+
+def redis_key(namespace: str, *parts: str) -> str:
+    """`namespace:part:...`: the name of every key in the shared Redis (`redis_key(ns, "token",
+    "")` is the prefix of all token keys)."""
+    return ":".join((namespace, *parts))
+
+
+def info_field(provider: str, name: str) -> str:
+    """The key info hash's field for `provider`'s `name` (one of `INFO_FIELDS`)."""
+    return f"{provider}:{name}"
+
+
+def info_fields(provider: str) -> list[str]:
+    """Every field the key info hash may hold for `provider`."""
+    return [info_field(provider, name) for name in INFO_FIELDS]
+
+
+def meta_fields(provider: str, meta: KeyMeta) -> list[str | int]:
+    """The key info hash's field/values for `provider`'s key stored with `meta` (None left out)."""
+    return [
+        item
+        for name, value in dataclasses.asdict(meta).items()
+        if value is not None
+        for item in (info_field(provider, name), value)
+    ]
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def key_info(provider: str, entry: bytes, fields: Mapping[str, str]) -> KeyInfo:
+    """The `KeyInfo` of `provider`'s key entry, with the key info hash's `fields`."""
+    _, created_at, updated_at = ENTRY.unpack_from(entry)
+    info: dict[str, Any] = {}
+    for name in INFO_FIELDS:
+        value = fields.get(info_field(provider, name))
+        if value is None:
+            info[name] = _INFO_DEFAULTS[name]
+        else:
+            info[name] = int(value) if name in _INFO_NUMBERS else value
+    return KeyInfo(provider=provider, created_at=created_at, updated_at=updated_at, **info)
+
+
+def user_fields(user: User) -> list[str | int]:
+    """The field/values of `user`'s record hash (absent times left out)."""
+    fields: list[str | int] = [
+        "v",
+        RECORD_VERSION,
+        "id",
+        user.id,
+        "app_id",
+        user.app_id,
+        "created_at",
+        user.created_at,
+    ]
+    if user.expires_at is not None:
+        fields += ["expires_at", user.expires_at]
+    if user.revoked_at is not None:
+        fields += ["revoked_at", user.revoked_at]
+    return fields
+
+
+def user_from_hash(data: dict[str, str]) -> User:
+    if data.get("v") != str(RECORD_VERSION):
+        raise StoreError("user record of unknown format version")
+
+    def optional_int(name: str) -> int | None:
+        value = data.get(name)
+        return None if value is None else int(value)
+
+    return User(
+        id=data["id"],
+        app_id=data["app_id"],
+        created_at=int(data["created_at"]),
+        expires_at=optional_int("expires_at"),
+        revoked_at=optional_int("revoked_at"),
+    )
+
+
+def usage_stats_of(records: Sequence[dict[str, Any]], now: int) -> UsageStats:
+    """The totals `usage_stats` reports, from usage records as stored."""
+    errors = [r for r in records if r["status"] >= 400]
+    providers: dict[str, dict[str, int]] = {}
+    models: collections.Counter[str] = collections.Counter()
+    outcomes: collections.Counter[str] = collections.Counter()
+    for r in records:
+        counts = providers.setdefault(r["provider"], {"total": 0, "errors": 0})
+        counts["total"] += 1
+        counts["errors"] += r["status"] >= 400
+        if r["model"] is not None:
+            models[r["model"]] += 1
+        outcome = r.get("outcome")
+        outcomes[outcome or _OUTCOME_OF_STATUS.get(r["status"], "completed")] += 1
+    return UsageStats(
+        total=len(records),
+        last_7d=sum(r["created_at"] >= now - 7 * _DAY_MS for r in records),
+        last_30d=sum(r["created_at"] >= now - 30 * _DAY_MS for r in records),
+        error_count=len(errors),
+        providers=providers,
+        top_models=sorted(models.items(), key=lambda item: (-item[1], item[0]))[:10],
+        last_request=max((r["created_at"] for r in records), default=None),
+        input_tokens=sum(r["input_tokens"] or 0 for r in records),
+        output_tokens=sum(r["output_tokens"] or 0 for r in records),
+        outcomes=dict(outcomes),
+    )

@@ -1,0 +1,117 @@
+"""The Lua scripts of the Redis key store (`backends.redis`): every write that touches more than
+one key is one script, so it is atomic.
+
+Each script says which KEYS and ARGV it takes; the keys are built by `redis_layout.redis_key`
+and the entry format is `redis_layout.ENTRY` (bytes 2-9 created_at, 10-17 updated_at, then the
+record). Redis Cluster is not supported: the scripts touch keys of several hash slots.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "CREATE_USER",
+    "DELETE_KEY",
+    "DELETE_USER",
+    "PUT_KEY",
+    "RECORD_USAGE",
+    "REPLACE_KEY",
+    "REVOKE",
+    "SET_STATUS",
+    "TOUCH",
+]
+
+# KEYS: token key, user key, app set. ARGV: token digest, user id, the record's field/values.
+CREATE_USER: Final = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[2])
+return 1
+"""
+
+# KEYS: user key. ARGV: token key prefix, revoked_at.
+REVOKE: Final = """
+local digest = redis.call('GET', KEYS[1])
+if not digest then return 0 end
+return redis.call('HSETNX', ARGV[1] .. digest, 'revoked_at', ARGV[2])
+"""
+
+# KEYS: user key, keys hash, key info hash, usage list. ARGV: token key prefix, app set
+# prefix, user id.
+DELETE_USER: Final = """
+local digest = redis.call('GET', KEYS[1])
+if digest then
+  local token_key = ARGV[1] .. digest
+  local app = redis.call('HGET', token_key, 'app_id')
+  if app then redis.call('SREM', ARGV[2] .. app, ARGV[3]) end
+  redis.call('DEL', token_key)
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return 1
+"""
+
+# KEYS: per user, the user key then the usage list. ARGV: records kept a list, then per user the
+# number of its records and the records. A user's records land only while their user key exists:
+# the delete-user script removes it with the list, so nothing lands after an erasure.
+RECORD_USAGE: Final = """
+local at = 2
+for i = 1, #KEYS, 2 do
+  local n = tonumber(ARGV[at])
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('RPUSH', KEYS[i + 1], unpack(ARGV, at + 1, at + n))
+    redis.call('LTRIM', KEYS[i + 1], -tonumber(ARGV[1]), -1)
+  end
+  at = at + n + 1
+end
+return 1
+"""
+
+# KEYS: user key, keys hash, key info hash. ARGV: provider, entry, n, the n key info fields to
+# clear (all of the provider's), then the field/values to set. Keeps the first created_at.
+PUT_KEY: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local p = ARGV[1]
+local old = redis.call('HGET', KEYS[2], p)
+local entry = ARGV[2]
+if old then entry = string.sub(entry, 1, 1) .. string.sub(old, 2, 9) .. string.sub(entry, 10) end
+redis.call('HSET', KEYS[2], p, entry)
+local n = tonumber(ARGV[3])
+redis.call('HDEL', KEYS[3], unpack(ARGV, 4, 3 + n))
+if #ARGV > 3 + n then redis.call('HSET', KEYS[3], unpack(ARGV, 4 + n)) end
+if old then return 1 end
+return 0
+"""
+
+# KEYS: keys hash, key info hash. ARGV: provider, then its key info fields.
+DELETE_KEY: Final = """
+redis.call('HDEL', KEYS[2], unpack(ARGV, 2))
+return redis.call('HDEL', KEYS[1], ARGV[1])
+"""
+
+# KEYS: keys hash, key info hash. ARGV: provider, record, status field, status, verified_at
+# field, verified_at ('' to keep).
+SET_STATUS: Final = """
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if not entry or string.sub(entry, 18) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], ARGV[5], ARGV[6]) end
+return 1
+"""
+
+# KEYS: keys hash, key info hash. ARGV: provider, last_used_at field, at.
+TOUCH: Final = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+end
+return 1
+"""
+
+# KEYS: keys hash. ARGV: provider, old record, new record. Keeps the entry's header.
+REPLACE_KEY: Final = """
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+if not entry or string.sub(entry, 18) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], string.sub(entry, 1, 17) .. ARGV[3])
+return 1
+"""

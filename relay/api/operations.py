@@ -1,0 +1,238 @@
+"""What the OpenAPI document says, as data: every operation the relay serves, one row each.
+
+A row names the msgspec Structs its endpoint parses and answers with (declared beside each
+handler); `relay.api.openapi` generates their schemas from those classes and builds the document
+from these tables. The few shapes no endpoint builds are here: the error shape (`relay.errors`
+writes it), the relay path's bodies (relayed as they are), the health check's 503 and the
+document itself. A test checks `OPERATIONS` against the app's router both ways.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from relay.api import accounts, discovery, health, keys, stats
+from relay.api.shapes import PROVIDER_NAME_REF, AppId
+from relay.providers.table import PROVIDERS
+
+__all__ = [
+    "ALWAYS",
+    "ERROR_RESPONSES",
+    "NAMED_BODIES",
+    "NAMED_SCHEMAS",
+    "OPERATIONS",
+    "PARAMETERS",
+    "PATH_PARAMETERS",
+    "Auth",
+    "Error",
+    "Operation",
+    "Shape",
+]
+
+JSON = dict[str, Any]
+Auth = Literal["none", "token", "app_secret", "operator"]
+# The Struct an endpoint parses or answers with; a key of `NAMED_SCHEMAS` or `NAMED_BODIES`; None
+# for relayed content, whatever the provider sends.
+Shape = type[msgspec.Struct] | str | None
+
+# Every error the relay answers itself: `#/components/responses/<name>`, JSON in the Error shape.
+ERROR_RESPONSES: Final[Mapping[int, tuple[str, str]]] = {
+    400: ("BadRequest", "Malformed JSON, a missing or invalid field, or an unsupported provider."),
+    401: ("Unauthorized", "Missing, unknown, expired or revoked credentials."),
+    403: ("Forbidden", "Not an inference endpoint, or a model this relay does not allow."),
+    404: ("NotFound", "No such route."),
+    405: ("MethodNotAllowed", "The route does not serve this method (see `Allow`)."),
+    413: ("PayloadTooLarge", "The request body is over `REQUEST_BODY_LIMIT_BYTES`."),
+    422: ("KeyRejected", "The provider refused the new key; the stored key was not changed."),
+    429: ("TooManyRequests", "A rate limit was reached; retry after `Retry-After` seconds."),
+    500: ("InternalError", "An unexpected error, for this request only (never a traceback)."),
+    502: ("BadGateway", "The AI provider could not be reached."),
+    503: ("ServiceUnavailable", "The key store or the rate limiter is down; retry shortly."),
+    504: ("GatewayTimeout", "The AI provider timed out before answering."),
+}
+ALWAYS: Final = (429, 500)  # what any request may meet, whatever the endpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    operation_id: str
+    tag: str
+    auth: Auth
+    summary: str
+    answers: Mapping[int, tuple[str, Shape]]  # status -> (description, shape)
+    errors: tuple[int, ...] = ()  # statuses of `ERROR_RESPONSES` besides `ALWAYS`
+    body: Shape = None
+    parameters: tuple[str, ...] = ()  # keys of `PARAMETERS`, after the path's own
+    description: str = ""
+
+
+class Error(msgspec.Struct):
+    """Every error the relay answers itself; some add fields (e.g. `hint`)."""
+
+    error: Annotated[str, Meta(description="A human message.")]
+    code: Annotated[str, Meta(pattern="^[a-z][a-z0-9_]*$")]
+
+
+class ModelRelayBody(msgspec.Struct):
+    """The provider's request body; forwarded with `model` as the provider names it."""
+
+    # Documented only: the relay path reads `model` itself (`relay.providers.routing`).
+    model: Annotated[
+        str,
+        Meta(
+            description="`provider/name`, or a name of a known family.",
+            examples=["gpt-4o-mini", "anthropic/claude-3-5-haiku-latest"],
+        ),
+    ]
+    stream: bool | UnsetType = UNSET
+
+
+_SCHEMA_REF = "#/components/schemas/{name}"
+# The schemas and request bodies the table names by string: no endpoint module builds them.
+NAMED_SCHEMAS: Final[JSON] = {
+    "ProviderName": {"type": "string", "enum": list(PROVIDERS)},
+    "Unhealthy": {"anyOf": [{"$ref": _SCHEMA_REF.format(name=n)} for n in ("Health", "Error")]},
+    "OpenApiDocument": {
+        "type": "object",
+        "required": ["openapi"],
+        "properties": {"openapi": {"type": "string"}},
+    },
+}
+NAMED_BODIES: Final[JSON] = {
+    "RelayBody": {
+        "required": False,
+        "description": "Forwarded to the provider byte for byte, whatever its content type.",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/octet-stream": {},
+        },
+    },
+}
+
+
+def _parameter(
+    where: str, name: str, description: str = "", schema: JSON | None = None, **more: Any
+) -> JSON:
+    out: JSON = {"name": name, "in": where, "required": where == "path"}
+    if description:
+        out["description"] = description
+    return {**out, "schema": schema or {"type": "string"}, **more}
+
+
+# Every provider-specific request header a client may send (the forwarding allowlist).
+_FORWARDED: Final = sorted(
+    {c for p in PROVIDERS.values() for _, clients in p.forwarded_headers for c in clients}
+)
+_RELAY_HEADERS: Final = ("RelayBaseUrl", *(f"Header-{name}" for name in _FORWARDED))
+_RELAYED: Final = {200: ("The provider's response, relayed.", None)}
+_RELAY_ERRORS: Final = (400, 401, 403, 405, 413, 502, 503, 504)
+_RELAY_NOTE = (
+    "Relays the request upstream with the caller's stored key and streams the answer back as it "
+    "arrives: status, body (JSON, SSE or binary) and selected headers. The errors listed are "
+    "the relay's own; any other status is the provider's, relayed unchanged."
+)
+_NO_PATH = "The relay without an upstream path: refused (403) once the token is checked"
+_KEYS: Final = (400, 401, 413, 422, 503)
+_USER: Final = (401, 503)
+
+# A table reads by row: the formatter would give every cell a line of its own.
+# fmt: off
+OPERATIONS: Final = (
+    Operation("GET", "/health", "getHealth", "meta", "none",
+              "Health: the key store and configuration checks",
+              {200: ("The relay and its key store are healthy.", health.Health),
+               503: ("A required check failed (`ok: false`), or the limiter is down.",
+                     "Unhealthy")},
+              (400,), parameters=("Deep", "ProbeProvider"),
+              description="`?deep=1&provider=P` adds `checks.upstream`: a cheap reachability "
+              "probe of that provider (no key is sent), under a tighter rate limit of its own."),
+    Operation("GET", "/version", "getVersion", "meta", "none", "The running version",
+              {200: ("Version, commit and build time.", health.Version)}),
+    Operation("GET", "/openapi.json", "getOpenApi", "meta", "none", "This document",
+              {200: ("The OpenAPI 3.1 document of the relay.", "OpenApiDocument")}),
+    Operation("GET", "/models", "listModels", "meta", "none",
+              "How `POST /relay` routes model names, and which models this relay allows",
+              {200: ("The routing table and the model allowlist.", discovery.Models)}),
+    Operation("POST", "/users", "register", "accounts", "app_secret",
+              "Register: a new relay token for an app",
+              {200: ("The new relay token; keep it, it is shown once.", accounts.Registered)},
+              (400, 401, 413, 503), accounts.RegisterBody,
+              description="Needs `Authorization: Bearer <APP_SECRET>` when the operator set one."),
+    Operation("DELETE", "/users", "deleteUser", "accounts", "token",
+              "Delete the caller's account, its keys and every record about it",
+              {200: ("Deleted.", accounts.OkMessage)}, _USER),
+    Operation("POST", "/tokens/revoke", "revokeToken", "accounts", "token",
+              "Revoke the caller's token, at once and everywhere",
+              {200: ("Revoked.", accounts.OkMessage)}, _USER),
+    Operation("GET", "/keys", "listKeys", "keys", "token",
+              "The providers the caller has a key stored for (never a key)",
+              {200: ("Provider names.", keys.KeyList)}, _USER),
+    Operation("POST", "/keys/{provider}", "storeKey", "keys", "token",
+              "Store or replace the caller's key for a provider (encrypted at rest); with "
+              "`verify=true`, only a key the provider accepts",
+              {200: ("Stored.", keys.KeyStored)}, _KEYS, keys.StoreKeyBody, ("Verify",)),
+    Operation("POST", "/keys/{provider}/rotate", "rotateKey", "keys", "token",
+              "Check a new key's shape and ask the provider about it, then replace the stored "
+              "key; the old key is untouched on any failure",
+              {200: ("Replaced (or stored: `rotated` says whether a key existed).",
+                     keys.KeyStored)}, _KEYS, keys.StoreKeyBody),
+    Operation("GET", "/stats", "userStats", "usage", "token",
+              "The caller's usage: requests, errors, providers, models, tokens",
+              {200: ("Totals.", stats.UsageStats)}, _USER),
+    Operation("GET", "/stats/{app_id}", "appStats", "usage", "operator",
+              "A whole app's usage, for the operator (`Authorization: Bearer <APP_SECRET>`)",
+              {200: ("Totals, with the app's user count.", stats.AppUsageStats)}, _USER),
+    Operation("DELETE", "/keys/{provider}", "deleteKey", "keys", "token",
+              "Delete the caller's key for a provider (idempotent)",
+              {200: ("Deleted, or there was none.", keys.Ok)}, (400, *_USER)),
+    Operation("POST", "/relay", "relayByModel", "relay", "token",
+              "Relay by model: the body's `model` picks the provider and the path",
+              _RELAYED, (400, 401, 403, 413, 502, 503, 504), ModelRelayBody, _RELAY_HEADERS,
+              _RELAY_NOTE + " `GET /models` shows the routing."),
+    Operation("POST", "/relay/{provider}/{path}", "relayPost", "relay", "token",
+              "Relay a request to the provider's own API",
+              _RELAYED, _RELAY_ERRORS, "RelayBody", _RELAY_HEADERS, _RELAY_NOTE),
+    Operation("GET", "/relay/{provider}/{path}", "relayGet", "relay", "token",
+              "Relay a read (ElevenLabs `/v1/voices`, OpenAI `/v1/responses/{id}`)",
+              _RELAYED, _RELAY_ERRORS, None, _RELAY_HEADERS,
+              _RELAY_NOTE + " GET is relayed only on a provider's read paths; elsewhere it is "
+              "405."),
+    Operation("POST", "/relay/{provider}", "relayPostNoPath", "relay", "token", _NO_PATH,
+              _RELAYED, _RELAY_ERRORS, "RelayBody", _RELAY_HEADERS),
+    Operation("GET", "/relay/{provider}", "relayGetNoPath", "relay", "token", _NO_PATH,
+              _RELAYED, _RELAY_ERRORS, None, _RELAY_HEADERS),
+)
+
+# Every parameter an operation may name: where it travels, its name, what it means.
+PARAMETERS: Final[Mapping[str, JSON]] = {
+    "Provider": _parameter("path", "provider", schema={"$ref": PROVIDER_NAME_REF}),
+    "AppId": _parameter("path", "app_id", schema=msgspec.json.schema(AppId)),
+    "UpstreamPath": _parameter("path", "path",
+        "The provider's path (it may contain `/`). Decoded once and dot-resolved, it must "
+        "equal or continue one of the provider's inference prefixes; otherwise 403.",
+        examples={"chat": {"value": "v1/chat/completions"},
+                  "messages": {"value": "v1/messages"}}),
+    "Deep": _parameter("query", "deep",
+        "`1` or `true`: also probe the provider named by `provider`."),
+    "ProbeProvider": _parameter("query", "provider",
+        "With `deep`: a provider with a fixed base URL; otherwise 400.",
+        {"type": "string", "enum": [n for n, p in PROVIDERS.items() if p.base_url]}),
+    "Verify": _parameter("query", "verify",
+        "`true`: check the key's shape and ask the provider before storing."),
+    "RelayBaseUrl": _parameter("header", "x-relay-base-url",
+        "openai-compatible only, and required there: the upstream origin. Refused (400) "
+        "unless `https` and a globally routable address, or an operator-named upstream."),
+    **{f"Header-{name}": _parameter("header", name,
+        "Forwarded to the providers that take it (CR, LF and NUL removed).")
+       for name in _FORWARDED},
+}
+# The path's own `{names}`: their parameters come first, in the path's order.
+PATH_PARAMETERS: Final = {"provider": "Provider", "path": "UpstreamPath", "app_id": "AppId"}
+# fmt: on

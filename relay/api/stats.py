@@ -1,0 +1,107 @@
+"""`GET /stats` (the caller's usage) and `GET /stats/{app_id}` (a whole app's, for the operator)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from msgspec import Meta
+from starlette.requests import Request
+from starlette.responses import Response
+
+import backends
+from backends import OUTCOMES
+from relay.api.shapes import Count, answer
+from relay.errors import ServiceUnavailable
+from relay.security.auth import authenticate, check_app_secret, now_ms
+from relay.services import Services
+
+__all__ = ["AppUsageStats", "UsageStats", "app_stats", "user_stats"]
+
+NO_STORE = {"cache-control": "no-store"}
+
+
+class ProviderTotals(msgspec.Struct):
+    total: Count
+    errors: Count
+
+
+class ModelTotal(msgspec.Struct):
+    model: str
+    total: Count
+
+
+class Tokens(msgspec.Struct):
+    input: Count
+    output: Count
+
+
+class UsageStats(msgspec.Struct):
+    total: Count
+    last_7d: Count
+    last_30d: Count
+    error_count: Count
+    error_rate: Annotated[float, Meta(ge=0, le=1)]
+    providers: dict[str, ProviderTotals]
+    top_models: list[ModelTotal]
+    last_request: int | None
+    tokens: Tokens
+    outcomes: Annotated[
+        dict[str, Count],
+        Meta(
+            description="Requests by how their exchange ended.",
+            extra_json_schema={"required": list(OUTCOMES)},
+        ),
+    ]
+
+
+class AppUsageStats(UsageStats):
+    app_id: str
+    user_count: Count
+
+
+U = TypeVar("U", bound=UsageStats)
+
+
+def _usage(stats: backends.UsageStats, shape: type[U], **more: Any) -> U:
+    return shape(
+        total=stats.total,
+        last_7d=stats.last_7d,
+        last_30d=stats.last_30d,
+        error_count=stats.error_count,
+        error_rate=round(stats.error_count / stats.total, 4) if stats.total else 0,
+        providers={p: ProviderTotals(t["total"], t["errors"]) for p, t in stats.providers.items()},
+        top_models=[ModelTotal(model, total) for model, total in stats.top_models],
+        last_request=stats.last_request,
+        tokens=Tokens(stats.input_tokens, stats.output_tokens),
+        outcomes={outcome: stats.outcomes.get(outcome, 0) for outcome in OUTCOMES},
+        **more,
+    )
+
+
+async def user_stats(request: Request) -> Response:
+    services: Services = request.state.services
+    user = await authenticate(services.store, services.tokens, request.headers)
+    await services.usage.flush()  # the caller sees their latest request counted
+    stats = await services.store.usage_stats(now_ms(), user_id=user.id)
+    return answer(_usage(stats, UsageStats), headers=NO_STORE)
+
+
+async def app_stats(request: Request) -> Response:
+    services: Services = request.state.services
+    if services.settings.app_secret is None:
+        raise ServiceUnavailable(
+            "App statistics need APP_SECRET to be configured", code="app_secret_not_configured"
+        )
+    check_app_secret(
+        services.settings.app_secret,
+        request.headers,
+        "Unauthorized: valid Authorization: Bearer <APP_SECRET> header required.",
+    )
+    app_id: str = request.path_params["app_id"]
+    await services.usage.flush()
+    stats = await services.store.usage_stats(now_ms(), app_id=app_id)
+    user_count = await services.store.count_users(app_id)
+    return answer(
+        _usage(stats, AppUsageStats, app_id=app_id, user_count=user_count), headers=NO_STORE
+    )

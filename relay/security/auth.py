@@ -1,0 +1,60 @@
+"""Who is calling: the relay token in `x-relay-token`, and the `APP_SECRET` gate."""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from starlette.datastructures import Headers
+
+from backends import KeyStore, User
+from relay.errors import Unauthorized
+from relay.security.tokens import MAX_TOKEN_LENGTH, TokenHasher
+
+__all__ = ["authenticate", "authenticate_digest", "check_app_secret", "now_ms"]
+
+TOKEN_HEADER = "x-relay-token"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def authenticate(store: KeyStore, tokens: TokenHasher, headers: Headers) -> User:
+    """The user whose live token is in the request, looked up in `store` by its digest under
+    `tokens`; 401 otherwise."""
+    user, _ = await authenticate_digest(store, tokens, headers)
+    return user
+
+
+async def authenticate_digest(
+    store: KeyStore, tokens: TokenHasher, headers: Headers
+) -> tuple[User, str]:
+    """`authenticate`, also returning the token's digest (what identifies it without it)."""
+    token = headers.get(TOKEN_HEADER)
+    if not token:
+        raise Unauthorized("x-relay-token header required", code="token_required")
+    user = None
+    digest = ""
+    if len(token) <= MAX_TOKEN_LENGTH:
+        digest = tokens.hash(token)
+        user = await store.user_for_token(digest)
+    if (
+        user is None
+        or user.revoked_at is not None
+        or (user.expires_at is not None and user.expires_at <= now_ms())
+    ):
+        raise Unauthorized("Invalid or expired token", code="invalid_token")
+    return user, digest
+
+
+def check_app_secret(secret: object | None, headers: Headers, message: str) -> None:
+    """401 unless `Authorization: Bearer <secret>`; a no-op when no secret is configured.
+    `secret` is the `APP_SECRET` setting, a `relay.config.Secret` (its `str` is the value)."""
+    if secret is None:
+        return
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), str(secret).encode()
+    ):
+        raise Unauthorized(message, code="app_secret_required")
