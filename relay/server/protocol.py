@@ -62,27 +62,25 @@ _REQUEST_LINE: Final = re.compile(rb" HTTP/[0-9]\.[0-9]\r?$")
 _NOT_ADMITTED: Final = "\0"  # the address of a connection refused as it opened
 
 
-_MALFORMED: Final = (b"400 Bad Request", error_body("Malformed HTTP request", "malformed_request"))
-_TOO_LARGE: Final = (
-    b"431 Request Header Fields Too Large",
-    error_body("Request headers too large", "headers_too_large"),
-)
-_HOST: Final = (
-    b"400 Bad Request",
-    error_body("A request takes one Host header (HTTP/1.1 requires it)", "bad_host_header"),
-)
-_HEAD_TIMEOUT: Final = (
-    b"408 Request Timeout",
-    error_body("The request head took too long to arrive", "request_timeout"),
-)
-_BODY_TIMEOUT: Final = (
-    b"408 Request Timeout",
-    error_body("The request body stopped arriving", "request_timeout"),
-)
-_BUSY: Final = (
-    b"503 Service Unavailable",
-    error_body("Too many connections: try again shortly", "too_many_connections"),
-)
+# What the protocol answers itself, before any application sees the request, by why: the
+# status line and the JSON body.
+_REFUSALS: Final = {
+    why: (status, error_body(message, code))
+    for why, status, code, message in (
+        ("malformed", b"400 Bad Request", "malformed_request", "Malformed HTTP request"),
+        ("host", b"400 Bad Request", "bad_host_header",
+         "A request takes one Host header (HTTP/1.1 requires it)"),
+        ("head_timeout", b"408 Request Timeout", "request_timeout",
+         "The request head took too long to arrive"),
+        ("body_timeout", b"408 Request Timeout", "request_timeout",
+         "The request body stopped arriving"),
+        ("too_large", b"431 Request Header Fields Too Large", "headers_too_large",
+         "Request headers too large"),
+        ("busy", b"503 Service Unavailable", "too_many_connections",
+         "Too many connections: try again shortly"),
+    )
+}  # fmt: skip
+_MALFORMED: Final = _REFUSALS["malformed"]
 
 
 class Refused(Exception):
@@ -196,7 +194,7 @@ class JSONErrorsProtocol(HttpToolsProtocol):
         address = self.client[0] if self.client else None
         if not self._limits.admit(address):
             self._address = _NOT_ADMITTED
-            self._refuse(_BUSY)
+            self._refuse(_REFUSALS["busy"])
             return
         self._address = address
         self._limits.waiting.add(self, self.loop)  # for its first request
@@ -260,7 +258,7 @@ class JSONErrorsProtocol(HttpToolsProtocol):
     def head_late(self) -> None:
         if self._reading_head or self.cycle is None:  # a head begun, or none yet at all
             logger.info("request head too slow; connection closed")
-            self._refuse(_HEAD_TIMEOUT)
+            self._refuse(_REFUSALS["head_timeout"])
 
     def _check_body(self, since: float) -> None:
         """A body has been arriving for `body_timeout`: has it come fast enough?"""
@@ -278,7 +276,7 @@ class JSONErrorsProtocol(HttpToolsProtocol):
             if cycle.response_started:
                 self.transport.abort()
             else:
-                self._refuse(_BODY_TIMEOUT)
+                self._refuse(_REFUSALS["body_timeout"])
             return
         self._body_got = 0
         self._body_check = self.loop.call_later(self._limits.body_timeout, self._check_body, now)
@@ -354,7 +352,7 @@ class JSONErrorsProtocol(HttpToolsProtocol):
         self._reading_head = False
         self._limits.waiting.discard(self)
         if self._hosts > 1 or (self._hosts == 0 and self.parser.get_http_version() == "1.1"):
-            self._answer = _HOST
+            self._answer = _REFUSALS["host"]
             raise Refused
         previous = self.cycle
         super().on_headers_complete()
@@ -388,7 +386,7 @@ class JSONErrorsProtocol(HttpToolsProtocol):
         self._head_bytes += size
         self._header_count += headers
         if self._head_bytes > MAX_HEAD_BYTES or self._header_count > MAX_HEADERS:
-            self._answer = _TOO_LARGE
+            self._answer = _REFUSALS["too_large"]
             raise Refused
 
     def send_400_response(self, msg: str) -> None:
