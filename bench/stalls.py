@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import httpx
 
@@ -23,7 +23,9 @@ from bench.processes import Children
 from bench.servers import Server, create_user, start_relay
 from bench.suite import progress
 
-__all__ = ["SHAPES", "stalls"]
+T = TypeVar("T")
+
+__all__ = ["SHAPES", "stalls", "worst_wait"]
 
 GOOGLE_KEY: Final = "AIza" + "0" * 35
 ELEVENLABS_KEY: Final = "sk_" + "0" * 40
@@ -107,11 +109,11 @@ print(max(waits or [0.0]))
 """
 
 
-def _worst_wait(relay: Server, send: Callable[[], int]) -> tuple[int, float]:
-    """`send()`'s status, and the longest a `GET /version` asked every 5 ms waited meanwhile,
-    in ms."""
+def worst_wait(url: str, send: Callable[[], T]) -> tuple[T, float]:
+    """`send()`'s result, and the longest a `GET /version` to the relay at `url`, asked every
+    5 ms by a process of its own, waited meanwhile (seconds)."""
     poller = subprocess.Popen(
-        [sys.executable, "-c", _POLLER, f"http://127.0.0.1:{relay.port}"],
+        [sys.executable, "-c", _POLLER, url],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -131,13 +133,19 @@ def _worst_wait(relay: Server, send: Callable[[], int]) -> tuple[int, float]:
     ticker.start()
     try:
         time.sleep(0.1)
-        status = send()
+        result = send()
         time.sleep(0.1)
     finally:
         done.set()
         ticker.join()
-    out, _ = poller.communicate("stop\n", timeout=60)
-    return status, float(out.strip()) * 1000
+        out, _ = poller.communicate("stop\n", timeout=60)
+    return result, float(out.strip())
+
+
+def _worst_wait(relay: Server, send: Callable[[], int]) -> tuple[int, float]:
+    """`worst_wait` for a bench server, in ms."""
+    status, worst = worst_wait(f"http://127.0.0.1:{relay.port}", send)
+    return status, worst * 1000
 
 
 def _idle() -> int:

@@ -8,8 +8,6 @@ itself (50 ms) is the bench's (`bench.stalls`)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -19,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.stalls import worst_wait
 from relay.proxy.jsonedit import Repeated, TooDeep, cut, find_members, replace_value
 from relay.proxy.modelname import MAX_PARTS
 from tests.mockprovider import MockProvider
@@ -149,52 +148,12 @@ def user_of(relay: RelayProcess) -> str:
     return token
 
 
-_POLLER = """
-import sys, time, httpx
-waits = []
-with httpx.Client(base_url=sys.argv[1]) as client:
-    print("ready", flush=True)
-    while not sys.stdin.readline().startswith("stop"):
-        started = time.perf_counter()
-        client.get("/version")
-        waits.append(time.perf_counter() - started)
-print(max(waits))
-"""
-
-
 def worst_stall(
     relay: RelayProcess, send: Callable[[], httpx.Response]
 ) -> tuple[httpx.Response, float]:
     """`send()`'s answer, and the longest a `GET /version` waited meanwhile (asked by a process
     of its own: the mock provider, in this one, parses bodies too and holds the GIL)."""
-    poller = subprocess.Popen(
-        [sys.executable, "-c", _POLLER, relay.url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert poller.stdin is not None
-    assert poller.stdout is not None
-    assert poller.stdout.readline().strip() == "ready"
-    done = threading.Event()
-
-    def tick() -> None:
-        assert poller.stdin is not None
-        while not done.wait(0.005):
-            poller.stdin.write("go\n")
-            poller.stdin.flush()
-
-    ticker = threading.Thread(target=tick)
-    ticker.start()
-    try:
-        time.sleep(0.1)
-        response = send()
-        time.sleep(0.1)
-    finally:
-        done.set()
-        ticker.join()
-        out, _ = poller.communicate("stop\n", timeout=30)
-    return response, float(out.strip())
+    return worst_wait(relay.url, send)
 
 
 STALL_BOUND = 0.5  # seconds; walking these bodies in Python took 2.7 to 10.6
