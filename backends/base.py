@@ -82,6 +82,8 @@ class StoreOptions:
     answer (a networked store's deadline; SQLite's waits are its own busy timeout)."""
     namespace: str = "byok-relay"
     """Prefix of every key in a shared key-value server (Redis)."""
+    statement_cache: bool = True
+    """False: no prepared statement is kept (Postgres behind a transaction pooler)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,9 @@
 the process environment over `.env`.
 
 The relay's settings and the alembic environment (`migrations/env.py`) both read it here, so
-`alembic upgrade head` from a checkout reaches the store `byok-relay serve` uses; the `.env`
-format is parsed here only.
+`alembic upgrade head` from a checkout reaches the store `byok-relay serve` uses; `.env` is read
+here only, by python-dotenv, as Docker Compose reads it (inline comments, quotes, multi-line
+values).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import os
 from pathlib import Path
 from typing import Final
 
+from dotenv import dotenv_values
+
 __all__ = [
     "DEFAULT_DATABASE_URL",
     "DEFAULT_DB_PATH",
     "database_url",
     "read_env_file",
     "read_environment",
+    "statement_cache",
 ]
 
 DEFAULT_DB_PATH: Final = "./data/relay.db"
@@ -25,22 +29,11 @@ DEFAULT_DATABASE_URL: Final = "sqlite:///" + DEFAULT_DB_PATH
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """Parse a dotenv file: `KEY=value` lines, `#` comments, optional quotes. Missing file: `{}`."""
-    values: dict[str, str] = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return values
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.removeprefix("export ").split("=", 1)
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
+    """The values of a dotenv file (a name without `=` is left out). Missing file: `{}`."""
+    if not path.is_file():
+        return {}
+    values = dotenv_values(path, encoding="utf-8", interpolate=False)
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def read_environment(env_file: Path) -> dict[str, str]:
@@ -54,3 +47,11 @@ def database_url(url: str | None, db_path: str | None) -> str:
     """The store's URL from the values of `DATABASE_URL` and `DB_PATH`: the URL, else the SQLite
     file at the path (`DEFAULT_DB_PATH` when unset); a blank value counts as unset."""
     return (url or "").strip() or "sqlite:///" + ((db_path or "").strip() or DEFAULT_DB_PATH)
+
+
+def statement_cache(value: str | None) -> bool:
+    """`DB_STATEMENT_CACHE`: 0 turns prepared statements off (a transaction pooler in front)."""
+    chosen = (value or "").strip().lower()
+    if chosen not in ("", "0", "1", "true", "false", "on", "off", "yes", "no"):
+        raise ValueError("DB_STATEMENT_CACHE must be 0 or 1")
+    return chosen not in ("0", "false", "off", "no")

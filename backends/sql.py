@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import operator
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
@@ -34,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Dialect, Row, make_url
+from sqlalchemy.engine import URL, Dialect, Row, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -52,10 +53,11 @@ from .base import (
     UsageStats,
     User,
 )
+from .pgparams import translate
 from .schemes import SCHEMES, url_scheme
 from .tables import keys, usage, users
 
-__all__ = ["SQLStore", "async_url", "ensure_sqlite_directory"]
+__all__ = ["SQLStore", "async_url", "engine_url", "ensure_sqlite_directory"]
 
 _DAY_MS = 86_400_000
 _USAGE_FIELDS = tuple(field.name for field in dataclasses.fields(UsageRecord))
@@ -77,22 +79,35 @@ def async_url(url: str) -> str:
     driver = SCHEMES[scheme].driver if scheme in SCHEMES else None
     if driver is None:
         raise ValueError(f"not a SQL store URL scheme: {scheme!r}")
-    parsed = make_url(driver + "://" + url.partition("://")[2])
-    if parsed.drivername.startswith("postgresql") and "sslmode" in parsed.query:
-        # libpq's `sslmode` (as Render and Railway give it) is asyncpg's `ssl`.
-        query = dict(parsed.query)
-        query["ssl"] = query.pop("sslmode")
-        parsed = parsed.set(query=query)
-    return parsed.render_as_string(hide_password=False)
+    return make_url(driver + "://" + url.partition("://")[2]).render_as_string(hide_password=False)
+
+
+def engine_url(url: str, *, statement_cache: bool = True) -> tuple[URL, dict[str, Any]]:
+    """The SQLAlchemy URL for `url` and its `connect_args`: a Postgres URL's libpq parameters
+    made asyncpg's (`backends.pgparams`), or `UnsupportedParameter` naming the one refused."""
+    parsed = make_url(async_url(url))
+    if parsed.get_backend_name() != "postgresql":
+        return parsed, {}
+    return translate(parsed, statement_cache=statement_cache)
 
 
 def ensure_sqlite_directory(url: str) -> None:
-    """Create the folder of a SQLite file URL (`./data/` on a first start)."""
+    """Create the folder and the file of a SQLite file URL (`./data/` on a first start), both
+    owner-only (0700, 0600: the file holds every user's encrypted keys). What exists is left
+    as it is."""
     parsed = make_url(async_url(url))
     database = parsed.database or ""
     in_memory = database in ("", ":memory:") or database.startswith("file:")
-    if parsed.get_backend_name() == "sqlite" and not in_memory:
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if parsed.get_backend_name() != "sqlite" or in_memory:
+        return
+    path = Path(database).expanduser()
+    missing = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        folder.chmod(0o700)  # mkdir's mode passes through the umask
+    with contextlib.suppress(FileExistsError):  # SQLite's -wal and -shm take the file's mode
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        path.chmod(0o600)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -208,7 +223,7 @@ class SQLStore(KeyStore):
     @classmethod
     def from_url(cls, url: str, options: StoreOptions | None = None) -> SQLStore:
         options = options or StoreOptions()
-        full = make_url(async_url(url))
+        full, connect_args = engine_url(url, statement_cache=options.statement_cache)
         # No pre-ping (a round trip per checkout): a read on a connection that died in the pool
         # is retried once instead, and recycling keeps idle connections fresh.
         engine_options: dict[str, Any] = {"pool_recycle": 1800, "skip_autocommit_rollback": True}
@@ -222,7 +237,7 @@ class SQLStore(KeyStore):
                 pool_size=options.pool_size,
                 max_overflow=options.pool_size,
                 pool_timeout=options.pool_timeout,
-                connect_args={"timeout": options.connect_timeout},
+                connect_args={"timeout": options.connect_timeout, **connect_args},
             )
         engine = create_async_engine(full, **engine_options)
         if full.get_backend_name() == "sqlite":

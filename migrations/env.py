@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from backends import environ
-from backends.sql import async_url
+from backends.sql import async_url, engine_url
 from backends.tables import metadata
 
 config = context.config
@@ -31,6 +31,15 @@ def database_url() -> str:
     return environ.database_url(env.get("DATABASE_URL"), env.get("DB_PATH"))
 
 
+def statement_cache() -> bool:
+    """The caller's choice, else `DB_STATEMENT_CACHE` over `.env` (0: no prepared statements)."""
+    chosen = config.attributes.get("statement_cache")
+    if chosen is not None:
+        return bool(chosen)
+    env = environ.read_environment(Path(".env"))
+    return environ.statement_cache(env.get("DB_STATEMENT_CACHE"))
+
+
 def do_run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
@@ -43,7 +52,8 @@ def do_run_migrations(connection: Connection) -> None:
 
 
 async def run_async_migrations() -> None:
-    engine = create_async_engine(async_url(database_url()), poolclass=pool.NullPool)
+    url, connect_args = engine_url(database_url(), statement_cache=statement_cache())
+    engine = create_async_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
     async with engine.connect() as connection:
         await connection.run_sync(do_run_migrations)
     await engine.dispose()

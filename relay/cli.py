@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import secrets
 import sys
@@ -91,13 +92,11 @@ def _migrate(settings: Settings) -> None:
     from backends import UnknownScheme, migrate
 
     try:
-        migrate.upgrade(str(settings.database_url))
+        migrate.upgrade(str(settings.database_url), statement_cache=settings.db_statement_cache)
     except UnknownScheme as exc:
         sys.exit(f"byok-relay: {exc}")
     except Exception as exc:  # any driver error: one line, no URL
-        sys.exit(
-            f"byok-relay: migrations failed ({type(exc).__name__}); is the database reachable?"
-        )
+        sys.exit(f"byok-relay: migrations failed: {migrate.failure_reason(exc)}")
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -113,6 +112,8 @@ def serve(args: argparse.Namespace) -> None:
         print(message, file=sys.stderr)
     settings = _load_settings()
     configure_logging(settings.log_level)
+    for line in settings.unknown_variables:  # here, once: not again in every worker
+        logging.getLogger("relay").warning(line)
     _migrate(settings)
     uvicorn.run(
         "relay.cli:app_from_env",

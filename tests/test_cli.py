@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator
@@ -118,3 +119,38 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     assert version == (ScriptDirectory.from_config(alembic_config("")).get_current_head(),)
     again = run_cli(tmp_path, "migrate", ENCRYPTION_SECRET="x" * 40, DB_PATH="store/relay.db")
     assert again.returncode == 0, again.stderr
+
+
+def test_the_sqlite_store_and_its_folders_are_owner_only(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "migrate", ENCRYPTION_SECRET="x" * 40, DB_PATH="a/b/relay.db")
+    assert result.returncode == 0, result.stderr
+    for folder in (tmp_path / "a", tmp_path / "a" / "b"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    store = tmp_path / "a" / "b" / "relay.db"
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
+    wal = tmp_path / "a" / "b" / "relay.db-wal"
+    assert not wal.exists() or stat.S_IMODE(wal.stat().st_mode) == 0o600
+
+
+def test_an_existing_folder_keeps_its_mode(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    result = run_cli(tmp_path, "migrate", ENCRYPTION_SECRET="x" * 40, DB_PATH="shared/relay.db")
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    assert stat.S_IMODE((shared / "relay.db").stat().st_mode) == 0o600
+
+
+def test_serve_warns_once_of_an_unknown_relay_variable(
+    tmp_path: Path, serve: Callable[..., RelayProcess]
+) -> None:
+    (tmp_path / ".env").write_text("RATE_LIMIT_RELAI=5/minute # a typo in .env\n")
+    served = serve(ENCRYPTION_SECRET="x" * 40, RELAY_DRAIN_SECOND="3")
+    with served.client() as client:
+        assert client.get("/health").status_code == 200
+    for name, near in (("RELAY_DRAIN_SECOND", "RELAY_DRAIN_SECONDS"), ("RATE_LIMIT_RELAI", "")):
+        warned = [line for line in served.lines if f"{name} is set but" in line]
+        assert len(warned) == 1, served.lines
+        assert json.loads(warned[0])["level"] == "warning"
+        assert near in warned[0]

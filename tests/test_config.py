@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -516,10 +517,31 @@ def test_read_env_file(tmp_path: Path) -> None:
         "HASH": "#not a comment",
         "EMPTY": "",
         "EMPTY_QUOTES": "",
-        "MISMATCHED": "\"half'",
-        "LONE": "'",
         "exported": "not-a-prefix",
         "CRLF": "windows",
+    }
+
+
+def test_read_env_file_reads_what_compose_reads(tmp_path: Path) -> None:
+    """python-dotenv's format: inline comments, escapes in double quotes, multi-line values; an
+    unterminated quote is no value (python-dotenv logs the line), not a quote kept in it."""
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "RELAY_ENV=production # an inline comment\n"
+        "HASHED=abc#def\n"
+        'ESCAPED="line one\\nline two"\n'
+        "LITERAL='no \\n escape'\n"
+        'MULTI="first\nsecond"\n'
+        "AFTER=still read\n",
+        encoding="utf-8",
+    )
+    assert read_env_file(env_file) == {
+        "RELAY_ENV": "production",
+        "HASHED": "abc#def",
+        "ESCAPED": "line one\nline two",
+        "LITERAL": "no \\n escape",
+        "MULTI": "first\nsecond",
+        "AFTER": "still read",
     }
 
 
@@ -557,3 +579,53 @@ def test_the_openrouter_referer_is_the_operators_when_set() -> None:
 def test_a_referer_that_is_no_http_url_stops_start_up(value: str) -> None:
     with pytest.raises(ConfigError, match="RELAY_OPENROUTER_REFERER must be an http"):
         settings(RELAY_OPENROUTER_REFERER=value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mistakes caught at start
+
+
+def test_unknown_relay_variables_are_named_with_the_nearest_setting() -> None:
+    s = settings(RELAY_DRAIN_SECOND="3", RATE_LIMIT_GLOBL="5/minute", RELAY_ZZZ_QQQ="1")
+    assert s.unknown_variables == (
+        "RATE_LIMIT_GLOBL is set but is no setting of the relay (did you mean RATE_LIMIT_GLOBAL?)",
+        "RELAY_DRAIN_SECOND is set but is no setting of the relay "
+        "(did you mean RELAY_DRAIN_SECONDS?)",
+        "RELAY_ZZZ_QQQ is set but is no setting of the relay",
+    )
+
+
+def test_known_variables_and_other_families_are_not_warned_about() -> None:
+    s = settings(
+        RELAY_DRAIN_SECONDS="3",
+        RATE_LIMIT_FAIL="open",
+        RELAY_OPENAI_BASE_URL="https://egress.test",
+        RELAY_OPENROUTER_REFERER="https://example.test",
+        RELAY_ENV="development",
+        DRAIN_SECONDS="3",  # not one of the relay's families: the machine's own, perhaps
+    )
+    assert s.unknown_variables == ()
+
+
+def test_unknown_variables_in_the_env_file_count_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"ENCRYPTION_SECRET={SECRET}\nRELAY_UPSTREAM_TIMOUT=9 # a typo\n")
+    for name in [n for n in os.environ if n.startswith(("RELAY_", "RATE_LIMIT_"))]:
+        monkeypatch.delenv(name)
+    s = Settings.from_env(env_file=env_file)
+    assert s.unknown_variables == (
+        "RELAY_UPSTREAM_TIMOUT is set but is no setting of the relay "
+        "(did you mean RELAY_UPSTREAM_TIMEOUT?)",
+    )
+
+
+@pytest.mark.parametrize(("value", "cached"), [("0", False), ("1", True), ("", True)])
+def test_db_statement_cache(value: str, cached: bool) -> None:
+    assert settings(DB_STATEMENT_CACHE=value).db_statement_cache is cached
+
+
+def test_db_statement_cache_must_be_a_switch() -> None:
+    with pytest.raises(ConfigError, match="DB_STATEMENT_CACHE must be 0 or 1"):
+        settings(DB_STATEMENT_CACHE="maybe")
