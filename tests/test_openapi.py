@@ -153,7 +153,9 @@ def test_documented_statuses_per_endpoint(document: dict[str, Any]) -> None:
     def statuses(path: str, method: str) -> set[str]:
         return set(document["paths"][path][method]["responses"]) - {"429", "500"}
 
-    assert statuses("/health", "get") == {"200", "400", "503"}
+    assert statuses("/health", "get") == {"200", "400", "401", "503"}
+    assert statuses("/livez", "get") == {"200"}
+    assert statuses("/readyz", "get") == {"200", "503"}
     assert statuses("/version", "get") == {"200"}
     assert statuses("/openapi.json", "get") == {"200"}
     assert statuses("/users", "post") == {"200", "400", "401", "413", "503"}
@@ -345,6 +347,7 @@ def test_answers_fit_their_schemas(client: httpx.Client, document: dict[str, Any
     store_key(client, token, "openai", "sk-schema-check-0123456789")
     answers = {
         "Health": client.get("/health"),
+        "Probe": client.get("/readyz"),
         "Version": client.get("/version"),
         "Registered": client.post("/users", json={"app_id": "schema-check"}),
         "KeyStored": client.post("/keys/groq", json={"key": "gsk_0123456789"}, headers=headers),

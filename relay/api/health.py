@@ -1,4 +1,9 @@
-"""`GET /health` and `GET /version`."""
+"""`GET /health` and `GET /version`.
+
+`/health` is kept for the browser clients of the Node relay, its keys unchanged; an anonymous
+caller sees the status and each check's `ok`, and only the operator (`Authorization: Bearer
+<APP_SECRET>`) the configuration behind `checks.config`. Orchestrators ask `relay.api.probes`.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from relay import __version__
 from relay.api.shapes import ProviderName, answer
 from relay.errors import BadRequest
 from relay.providers.table import PROVIDERS
+from relay.security.auth import check_app_secret
 from relay.server.ratelimit import client_ip
 from relay.services import Services
 
@@ -30,12 +36,14 @@ class StoreCheck(msgspec.Struct):
     error: str | UnsetType = UNSET
 
 
-class ConfigCheck(msgspec.Struct):
+class ConfigCheck(msgspec.Struct, kw_only=True):
+    """The fields beside `ok` only for `Authorization: Bearer <APP_SECRET>`."""
+
     ok: bool
-    app_secret: bool
-    allowed_origins: list[str]
-    allowed_models: bool
-    environment: str
+    app_secret: bool | UnsetType = UNSET
+    allowed_origins: list[str] | UnsetType = UNSET
+    allowed_models: bool | UnsetType = UNSET
+    environment: str | UnsetType = UNSET
 
 
 class UpstreamCheck(msgspec.Struct, kw_only=True):
@@ -73,6 +81,7 @@ class Version(msgspec.Struct):
 async def health(request: Request) -> Response:
     services: Services = request.state.services
     settings = services.settings
+    operator = _operator(request)
     try:
         await services.store.ping()
         db = StoreCheck(True)
@@ -85,13 +94,15 @@ async def health(request: Request) -> Response:
     if request.query_params.get("deep") in ("1", "true"):
         await services.limiter.check("health", client_ip(request.scope))
         upstream = await _probe(services, request.query_params.get("provider"))
-    config = ConfigCheck(
-        ok=True,
-        app_secret=settings.app_secret is not None,
-        allowed_origins=list(settings.allowed_origins),
-        allowed_models=bool(settings.allowed_models),
-        environment=settings.environment,
-    )
+    config = ConfigCheck(ok=True)
+    if operator:
+        config = ConfigCheck(
+            ok=True,
+            app_secret=True,
+            allowed_origins=list(settings.allowed_origins),
+            allowed_models=bool(settings.allowed_models),
+            environment=settings.environment,
+        )
     # Draining: the process is going away, so no orchestrator should send it more.
     draining = services.drain.draining
     ok = db.ok and not draining
@@ -105,6 +116,18 @@ async def health(request: Request) -> Response:
         checks=HealthChecks(db=db, upstream=upstream, config=config),
     )
     return answer(body, 200 if ok else 503, {"cache-control": "no-store"})
+
+
+def _operator(request: Request) -> bool:
+    """The operator's credential, given: a wrong one is refused (401) rather than ignored.
+    Without APP_SECRET there is no operator credential, and nobody sees the configuration."""
+    secret = request.state.services.settings.app_secret
+    if secret is None or "authorization" not in request.headers:
+        return False
+    check_app_secret(
+        secret, request.headers, "Unauthorized: the operator's view needs Bearer <APP_SECRET>."
+    )
+    return True
 
 
 async def _probe(services: Services, name: str | None) -> UpstreamCheck:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from relay.api import accounts, discovery, health, keys, stats
+from relay.api import accounts, discovery, health, keys, probes, stats
 from relay.api.shapes import PROVIDER_NAME_REF, AppId
 from relay.providers.table import PROVIDERS
 
@@ -145,14 +145,27 @@ _USER: Final = (401, 503)
 # A table reads by row: the formatter would give every cell a line of its own.
 # fmt: off
 OPERATIONS: Final = (
-    Operation("GET", "/health", "getHealth", "meta", "none",
+    Operation("GET", "/health", "getHealth", "meta", "app_secret",
               "Health: the key store and configuration checks",
               {200: ("The relay and its key store are healthy.", health.Health),
                503: ("A required check failed (`ok: false`), or the limiter is down.",
                      "Unhealthy")},
-              (400,), parameters=("Deep", "ProbeProvider"),
+              (400, 401), parameters=("Deep", "ProbeProvider"),
               description="`?deep=1&provider=P` adds `checks.upstream`: a cheap reachability "
-              "probe of that provider (no key is sent), under a tighter rate limit of its own."),
+              "probe of that provider (no key is sent), under a tighter rate limit of its own. "
+              "`checks.config` holds `ok` alone, unless the operator sends "
+              "`Authorization: Bearer <APP_SECRET>` (a wrong one is 401). Orchestrators ask "
+              "`/livez` and `/readyz`."),
+    Operation("GET", "/livez", "getLiveness", "meta", "none",
+              "Liveness: the process serves (the key store and Redis are never asked)",
+              {200: ("Serving.", probes.Probe)},
+              description="Not rate limited. A liveness probe: failing it means restart."),
+    Operation("GET", "/readyz", "getReadiness", "meta", "none",
+              "Readiness: the key store answers and the process is not draining",
+              {200: ("Ready for traffic.", probes.Probe)}, (503,),
+              description="Not rate limited; the key store is asked at most once a second. 503 "
+              "(`store_unavailable` or `relay_draining`, with `Retry-After`) means: send this "
+              "process no traffic for now."),
     Operation("GET", "/version", "getVersion", "meta", "none", "The running version",
               {200: ("Version, commit and build time.", health.Version)}),
     Operation("GET", "/openapi.json", "getOpenApi", "meta", "none", "This document",
