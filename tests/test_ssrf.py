@@ -32,10 +32,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import relay.services
 from relay.errors import BadRequest
 from relay.proxy.ssrf import IPAddress, Upstream, UpstreamPolicy, is_public_address
-from relay.upstream.transport import HTTPTransport
 from tests.conftest import LogCapture, provider_key
 from tests.mockprovider import MockProvider
 from tests.relayserver import RelayServer, register, relay_env, store_key
@@ -617,7 +615,6 @@ def make_pki(directory: Path, name: str) -> Pki:
 def test_tls_verifies_the_name_on_every_request(
     start_relay: StartRelay,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     dialled: list[tuple[str, int]],
 ) -> None:
     """`good.example` and `evil.example` both resolve to the same (allowed) address, whose
@@ -626,19 +623,15 @@ def test_tls_verifies_the_name_on_every_request(
     connection keyed by the address alone would carry `evil.example` over `good.example`'s TLS.
     """
     pki = make_pki(tmp_path, "good.example")
-    original = relay.services.new_transport
-
-    def trusting_test_ca() -> HTTPTransport:
-        transport = original()
-        transport.ssl_context.load_verify_locations(cadata=pki.ca_pem.decode())
-        return transport
-
-    monkeypatch.setattr(relay.services, "new_transport", trusting_test_ca)
+    ca_file = tmp_path / "test-ca.pem"
+    ca_file.write_bytes(pki.ca_pem)
     upstream_app = Recorder()
     tls = {"ssl_certfile": str(pki.cert_file), "ssl_keyfile": str(pki.key_file)}
     with _ThreadedServer(upstream_app, **tls) as upstream:
         resolver = FakeResolver({"good.example": ["127.0.0.1"], "evil.example": ["127.0.0.1"]})
-        server = start_relay(resolver, RELAY_PRIVATE_UPSTREAMS="127.0.0.1/32")
+        server = start_relay(
+            resolver, RELAY_PRIVATE_UPSTREAMS="127.0.0.1/32", RELAY_CA_BUNDLE=str(ca_file)
+        )
         good, evil = (f"https://{n}.example:{upstream.port}" for n in ("good", "evil"))
         with server.client() as client:
             token = compatible_user(client)

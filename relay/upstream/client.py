@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Sequence
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Final
 
+import certifi
 import httpx
 
+from relay.upstream.egress import Egress, parse_proxy
 from relay.upstream.transport import HTTPTransport
 
 __all__ = ["new_http_client", "new_transport", "upstream_request", "upstream_url"]
@@ -76,12 +79,34 @@ class _Body(httpx.AsyncByteStream):
         return chunks
 
 
-def new_transport() -> HTTPTransport:
+def new_transport(
+    *,
+    https_proxy: str | None = None,
+    http_proxy: str | None = None,
+    no_proxy: str = "",
+    ca_files: Sequence[str] = (),
+    ca_dirs: Sequence[str] = (),
+) -> HTTPTransport:
     """The process's one upstream connection pool, made in the lifespan. The relay path sends
     through it directly: one request in, one streamed response out, nothing kept between
-    requests (no cookies, no redirects); timeouts travel in each request's extensions."""
+    requests (no cookies, no redirects); timeouts travel in each request's extensions.
+
+    `https_proxy`, `http_proxy` (URLs) and `no_proxy` route egress (`relay.upstream.egress`);
+    `ca_files` and `ca_dirs` (PEM bundles, hashed folders) are trusted beside certifi's CAs."""
+    context = ssl.create_default_context(cafile=certifi.where())
+    for ca_file in ca_files:
+        context.load_verify_locations(cafile=ca_file)
+    for ca_dir in ca_dirs:
+        context.load_verify_locations(capath=ca_dir)
+    egress = Egress(
+        http=parse_proxy(http_proxy) if http_proxy else None,
+        https=parse_proxy(https_proxy) if https_proxy else None,
+        no_proxy=no_proxy,
+    )
     return HTTPTransport(
-        httpx.Limits(max_connections=MAX_CONNECTIONS, keepalive_expiry=KEEPALIVE_EXPIRY)
+        httpx.Limits(max_connections=MAX_CONNECTIONS, keepalive_expiry=KEEPALIVE_EXPIRY),
+        ssl_context=context,
+        egress=egress,
     )
 
 
@@ -92,8 +117,8 @@ def new_http_client(
     `transport` (closed with the client).
 
     No redirects (a provider never legitimately redirects an API call, and a redirect could lead
-    anywhere), no environment proxies or netrc (`trust_env=False`: an operator routes egress with
-    `RELAY_<PROVIDER>_BASE_URL`), no cookies carried from one user's call to another's, and
+    anywhere), no netrc and no proxies of httpx's own (`trust_env=False`: the transport routes
+    egress, as it does the relay path's), no cookies carried from one user's call to another's, and
     timeouts per phase (`read_timeout` for each read and each write).
     """
     timeout = httpx.Timeout(

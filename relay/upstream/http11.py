@@ -25,10 +25,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import Final, NamedTuple, cast
+from typing import TYPE_CHECKING, Final, NamedTuple, cast
 
 import httptools
 import httpx
+
+if TYPE_CHECKING:
+    from relay.upstream.egress import Proxy
 
 __all__ = ["HEAD_LIMIT", "HIGH_WATER", "LOW_WATER", "Connection", "Origin"]
 
@@ -40,13 +43,14 @@ _STATUS_LINE: Final = len(b"HTTP/1.1 200 \r\n")  # a status line but its reason
 
 
 class Origin(NamedTuple):
-    """What a connection may be reused for: the same scheme, name and port, and the same pinned
-    address (None: the name resolved by the system)."""
+    """What a connection may be reused for: the same scheme, name and port, the same pinned
+    address (None: the name resolved by the system) and the same egress proxy (None: direct)."""
 
     scheme: bytes
     host: str
     port: int
     address: str | None
+    proxy: Proxy | None = None
 
 
 def _timed_out(waiter: asyncio.Future[None], error: type[httpx.TimeoutException]) -> None:

@@ -14,6 +14,8 @@ late), set for the oldest.
 Dialling resolves the name (or takes the address a request pinned it to, `PINNED_ADDRESS`),
 connects with Happy Eyeballs (RFC 8305, through `aiohappyeyeballs`: an IPv6 address that does not
 answer does not stall the IPv4 one), then runs TLS with the name for SNI and certificate checks.
+An origin with a proxy dials the proxy instead and runs the same over its CONNECT tunnel
+(`relay.upstream.egress`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Final
 import aiohappyeyeballs
 import httpx
 
+from relay.upstream.egress import open_tunnel
 from relay.upstream.http11 import Connection, Origin
 
 __all__ = ["ConnectionPool"]
@@ -134,7 +137,7 @@ class ConnectionPool:
             if isinstance(exc, TimeoutError):
                 raise httpx.ConnectTimeout(f"connecting to {origin.host} timed out") from None
             if isinstance(exc, OSError):  # DNS, refused, unreachable, TLS and certificates
-                raise httpx.ConnectError(str(exc) or type(exc).__name__) from None
+                raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
             raise
         self._dialling -= 1
         self._connections.add(connection)
@@ -145,7 +148,14 @@ class ConnectionPool:
 
     async def _connect(self, origin: Origin) -> Connection:
         loop = asyncio.get_running_loop()
-        if origin.address is not None:
+        proxy = origin.proxy
+        if proxy is not None:
+            try:
+                infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                where = f"the egress proxy {proxy.netloc}: {exc.strerror}"
+                raise socket.gaierror(exc.errno, where) from exc
+        elif origin.address is not None:
             family = socket.AF_INET6 if ":" in origin.address else socket.AF_INET
             infos = await loop.getaddrinfo(
                 origin.address,
@@ -156,11 +166,20 @@ class ConnectionPool:
             )
         else:
             infos = await loop.getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM)
-        sock = await aiohappyeyeballs.start_connection(
-            infos, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, interleave=1
-        )
+        try:
+            sock = await aiohappyeyeballs.start_connection(
+                infos, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, interleave=1
+            )
+        except OSError as exc:
+            if proxy is None:
+                raise
+            # The same kind (refused, unreachable), naming the proxy rather than the provider.
+            where = f"the egress proxy {proxy.netloc}: {exc.strerror or exc}"
+            raise (OSError(exc.errno, where) if exc.errno else OSError(where)) from exc
         tls = origin.scheme == b"https"
         try:
+            if proxy is not None:
+                await open_tunnel(sock, proxy, origin.address or origin.host, origin.port)
             _, connection = await loop.create_connection(
                 lambda: Connection(origin, self._forget),
                 sock=sock,

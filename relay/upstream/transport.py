@@ -12,9 +12,11 @@ boundary:
   streamed as it arrives (chunked when httpx chose that); nothing is added, no redirect is
   followed, no cookie kept, and the answer is never decoded: it comes back exactly as the
   provider encoded it;
+- the egress proxy `egress` chooses (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`): the connection
+  then goes through its CONNECT tunnel, and the pool keeps it apart from direct ones;
 - httpx's timeouts per phase: `pool` for a free connection when the pool is full, `connect` for
-  DNS, TCP and TLS, `write` for each wait on a full send buffer, `read` for each wait on the
-  provider;
+  DNS, TCP, the proxy's tunnel and TLS, `write` for each wait on a full send buffer, `read` for
+  each wait on the provider;
 - everything that fails is one of httpx's exceptions; an error raised by the request body's
   own stream (the client went away, the body grew too large) is raised as itself;
 - a request is sent once: a pooled connection the provider has closed is never written to,
@@ -34,6 +36,7 @@ from typing import Final
 import certifi
 import httpx
 
+from relay.upstream.egress import Egress
 from relay.upstream.http11 import Connection, Origin
 from relay.upstream.pool import ConnectionPool
 
@@ -42,7 +45,8 @@ __all__ = ["PINNED_ADDRESS", "HTTPTransport", "ResponseBody"]
 # A request extension: the address a request's connection goes to, checked beforehand, rather
 # than a fresh DNS answer for its host (no DNS rebinding). The host stays everywhere else: in
 # SNI and certificate checks, and in the pool's key, so such a connection is only reused by a
-# request for the same host pinned to the same address.
+# request for the same host pinned to the same address. Through an egress proxy, the tunnel is
+# asked for the address, not the name (`relay.upstream.egress`).
 PINNED_ADDRESS: Final = "pinned_address"
 
 DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
@@ -90,7 +94,14 @@ class ResponseBody(httpx.AsyncByteStream):
 class HTTPTransport(httpx.AsyncBaseTransport):
     """An httpx transport on one pool of HTTP/1.1 connections (HTTP and HTTPS)."""
 
-    def __init__(self, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        limits: httpx.Limits,
+        ssl_context: ssl.SSLContext | None = None,
+        egress: Egress | None = None,
+    ) -> None:
+        # None unless some upstream goes through a proxy: the direct path looks nothing up.
+        self.egress = egress if egress is not None and egress.enabled else None
         self.pool = ConnectionPool(
             max_connections=limits.max_connections or 2**31,
             keepalive_expiry=limits.keepalive_expiry or 0.0,
@@ -108,7 +119,11 @@ class HTTPTransport(httpx.AsyncBaseTransport):
         if port is None:
             raise httpx.UnsupportedProtocol(f"the upstream URL must be http or https: {url}")
         host = url.host
-        origin = Origin(scheme, host, url.port or port, request.extensions.get(PINNED_ADDRESS))
+        port = url.port or port
+        address = request.extensions.get(PINNED_ADDRESS)
+        egress = self.egress
+        proxy = None if egress is None else egress.proxy_for(scheme, host, port, address)
+        origin = Origin(scheme, host, port, address, proxy)
         timeout = request.extensions.get("timeout", {})
         head = _head(request)
         body = request.stream
