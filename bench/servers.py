@@ -105,7 +105,7 @@ def relay_env(upstream: Server, workdir: Path) -> dict[str, str]:
         # All the load comes from one address, which the per-address cap would hold to an
         # eighth of what the process may serve: the bench measures the process.
         "RELAY_MAX_CONNECTIONS_PER_IP": "1000000",
-        "LOG_LEVEL": "warning",
+        "LOG_LEVEL": "info",  # the default: one access line per request, to the log file
     }
 
 

@@ -15,13 +15,14 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp
 
 from backends import KeyStore, StoreError, StoreUnavailable
-from relay.api import accounts, discovery, health, keys, openapi, stats
+from relay.api import accounts, discovery, health, keys, openapi, probes, stats
 from relay.config import Settings
 from relay.errors import RelayError, error_body
 from relay.providers.allowlist import ModelPolicy
 from relay.proxy.prepare import ModelRelay, ProviderRelay
 from relay.proxy.ssrf import Resolver, UpstreamPolicy
 from relay.server import gcsettings
+from relay.server.access import AccessLogMiddleware
 from relay.server.bypass import Handler, RouterBypass
 from relay.server.cors import CORSMiddleware
 from relay.server.edge import EDGE_LIMITS, EdgeLimits, connections_the_files_allow, raise_file_limit
@@ -140,6 +141,7 @@ def create_app(
     upstreams = UpstreamPolicy(settings.private_upstreams, resolver)
     allowed_models = ModelPolicy(settings.allowed_models)
     provider_relay = ProviderRelay(upstreams, allowed_models)
+    probe = probes.Probes()
     # `/relay/{provider}/...` reaches the proxy through the bypass below (`relay.server.bypass`);
     # its routes stay here for 405s and the OpenAPI document. `POST /relay` goes first: the router
     # tries routes in order, and no two patterns match the same path.
@@ -149,6 +151,8 @@ def create_app(
         Route("/relay/{provider}/{path:path}", provider_relay),
         Route("/health", health.health, methods=["GET"]),
         Route("/version", health.version, methods=["GET"]),
+        Route("/livez", probe.livez, methods=["GET"]),
+        Route("/readyz", probe.readyz, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/users", accounts.register, methods=["POST"]),
         Route("/users", accounts.delete_user, methods=["DELETE"]),
@@ -175,12 +179,14 @@ def create_app(
     # No 307 to `path/` (an empty, non-JSON answer whose Location echoes the Host header).
     app.router.redirect_slashes = False
     # Outermost first: CORS (so that even a 500 from the server-error handler is readable by
-    # the page, and preflights are answered before anything counts them), then the client's
-    # address from trusted proxies, then the per-IP limit, then the router bypass (relayed
-    # requests skip the router). All pure ASGI.
+    # the page, and preflights are answered before anything counts them), then the request's
+    # id and access line, then the client's address from trusted proxies, then the per-IP limit,
+    # then the router bypass (relayed requests skip the router). All pure ASGI.
     inner: ASGIApp = GlobalLimitMiddleware(RouterBypass(app, provider_relay, handlers))
+    inner = probes.AroundLimits(inner, app)  # no probe waits on a limit counted in Redis
     if settings.forwarded_allow_ips:
         inner = ForwardedMiddleware(
             inner, settings.forwarded_allow_ips, settings.forwarded_trusted_hops
         )
+    inner = AccessLogMiddleware(inner, log=settings.access_log)
     return CORSMiddleware(inner, allow_origins=settings.allowed_origins)

@@ -11,19 +11,31 @@ table.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import math
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
 import limits
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from backends import SCHEMES, url_scheme
-from backends.environ import DEFAULT_DATABASE_URL, database_url, read_env_file, read_environment
+from backends.environ import (
+    DEFAULT_DATABASE_URL,
+    database_url,
+    read_env_file,
+    read_environment,
+    statement_cache,
+)
+from backends.pgparams import UnsupportedParameter, translate
 from relay.providers.table import PROVIDERS
+from relay.upstream.egress import parse_proxy
 
 __all__ = ["ConfigError", "Secret", "Settings", "read_env_file"]
 
@@ -70,6 +82,8 @@ class Settings:
     db_pool_size: int = 10
     db_pool_timeout: float = 5.0
     db_connect_timeout: float = 5.0
+    db_statement_cache: bool = True
+    """False (or `pgbouncer=true` in the URL): no prepared statements, for a transaction pooler."""
     redis_namespace: str = "byok-relay"
     rate_limit_global: str = "100/minute"
     rate_limit_relay: str = "20/minute"
@@ -103,13 +117,25 @@ class Settings:
     `FORWARDED_ALLOW_IPS` is `*`, no cap with a list (`relay.server.forwarded`)."""
     dns_timeout: float = 5.0
     """Seconds to resolve a host an openai-compatible client names."""
+    https_proxy: Secret | None = None
+    """The proxy https upstreams are reached through (CONNECT), `relay.upstream.egress`."""
+    http_proxy: Secret | None = None
+    no_proxy: str = ""
+    ca_files: tuple[str, ...] = ()
+    """PEM bundles trusted beside certifi's CAs (`RELAY_CA_BUNDLE`, `SSL_CERT_FILE`)."""
+    ca_dirs: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 3000
     workers: int = 1
     log_level: str = "info"
+    access_log: bool = True
+    """One JSON line per request at `info` (`relay.server.access`)."""
     environment: str = "development"
     commit: str = "unknown"
     build_time: str = "unknown"
+    unknown_variables: tuple[str, ...] = ()
+    """One line for each `RELAY_*` or `RATE_LIMIT_*` variable set that nothing reads, naming
+    the nearest known name: `byok-relay serve` logs them at start."""
 
     @classmethod
     def from_env(
@@ -128,7 +154,10 @@ class Settings:
 
 
 def _parse(env: Mapping[str, str]) -> Settings:
+    asked: set[str] = set()  # every name the parser reads: what `unknown_variables` checks
+
     def get(name: str) -> str | None:
+        asked.add(name)
         value = env.get(name)
         return value.strip() if value is not None and value.strip() != "" else None
 
@@ -165,6 +194,11 @@ def _parse(env: Mapping[str, str]) -> Settings:
     if scheme not in SCHEMES:
         known = ", ".join(sorted(SCHEMES))
         raise ConfigError(f"DATABASE_URL scheme {scheme!r} is not supported (use one of: {known})")
+    _check_postgres_url(store_url)
+    try:
+        db_statement_cache = statement_cache(get("DB_STATEMENT_CACHE"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
     environment = (get("RELAY_ENV") or "development").lower()
     if environment not in ("development", "production"):
@@ -221,7 +255,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
     body_limit = int(
         _number(get, "REQUEST_BODY_LIMIT_BYTES", 10 * 1024 * 1024, minimum=1, maximum=2**40)
     )
-    return Settings(
+    settings = Settings(
         encryption_secrets=tuple(Secret(s) for s in secrets),
         token_hmac_secret=Secret(hmac_secret or secrets[0]),
         encryption_salt=get("ENCRYPTION_SALT") or "byok-relay-salt",
@@ -233,6 +267,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         db_pool_size=int(_number(get, "DB_POOL_SIZE", 10, minimum=1, maximum=1000)),
         db_pool_timeout=_number(get, "DB_POOL_TIMEOUT", 5, minimum=0.001, maximum=3600),
         db_connect_timeout=_number(get, "DB_CONNECT_TIMEOUT", 5, minimum=0.001, maximum=3600),
+        db_statement_cache=db_statement_cache,
         redis_namespace=_namespace(get("REDIS_NAMESPACE") or "byok-relay"),
         rate_limit_global=_limit(get, "RATE_LIMIT_GLOBAL", "100/minute"),
         rate_limit_relay=_limit(get, "RATE_LIMIT_RELAY", "20/minute"),
@@ -265,10 +300,16 @@ def _parse(env: Mapping[str, str]) -> Settings:
         private_upstreams=private,
         forwarded_trusted_hops=_forwarded_hops(get),
         dns_timeout=_number(get, "RELAY_DNS_TIMEOUT", 5, minimum=0.001, maximum=60),
+        https_proxy=_proxy(env, "HTTPS_PROXY"),
+        http_proxy=_proxy(env, "HTTP_PROXY"),
+        no_proxy=_lower_first(env, "NO_PROXY") or "",
+        ca_files=_ca_files(get),
+        ca_dirs=tuple(d for d in (get("SSL_CERT_DIR") or "").split(":") if d and Path(d).is_dir()),
         host=get("HOST") or "127.0.0.1",
         port=int(_number(get, "PORT", 3000, minimum=0, maximum=65535)),
         workers=int(_number(get, "WEB_CONCURRENCY", 1, minimum=1, maximum=256)),
         log_level=log_level,
+        access_log=_choice(get, "RELAY_ACCESS_LOG", ("on", "off")) == "on",
         environment=environment,
         commit=get("RELAY_COMMIT")
         or get("RAILWAY_GIT_COMMIT_SHA")
@@ -276,6 +317,33 @@ def _parse(env: Mapping[str, str]) -> Settings:
         or "unknown",
         build_time=get("RELAY_BUILD_TIME") or "unknown",
     )
+    read = asked | {f"RELAY_{name}_BASE_URL" for name in env_names}
+    return dataclasses.replace(settings, unknown_variables=_unknown_variables(env, read))
+
+
+def _unknown_variables(env: Mapping[str, str], known: set[str]) -> tuple[str, ...]:
+    """A line for each variable in the relay's own families that no setting reads (a typo
+    would otherwise leave the default in force, silently)."""
+    lines = []
+    for name in sorted(env):
+        if name in known or not name.startswith(("RELAY_", "RATE_LIMIT_")):
+            continue
+        near = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        lines.append(f"{name} is set but is no setting of the relay{hint}")
+    return tuple(lines)
+
+
+def _check_postgres_url(url: str) -> None:
+    """A Postgres URL's parameters are ones asyncpg can honour (`backends.pgparams`)."""
+    if not (SCHEMES[url_scheme(url)].driver or "").startswith("postgresql"):
+        return
+    try:
+        translate(make_url(url))
+    except UnsupportedParameter as exc:
+        raise ConfigError(str(exc)) from None
+    except (ArgumentError, ValueError):
+        raise ConfigError("DATABASE_URL is not a valid URL") from None
 
 
 def _limit(get: Callable[[str], str | None], name: str, default: str) -> str:
@@ -337,6 +405,45 @@ def _check_private_upstream(entry: str) -> None:
     host, sep, port = entry.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"RELAY_PRIVATE_UPSTREAMS: {entry!r} is not host:port or a CIDR block")
+
+
+def _lower_first(env: Mapping[str, str], name: str) -> str | None:
+    """`https_proxy` before `HTTPS_PROXY`, as curl, requests and httpx read them."""
+    for variable in (name.lower(), name):
+        value = env.get(variable, "").strip()
+        if value:
+            return value
+    return None
+
+
+def _proxy(env: Mapping[str, str], name: str) -> Secret | None:
+    value = _lower_first(env, name)
+    if value is None:
+        return None
+    try:
+        parse_proxy(value)
+    except ValueError as exc:  # the message never repeats the URL: it may hold a password
+        raise ConfigError(f"{name} {exc}") from None
+    return Secret(value)
+
+
+def _ca_files(get: Callable[[str], str | None]) -> tuple[str, ...]:
+    """`RELAY_CA_BUNDLE` (which must be readable) and `SSL_CERT_FILE` (taken when it exists, as
+    OpenSSL does), each checked to hold certificates."""
+    files = []
+    bundle, system = get("RELAY_CA_BUNDLE"), get("SSL_CERT_FILE")
+    if bundle is not None:
+        if not Path(bundle).is_file():
+            raise ConfigError(f"RELAY_CA_BUNDLE: {bundle} is not a file")
+        files.append(("RELAY_CA_BUNDLE", bundle))
+    if system is not None and Path(system).is_file():
+        files.append(("SSL_CERT_FILE", system))
+    for name, path in files:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+        except (ssl.SSLError, OSError):
+            raise ConfigError(f"{name}: {path} holds no certificate that can be read") from None
+    return tuple(path for _, path in files)
 
 
 def _forwarded_hops(get: Callable[[str], str | None]) -> int | None:

@@ -23,11 +23,13 @@ from relay.security.tokens import TokenHasher
 from relay.server.drain import Drain
 from relay.server.ratelimit import Limit, RateLimiter, WhenDown
 from relay.upstream.client import new_http_client, new_transport
+from relay.upstream.egress import parse_proxy
+from relay.upstream.transport import HTTPTransport
 from relay.usage.background import Background
 from relay.usage.keyhealth import KeyHealth
 from relay.usage.recorder import UsageRecorder
 
-__all__ = ["Services", "open_services", "store_options"]
+__all__ = ["Services", "open_services", "store_options", "upstream_transport"]
 
 logger = logging.getLogger("relay")
 
@@ -66,6 +68,23 @@ def store_options(settings: Settings) -> StoreOptions:
         pool_timeout=settings.db_pool_timeout,
         connect_timeout=settings.db_connect_timeout,
         namespace=settings.redis_namespace,
+        statement_cache=settings.db_statement_cache,
+    )
+
+
+def upstream_transport(settings: Settings) -> HTTPTransport:
+    """The one upstream connection pool, of the relayed requests and the key checks alike, with
+    the operator's egress proxy and CAs."""
+    for scheme, proxy in (("https", settings.https_proxy), ("http", settings.http_proxy)):
+        if proxy is not None:  # where to, never who as: the URL may hold a password
+            netloc = parse_proxy(str(proxy)).netloc
+            logger.info("%s upstreams: through the egress proxy %s", scheme, netloc)
+    return new_transport(
+        https_proxy=str(settings.https_proxy) if settings.https_proxy else None,
+        http_proxy=str(settings.http_proxy) if settings.http_proxy else None,
+        no_proxy=settings.no_proxy,
+        ca_files=settings.ca_files,
+        ca_dirs=settings.ca_dirs,
     )
 
 
@@ -127,7 +146,7 @@ async def open_services(
         store = guarded
         if settings.cache_ttl > 0:
             store = CachedStore(store, settings.cache_ttl)
-        transport = new_transport()
+        transport = upstream_transport(settings)
         http = await stack.enter_async_context(
             new_http_client(
                 transport,

@@ -50,6 +50,7 @@ MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
             "relay.api.bodies",
             "relay.server.ratelimit",
             "relay.server.edge",
+            "relay.server.access",
         }
     ),
 }

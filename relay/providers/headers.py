@@ -39,6 +39,7 @@ CLIENT_HEADERS: Final = frozenset(
         "authorization",
         "x-relay-token",
         "x-relay-base-url",
+        "x-request-id",
         "xi-api-key",
         "anthropic-dangerous-direct-browser-access",
     }
@@ -101,6 +102,7 @@ RELAY_EXPOSED: Final = (
     "ratelimit-policy",
     PROVIDER_HEADER,
     KEY_HINT_HEADER,
+    "x-relay-request-id",
 )
 # Of the returned headers, those browser code reads: the providers' rate-limit state and request
 # ids, and a file's name.

@@ -68,6 +68,9 @@ class Provider:
     withheld_query: tuple[str, ...] = ()
     """Query parameters never forwarded, by lower-cased name, matched in any case and after
     percent-decoding: credentials of the client's own, which would take the stored key's place."""
+    request_id_header: str | None = None
+    """The header this provider takes a client's request id in (logged on its side too), which
+    the relay fills with its own request id."""
     model_in: str = "body:model"
     """Where a request names its model, for `ALLOWED_MODELS`: `body:<field>` (JSON or form),
     `query:<name>`, `path:rest` (the path after the allowed prefix) or `path:action` (the
@@ -129,6 +132,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             ),
             read_paths=("/v1/responses",),
             forwarded_headers=_OPENAI_HEADERS,
+            request_id_header="x-client-request-id",
             title="OpenAI",
             key_shape=KeyShape(
                 r"sk-[A-Za-z0-9_-]{20,}",

@@ -41,10 +41,12 @@ from relay.errors import (
 )
 from relay.providers.headers import response_headers
 from relay.providers.table import Provider
+from relay.proxy.failures import upstream_failure
 from relay.proxy.idle import IdleDeadline
 from relay.proxy.jsonedit import Body
 from relay.proxy.ssrf import Upstream
 from relay.security.auth import now_ms
+from relay.server.access import ACCESS, Access
 from relay.server.edge import EDGE, Edge
 from relay.services import Services
 from relay.upstream.client import upstream_request, upstream_url
@@ -120,6 +122,7 @@ class Exchange:
 
     # An exchange lives as long as its stream: slots keep thousands of open ones small.
     __slots__ = (
+        "access",
         "body_read",
         "edge",
         "ending",
@@ -158,6 +161,7 @@ class Exchange:
         pin: Upstream | None,
     ) -> None:
         self.services = request.services
+        self.access: Access | None = request.scope.get(ACCESS)
         self.receive = request.receive
         self.send = request.send
         self.edge: Edge | None = request.scope.get(EDGE)
@@ -251,7 +255,8 @@ class Exchange:
             await self._ended(self.ending)
         except RelayError as error:
             self.status = error.status
-            self.outcome = Outcome.COMPLETED  # refused, and the refusal answered whole
+            if not isinstance(error, UpstreamError):  # which says itself how it ended
+                self.outcome = Outcome.COMPLETED  # refused, and the refusal answered whole
             raise
         finally:
             self._let_go()
@@ -275,6 +280,7 @@ class Exchange:
                     "provider": self.provider.name,
                     "outcome": str(self.ending),
                     "elapsed_ms": round((time.monotonic() - self.started) * 1000),
+                    "request_id": self.access.id if self.access is not None else None,
                 },
             )
 
@@ -314,6 +320,9 @@ class Exchange:
         self.recorded = True
         usage = self.meter.result() if self.meter is not None else NO_USAGE
         user = self.user
+        if self.access is not None:
+            self.access.model = self.model or usage.model
+            self.access.outcome = self.outcome.value
         self.services.usage.add(
             UsageRecord(
                 user_id=user.id,
@@ -394,16 +403,29 @@ class Exchange:
         try:
             async with asyncio.timeout(self.services.settings.upstream_timeout):
                 return await self.services.transport.handle_async_request(request)
-        except (httpx.TimeoutException, TimeoutError):
+        except (httpx.TimeoutException, TimeoutError) as exc:
             self.outcome = Outcome.UPSTREAM_TIMEOUT
+            self._failed(exc)
             raise UpstreamError(
                 "AI provider timed out", code="upstream_timeout", status=504
             ) from None
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
             self.outcome = Outcome.UPSTREAM_ERROR
+            self._failed(exc)
             raise UpstreamError(
                 "Failed to reach AI provider", code="upstream_unreachable"
             ) from None
+
+    def _failed(self, exc: BaseException) -> None:
+        """Log why the provider could not be reached (never the request: it holds the key)."""
+        logger.warning(
+            "upstream request failed",
+            extra={
+                "cause": upstream_failure(exc),
+                "provider": self.provider.name,
+                "request_id": self.access.id if self.access is not None else None,
+            },
+        )
 
     async def _start(self, response: httpx.Response) -> bool:
         """Send the answer's status and headers; whether it is an event stream."""
@@ -471,11 +493,3 @@ class Exchange:
         self.outcome = Outcome.COMPLETED
         self._record()
         await self.send({"type": "http.response.body", "body": last, "more_body": False})
-        logger.debug(
-            "relayed",
-            extra={
-                "provider": self.provider.name,
-                "status": self.status,
-                "elapsed_ms": round((time.monotonic() - self.started) * 1000),
-            },
-        )

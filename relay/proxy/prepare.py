@@ -43,6 +43,7 @@ from relay.proxy.paths import encode_path, normalize_path
 from relay.proxy.ssrf import Upstream, UpstreamPolicy
 from relay.security.auth import authenticate_digest
 from relay.security.crypto import DecryptionError
+from relay.server.access import ACCESS, Access, short_user
 from relay.services import Services
 
 __all__ = ["ModelRelay", "ProviderRelay"]
@@ -122,12 +123,18 @@ class _Relay:
         `body` is the request body when it was already read; otherwise the client's stream is
         forwarded. `model` is the model the request names, when the relay read it."""
         services, scope = request.services, request.scope
+        access: Access | None = scope.get(ACCESS)
+        if access is not None:
+            access.provider, access.app_id = provider.name, request.user.app_id
+            access.user = short_user(request.user.id)
         # The key first: a caller without one makes the relay look up no name.
         record, key = await self._key(services, request.user, provider)
         target = await self._target(request, provider)
         url = target.base_url + encode_path(path) + _query(provider, path, query)
         defaults = services.settings.default_headers_for(provider.name)
         outgoing = forwarded_request_headers(provider, _first_values(scope), key, defaults)
+        if provider.request_id_header and access is not None:
+            outgoing.append((provider.request_id_header.encode(), access.id.encode()))
         length = request.headers.get("content-length")
         if body is None and length is not None and scope["method"] == "POST":
             outgoing.append((b"content-length", length.encode()))

@@ -17,11 +17,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from relay.server.access import ACCESS
+
 __all__ = ["RouterBypass"]
 
 logger = logging.getLogger("relay")
 
 PREFIX = "/relay/"
+ROUTE = "/relay/{provider}/{path}"  # what access lines call the paths taken here
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 
@@ -41,6 +44,9 @@ class RouterBypass:
             await self.app(scope, receive, send)
             return
         scope["path_params"] = {"provider": provider}  # in place, as Starlette's router does
+        access = scope.get(ACCESS)
+        if access is not None:
+            access.route = ROUTE
         watched = _WatchedSend(send)
         try:
             await self.relay(scope, receive, watched)
