@@ -15,6 +15,7 @@ its wrapper of `send` returns the server's own awaitable (no coroutine per chunk
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -101,11 +102,12 @@ class AccessLogMiddleware:
             await self.app(scope, _Receive(receive, access), _Send(send, access))
         finally:
             if self.log and logger.isEnabledFor(logging.INFO):
-                _write(scope, access)
+                # After the loop's current round: a response's last bytes may still be held for
+                # its end (`relay.server.protocol`'s cork), and the line must not delay them.
+                asyncio.get_running_loop().call_soon(_write, scope, access, time.monotonic())
 
 
-def _write(scope: Scope, access: Access) -> None:
-    ended = time.monotonic()
+def _write(scope: Scope, access: Access, ended: float) -> None:
     route = access.route
     if route is None:
         matched = scope.get("route")
