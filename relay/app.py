@@ -180,10 +180,12 @@ def create_app(
     app.router.redirect_slashes = False
     # Outermost first: CORS (so that even a 500 from the server-error handler is readable by
     # the page, and preflights are answered before anything counts them), then the request's
-    # id and access line, then the client's address from trusted proxies, then the per-IP limit,
-    # then the router bypass (relayed requests skip the router). All pure ASGI.
-    inner: ASGIApp = GlobalLimitMiddleware(RouterBypass(app, provider_relay, handlers))
-    inner = probes.AroundLimits(inner, app)  # no probe waits on a limit counted in Redis
+    # id and access line, then the client's address from trusted proxies, then the per-IP limit
+    # (never on the probes: none may wait on a limit counted in Redis), then the router bypass
+    # (relayed requests skip the router). All pure ASGI.
+    inner: ASGIApp = GlobalLimitMiddleware(
+        RouterBypass(app, provider_relay, handlers), unlimited=probes.PATHS
+    )
     if settings.forwarded_allow_ips:
         inner = ForwardedMiddleware(
             inner, settings.forwarded_allow_ips, settings.forwarded_trusted_hops

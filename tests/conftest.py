@@ -15,7 +15,16 @@ from relay.providers.table import PROVIDERS
 from relay.server.logs import JSONFormatter
 from tests.mockprovider import MockProvider, start_mock
 from tests.relayserver import RelayServer, register, relay_env, store_key
-from tests.servers import REDIS_URL, check_redis, create_database, drop_database, in_thread
+from tests.servers import (
+    REDIS_URL,
+    PrivatePostgres,
+    PrivateRedis,
+    PrivateStore,
+    check_redis,
+    create_database,
+    drop_database,
+    in_thread,
+)
 
 
 class LogCapture(logging.Handler):
@@ -124,3 +133,30 @@ def redis_url() -> str:
     """The test Redis server (tests keep to namespaces of their own)."""
     check_redis()
     return REDIS_URL
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
+def server(request: pytest.FixtureRequest) -> Iterator[PrivateStore]:
+    """A private Postgres or Redis server of this test's own, which it may freeze or stop."""
+    private: PrivateStore = PrivatePostgres() if request.param == "postgres" else PrivateRedis()
+    try:
+        private.start()
+        yield private
+    finally:
+        private.remove()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A private Redis server of this test's own, which it may freeze or stop."""
+    private = PrivateRedis()
+    try:
+        private.start()
+        yield private
+    finally:
+        private.remove()

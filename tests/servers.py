@@ -246,3 +246,7 @@ class PrivateRedis:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+PrivateStore = PrivatePostgres | PrivateRedis
+"""A private key-store server of either kind, for the outage tests."""

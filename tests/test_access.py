@@ -117,7 +117,7 @@ def test_a_relayed_call_writes_one_line_that_says_what_happened(
     assert KEY not in everything
 
 
-def test_the_user_is_a_digest_of_the_id_and_never_the_token() -> None:
+def test_a_user_is_shown_as_a_short_digest_of_the_id() -> None:
     assert short_user("user-1") == short_user("user-1") != short_user("user-2")
     assert len(short_user("user-1")) == 12
 

@@ -4,35 +4,18 @@ with no restart of the relay."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.mockprovider import MockProvider
 from tests.relayprocess import RelayProcess
 from tests.relayserver import relay_env
-from tests.servers import PrivatePostgres, PrivateRedis
+from tests.servers import PrivateStore
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
-Server = PrivatePostgres | PrivateRedis
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("redis", marks=pytest.mark.redis),
-    ]
-)
-def server(request: pytest.FixtureRequest) -> Iterator[Server]:
-    private: Server = PrivatePostgres() if request.param == "postgres" else PrivateRedis()
-    try:
-        private.start()
-        yield private
-    finally:
-        private.remove()
+Server = PrivateStore
 
 
 def assert_unavailable(response: httpx.Response) -> None:

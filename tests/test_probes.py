@@ -9,7 +9,7 @@ configuration to the operator only.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,14 +19,14 @@ from tests.conftest import RelayFactory
 from tests.mockprovider import MockProvider
 from tests.relayprocess import RelayProcess
 from tests.relayserver import relay_env
-from tests.servers import PrivatePostgres, PrivateRedis
+from tests.servers import PrivateRedis, PrivateStore
 
 AT_ONCE = 0.5  # seconds: an answer that waited on nothing
 DEADLINE = 2.0  # DB_CONNECT_TIMEOUT of the relay processes below
 OPERATOR = "operator-secret-0123456789"
 ORIGIN = "https://app.example"
 
-Server = PrivatePostgres | PrivateRedis
+Server = PrivateStore
 
 
 def timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
@@ -130,21 +130,6 @@ def test_without_app_secret_nobody_sees_the_configuration(make_relay: RelayFacto
 
 
 # -- A real `byok-relay serve` over a store that freezes, then stops -------------------------------
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("redis", marks=pytest.mark.redis),
-    ]
-)
-def server(request: pytest.FixtureRequest) -> Iterator[Server]:
-    private: Server = PrivatePostgres() if request.param == "postgres" else PrivateRedis()
-    try:
-        private.start()
-        yield private
-    finally:
-        private.remove()
 
 
 def test_livez_serves_while_the_store_is_frozen_or_stopped_and_readyz_fails(

@@ -192,14 +192,6 @@ def test_the_relay_limit_holds_across_two_instances_sharing_redis(
     assert any(TokenHasher(TEST_SECRET).hash(token) in k for k in keys)
 
 
-@pytest.fixture
-def private_redis(redis_url: str) -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    yield server
-    server.remove()
-
-
 @pytest.mark.redis
 @pytest.mark.parametrize("mode", ["closed", "open"])
 def test_a_redis_outage_fails_as_configured(

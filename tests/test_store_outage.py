@@ -27,7 +27,7 @@ from tests.conftest import RelayFactory
 from tests.mockprovider import MockProvider
 from tests.relayprocess import RelayProcess
 from tests.relayserver import register, relay_env, store_key
-from tests.servers import PrivatePostgres, PrivateRedis, drop_namespace, new_namespace
+from tests.servers import PrivateRedis, PrivateStore, drop_namespace, new_namespace
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 ORIGIN = "https://app.example"
@@ -35,32 +35,7 @@ DEADLINE = 2.0  # DB_CONNECT_TIMEOUT of the relays below
 UNIT_DEADLINE = 0.5  # connect_timeout of the stores and counters built here
 AT_ONCE = 0.5  # seconds: a request that must not wait for the store
 
-Server = PrivatePostgres | PrivateRedis
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("redis", marks=pytest.mark.redis),
-    ]
-)
-def server(request: pytest.FixtureRequest) -> Iterator[Server]:
-    private: Server = PrivatePostgres() if request.param == "postgres" else PrivateRedis()
-    try:
-        private.start()
-        yield private
-    finally:
-        private.remove()
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    private = PrivateRedis()
-    try:
-        private.start()
-        yield private
-    finally:
-        private.remove()
+Server = PrivateStore
 
 
 @pytest.fixture

@@ -2,8 +2,9 @@
 
 Liveness says the process serves: it touches neither the key store nor Redis, so a store outage
 never gets every pod restarted. Readiness says the key store answers and the process is not
-draining. Both skip the per-IP limit, whose count may live in Redis and would make a probe wait
-on it; in its place the store is asked at most once per `STORE_CHECK_EVERY`, however many ask.
+draining. The per-IP limit leaves `PATHS` alone (its count may live in Redis and would make a
+probe wait on it); in its place the store is asked at most once per `STORE_CHECK_EVERY`,
+however many ask.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from typing import Final
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backends import KeyStore, StoreError
 from relay.api.shapes import answer
 from relay.errors import ServiceUnavailable
 from relay.services import Services
 
-__all__ = ["PATHS", "STORE_CHECK_EVERY", "AroundLimits", "Probe", "Probes"]
+__all__ = ["PATHS", "STORE_CHECK_EVERY", "Probe", "Probes"]
 
 PATHS: Final = frozenset({"/livez", "/readyz"})
 STORE_CHECK_EVERY: Final = 1.0  # seconds a readiness answer about the store stands
@@ -81,18 +81,3 @@ class Probes:
                 headers={"retry-after": "1", **NO_STORE},
             )
         return answer(Probe(True), headers=NO_STORE)
-
-
-class AroundLimits:
-    """Pure ASGI: the probe paths go straight to `router` (the Starlette app), around the
-    middleware in `app` (the per-IP limit); everything else goes to `app`."""
-
-    def __init__(self, app: ASGIApp, router: ASGIApp) -> None:
-        self.app = app
-        self.router = router
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in PATHS:
-            await self.router(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)

@@ -25,7 +25,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from limits import RateLimitItem, parse
@@ -238,11 +238,13 @@ class GlobalLimitMiddleware:
     """The per-IP limit on every request, and the RateLimit headers on every response, as pure
     ASGI (it sits on the streaming path)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, unlimited: Collection[str] = ()) -> None:
+        """`unlimited`: paths never counted nor made to wait on the limiter (the probes)."""
         self.app = app
+        self.unlimited = frozenset(unlimited)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.unlimited:
             await self.app(scope, receive, send)
             return
         limiter: RateLimiter = scope["state"]["services"].limiter
