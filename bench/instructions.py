@@ -1,6 +1,6 @@
 """Instructions per relayed request, counted by valgrind: a figure machine noise cannot move.
 
-    python -m bench.instructions [--requests N] [--warm N]
+    python -m bench.instructions [--requests N] [--warm N] [--env NAME=VALUE ...]
 
 Timings on a shared 2-core machine move by 10 to 30% from run to run, which hides the change a
 single optimisation makes. `valgrind --tool=callgrind` counts the instructions a process runs
@@ -9,8 +9,10 @@ is doing. This starts the mock upstream, then the floor and the relay in turn, e
 callgrind; sends 100 small-JSON requests to warm it up (`--warm`), zeroes the counters, sends
 N more (default 300) one after another, and prints the instructions each server spent per
 request (all of its threads, background tasks included) and the relay's count against the
-floor's. It does not see what threads cost each other (callgrind runs them one at a time), nor
-cache misses: it measures work, and timings measure the rest. One thing in the relay's count
+floor's; `--env` gives the relay settings of its own (what a feature costs:
+`RELAY_METRICS=off` against the default). It does not see what threads cost each other
+(callgrind runs them one at a time), nor cache misses: it measures work, and timings measure
+the rest. One thing in the relay's count
 still follows the clock: usage records are written once a second, and under callgrind a second
 holds a few dozen requests, not thousands, so how many requests share a write's cost moves the
 relay's count by a few percent between runs (1.13 to 1.18 M on one code).
@@ -67,8 +69,9 @@ def _count(server: Server, out: Path, headers: dict[str, str], requests: int, wa
     raise RuntimeError(f"callgrind left no count for {server.name}")
 
 
-def measure(requests: int, warm: int = 100) -> dict[str, float]:
-    """Instructions per request of the floor and of the relay, each alone under callgrind."""
+def measure(requests: int, warm: int = 100, env: dict[str, str] | None = None) -> dict[str, float]:
+    """Instructions per request of the floor and of the relay (with `env` added to its
+    settings), each alone under callgrind."""
     counts: dict[str, float] = {}
     children = Children()
     try:
@@ -81,7 +84,13 @@ def measure(requests: int, warm: int = 100) -> dict[str, float]:
             children.stop(floor.process)
             out = workdir / "relay.callgrind"
             relay = start_relay(
-                children, upstream, workdir, workers=1, under=_callgrind(out), timeout=STARTUP
+                children,
+                upstream,
+                workdir,
+                workers=1,
+                under=_callgrind(out),
+                timeout=STARTUP,
+                env=env,
             )
             token = create_user(relay)
             counts["relay"] = _count(relay, out, {"x-relay-token": token}, requests, warm)
@@ -94,9 +103,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--requests", type=int, default=300, help="requests counted (300)")
     parser.add_argument("--warm", type=int, default=100, help="requests before counting (100)")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of the relay's (repeatable)",
+    )
     args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
     raise_file_limit()
-    counts = measure(args.requests, args.warm)
+    counts = measure(args.requests, args.warm, env)
     for name, count in counts.items():
         print(f"{name:6s} {count / 1e6:.3f} M instructions per small-JSON request")
     print(f"relay / floor: {counts['relay'] / counts['floor']:.3f}x the instructions")

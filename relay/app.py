@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,20 +17,25 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp
 
 from backends import KeyStore, StoreError, StoreUnavailable
-from relay.api import accounts, discovery, health, keys, openapi, probes, stats
+from relay import __version__
+from relay.api import accounts, discovery, health, keys, metrics, openapi, probes, stats
 from relay.config import Settings
 from relay.errors import RelayError, error_body
 from relay.providers.allowlist import ModelPolicy
 from relay.proxy.prepare import ModelRelay, ProviderRelay
 from relay.proxy.ssrf import Resolver, UpstreamPolicy
 from relay.server import gcsettings
-from relay.server.access import AccessLogMiddleware
 from relay.server.bypass import Handler, RouterBypass
 from relay.server.cors import CORSMiddleware
 from relay.server.edge import EDGE_LIMITS, EdgeLimits, connections_the_files_allow, raise_file_limit
 from relay.server.forwarded import ForwardedMiddleware, TrustedProxies, parse_address
 from relay.server.ratelimit import GlobalLimitMiddleware
 from relay.services import open_services
+from relay.telemetry import access
+from relay.telemetry import metrics as telemetry_metrics
+
+if TYPE_CHECKING:  # imported only when traces are configured
+    from relay.telemetry.traces import Tracer
 
 __all__ = ["create_app"]
 
@@ -132,12 +139,16 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
         # Lifespan state reaches every request's scope["state"], middleware outside the
         # Starlette app included, and the server's protocol (the client send timeout).
-        async with open_services(settings, store) as services:
+        async with contextlib.AsyncExitStack() as stack:
+            if tracer is not None:  # last out: the spans of the shutdown are exported too
+                stack.push_async_callback(run_in_threadpool, tracer.shutdown)
+            services = await stack.enter_async_context(open_services(settings, store, tracer))
             if tune_gc:
                 gcsettings.settle()
             with services.drain.watch():
                 yield {"services": services, EDGE_LIMITS: edge_limits(settings)}
 
+    tracer = _tracer(settings)
     upstreams = UpstreamPolicy(settings.private_upstreams, resolver)
     allowed_models = ModelPolicy(settings.allowed_models)
     provider_relay = ProviderRelay(upstreams, allowed_models)
@@ -165,6 +176,8 @@ def create_app(
         Route("/keys/{provider}", keys.delete_key, methods=["DELETE"]),
         Route("/models", discovery.models, methods=["GET"]),
     ]
+    if settings.metrics:
+        routes.append(Route("/metrics", metrics.metrics_endpoint, methods=["GET"]))
     handlers: dict[type[Exception], Handler] = {
         RelayError: _relay_error,
         HTTPException: _http_exception,
@@ -180,7 +193,8 @@ def create_app(
     app.router.redirect_slashes = False
     # Outermost first: CORS (so that even a 500 from the server-error handler is readable by
     # the page, and preflights are answered before anything counts them), then the request's
-    # id and access line, then the client's address from trusted proxies, then the per-IP limit
+    # id and record (its access line and metrics), then its span when traced, then the
+    # client's address from trusted proxies, then the per-IP limit
     # (never on the probes: none may wait on a limit counted in Redis), then the router bypass
     # (relayed requests skip the router). All pure ASGI.
     inner: ASGIApp = GlobalLimitMiddleware(
@@ -190,5 +204,35 @@ def create_app(
         inner = ForwardedMiddleware(
             inner, settings.forwarded_allow_ips, settings.forwarded_trusted_hops
         )
-    inner = AccessLogMiddleware(inner, log=settings.access_log)
+    if tracer is not None:
+        inner = tracer.middleware(inner)
+    sinks: list[access.Sink] = []
+    if settings.access_log:
+        sinks.append(access.AccessLine(quiet=probes.PATHS))
+    if settings.metrics:
+        sinks.append(telemetry_metrics.observe)
+    inner = access.AccessMiddleware(inner, sinks)
     return CORSMiddleware(inner, allow_origins=settings.allowed_origins)
+
+
+def _tracer(settings: Settings) -> Tracer | None:
+    """The tracer `settings.traces` asks for, when the `otel` extra is installed."""
+    if settings.traces is None:
+        return None
+    try:
+        from relay.telemetry.traces import Tracer
+    except ImportError:
+        logger.warning(
+            "traces: an OTLP endpoint is set but OpenTelemetry is not installed "
+            "(pip install 'byok-relay[otel]'); serving without traces"
+        )
+        return None
+    traces = settings.traces
+    logger.info("traces: exported to %s", urlsplit(traces.endpoint).netloc)
+    return Tracer(
+        traces.endpoint,
+        headers=str(traces.headers) if traces.headers else None,
+        service_name=traces.service_name,
+        service_version=__version__,
+        sample_ratio=traces.sample_ratio,
+    )

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
+import shutil
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -30,6 +33,9 @@ T = TypeVar("T")
 __all__ = ["app_from_env", "ensure_dev_secret", "main"]
 
 ENV_FILE = Path(".env")
+# prometheus_client's variable (`relay.telemetry.metrics.MULTIPROCESS_DIR`): not imported
+# here, so that the supervisor of the workers never loads the metrics.
+METRICS_FOLDER: Final = "PROMETHEUS_MULTIPROC_DIR"
 # Hosting platforms whose containers lose `.env` on every deploy: a generated secret there would
 # make every stored key unreadable after the next deploy, so they must configure one.
 _PLATFORM_MARKERS = ("RAILWAY_ENVIRONMENT", "RENDER", "KUBERNETES_SERVICE_HOST", "DYNO")
@@ -38,7 +44,7 @@ _PLATFORM_MARKERS = ("RAILWAY_ENVIRONMENT", "RENDER", "KUBERNETES_SERVICE_HOST",
 # How byok-relay runs uvicorn (the tests' in-process servers use the same options).
 SERVER_OPTIONS: Final[dict[str, Any]] = {
     "http": "relay.server.protocol:JSONErrorsProtocol",  # httptools, with JSON 400s
-    "log_config": None,  # relay.server.logs configures logging: JSON lines
+    "log_config": None,  # relay.telemetry.logs configures logging: JSON lines
     "access_log": False,  # a measurable share of throughput; the relay logs what it needs
     "server_header": False,
     "proxy_headers": False,  # the app applies FORWARDED_ALLOW_IPS itself
@@ -74,7 +80,7 @@ def ensure_dev_secret(env_file: Path = ENV_FILE) -> str | None:
 def app_from_env() -> object:
     """uvicorn's factory (`--factory`), also run by every worker process."""
     from relay.app import create_app
-    from relay.server.logs import configure_logging
+    from relay.telemetry.logs import configure_logging
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
@@ -104,7 +110,7 @@ def serve(args: argparse.Namespace) -> None:
 
     from relay.server.drain import graceful_timeout
     from relay.server.edge import raise_file_limit
-    from relay.server.logs import configure_logging
+    from relay.telemetry.logs import configure_logging
 
     raise_file_limit()  # before the workers start: they inherit it
     message = ensure_dev_secret()
@@ -115,16 +121,41 @@ def serve(args: argparse.Namespace) -> None:
     for line in settings.unknown_variables:  # here, once: not again in every worker
         logging.getLogger("relay").warning(line)
     _migrate(settings)
-    uvicorn.run(
-        "relay.cli:app_from_env",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port if args.port is not None else settings.port,
-        workers=args.workers or settings.workers,
-        # The drain (relay.server.drain) ends every exchange first: uvicorn never has to cancel one.
-        timeout_graceful_shutdown=graceful_timeout(settings.drain_seconds),
-        **SERVER_OPTIONS,
-    )
+    workers = args.workers or settings.workers
+    with _shared_metrics(workers if settings.metrics else 1):
+        uvicorn.run(
+            "relay.cli:app_from_env",
+            factory=True,
+            host=args.host or settings.host,
+            port=args.port if args.port is not None else settings.port,
+            workers=workers,
+            # The drain (relay.server.drain) ends every exchange first: uvicorn never cancels one.
+            timeout_graceful_shutdown=graceful_timeout(settings.drain_seconds),
+            **SERVER_OPTIONS,
+        )
+
+
+@contextlib.contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """Several workers share their metrics through files in `PROMETHEUS_MULTIPROC_DIR`
+    (`relay.telemetry.metrics`): the operator's folder, emptied of an earlier run's files, else
+    for two workers or more a fresh one, removed at exit. The workers inherit the variable."""
+    given = os.environ.get(METRICS_FOLDER)
+    if given:
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    if workers < 2:
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="byok-relay-metrics-")
+    os.environ[METRICS_FOLDER] = folder
+    try:
+        yield
+    finally:
+        del os.environ[METRICS_FOLDER]
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _with_store(settings: Settings, work: Callable[[KeyStore], Awaitable[T]], what: str) -> T:

@@ -37,7 +37,7 @@ from backends.pgparams import UnsupportedParameter, translate
 from relay.providers.table import PROVIDERS
 from relay.upstream.egress import parse_proxy
 
-__all__ = ["ConfigError", "Secret", "Settings", "read_env_file"]
+__all__ = ["ConfigError", "Secret", "Settings", "TraceSettings", "read_env_file"]
 
 MIN_SECRET_LENGTH: Final = 32
 # Operator values for providers' default headers: (variable, provider, header).
@@ -67,6 +67,19 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceSettings:
+    """The OpenTelemetry exporter's standard variables, as the relay reads them."""
+
+    endpoint: str
+    """The OTLP/HTTP traces URL (`.../v1/traces`)."""
+    headers: Secret | None = None
+    """`key=value,...` sent with every export (a vendor's API key, say)."""
+    service_name: str = "byok-relay"
+    sample_ratio: float = 1.0
+    """Of the traces begun here; a caller's sampled `traceparent` is followed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +142,13 @@ class Settings:
     workers: int = 1
     log_level: str = "info"
     access_log: bool = True
-    """One JSON line per request at `info` (`relay.server.access`)."""
+    """One JSON line per request at `info` (`relay.telemetry.access`)."""
+    metrics: bool = True
+    """`GET /metrics` served and its figures counted (`relay.telemetry.metrics`)."""
+    metrics_token: Secret | None = None
+    """When set, `/metrics` answers only `Authorization: Bearer <METRICS_TOKEN>`."""
+    traces: TraceSettings | None = None
+    """Where spans are exported (OTLP over HTTP), when an endpoint is set."""
     environment: str = "development"
     commit: str = "unknown"
     build_time: str = "unknown"
@@ -310,6 +329,9 @@ def _parse(env: Mapping[str, str]) -> Settings:
         workers=int(_number(get, "WEB_CONCURRENCY", 1, minimum=1, maximum=256)),
         log_level=log_level,
         access_log=_choice(get, "RELAY_ACCESS_LOG", ("on", "off")) == "on",
+        metrics=_choice(get, "RELAY_METRICS", ("on", "off")) == "on",
+        metrics_token=_bearer_secret(get, "METRICS_TOKEN"),
+        traces=_traces(get),
         environment=environment,
         commit=get("RELAY_COMMIT")
         or get("RAILWAY_GIT_COMMIT_SHA")
@@ -360,6 +382,59 @@ def _choice(get: Callable[[str], str | None], name: str, choices: tuple[str, ...
     if value not in choices:
         raise ConfigError(f"{name} must be one of: {', '.join(choices)}")
     return value
+
+
+def _bearer_secret(get: Callable[[str], str | None], name: str) -> Secret | None:
+    value = get(name)
+    if not value:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9._~+/=-]{16,}", value):
+        raise ConfigError(
+            f"{name} must be at least 16 characters of letters, digits and . _ ~ + / = -"
+        )
+    return Secret(value)
+
+
+def _traces(get: Callable[[str], str | None]) -> TraceSettings | None:
+    """The OTLP exporter's variables, as OpenTelemetry's SDKs read them: traces only, over
+    HTTP (protobuf); `OTEL_SDK_DISABLED` or `OTEL_TRACES_EXPORTER=none` turns them off."""
+    traces = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    base = get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not (traces or base):
+        return None
+    if (get("OTEL_SDK_DISABLED") or "").lower() == "true":
+        return None
+    exporter = (get("OTEL_TRACES_EXPORTER") or "otlp").lower()
+    if exporter == "none":
+        return None
+    if exporter != "otlp":
+        raise ConfigError("OTEL_TRACES_EXPORTER must be otlp or none")
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = get(name)
+        if protocol and protocol != "http/protobuf":
+            raise ConfigError(f"{name}: the relay exports traces over http/protobuf only")
+    endpoint = traces or f"{(base or '').rstrip('/')}/v1/traces"
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("OTEL_EXPORTER_OTLP_ENDPOINT must be an http(s) URL")
+    headers = get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or get("OTEL_EXPORTER_OTLP_HEADERS")
+    sampler = (get("OTEL_TRACES_SAMPLER") or "parentbased_always_on").lower()
+    ratios = {"always_on": 1.0, "parentbased_always_on": 1.0}
+    ratios |= {"always_off": 0.0, "parentbased_always_off": 0.0}
+    if sampler in ("traceidratio", "parentbased_traceidratio"):
+        ratio = _number(get, "OTEL_TRACES_SAMPLER_ARG", 1.0, minimum=0, maximum=1)
+    elif sampler in ratios:
+        ratio = ratios[sampler]
+    else:
+        raise ConfigError(
+            "OTEL_TRACES_SAMPLER must be one of: " + ", ".join([*ratios, "traceidratio"])
+        )
+    return TraceSettings(
+        endpoint=endpoint,
+        headers=Secret(headers) if headers else None,
+        service_name=get("OTEL_SERVICE_NAME") or "byok-relay",
+        sample_ratio=ratio,
+    )
 
 
 def _namespace(value: str) -> str:

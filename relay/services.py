@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import httpx
 
@@ -22,12 +23,18 @@ from relay.security.crypto import KeyCipher
 from relay.security.tokens import TokenHasher
 from relay.server.drain import Drain
 from relay.server.ratelimit import Limit, RateLimiter, WhenDown
+from relay.telemetry import metrics
+from relay.telemetry.storecalls import observed
 from relay.upstream.client import new_http_client, new_transport
 from relay.upstream.egress import parse_proxy
+from relay.upstream.pool import ConnectionPool
 from relay.upstream.transport import HTTPTransport
 from relay.usage.background import Background
 from relay.usage.keyhealth import KeyHealth
 from relay.usage.recorder import UsageRecorder
+
+if TYPE_CHECKING:  # imported only when traces are configured
+    from relay.telemetry.traces import Tracer
 
 __all__ = ["Services", "open_services", "store_options", "upstream_transport"]
 
@@ -36,6 +43,9 @@ logger = logging.getLogger("relay")
 # Seconds between checks of the open streams' tokens when CACHE_TTL is 0 (else CACHE_TTL: a
 # revocation reaches every instance's open streams as soon as its new requests).
 TOKEN_CHECK_FLOOR: Final = 0.25
+# Seconds between samples of a worker's gauges when several share the metrics (one process
+# samples its own as it is scraped).
+GAUGES_EVERY: Final = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +58,7 @@ class Services:
     """For the relay's own calls (key verification, deep health); closes `transport`."""
     transport: httpx.AsyncBaseTransport
     """The upstream connection pool: relayed requests go straight to it."""
+    pool: ConnectionPool
     limiter: RateLimiter
     background: Background
     key_health: KeyHealth
@@ -60,6 +71,11 @@ class Services:
     """The request bodies held whole, in all."""
     drain: Drain
     started_at: float
+
+    def sample_gauges(self) -> None:
+        """Set this process's gauges (`relay.telemetry.metrics`) to its figures now."""
+        pool = self.pool
+        metrics.sample(len(self.inflight), pool.open_connections, pool.idle_connections)
 
 
 def store_options(settings: Settings) -> StoreOptions:
@@ -100,7 +116,7 @@ def _limits(settings: Settings) -> dict[str, Limit]:
 
 @contextlib.asynccontextmanager
 async def open_services(
-    settings: Settings, store: KeyStore | None = None
+    settings: Settings, store: KeyStore | None = None, tracer: Tracer | None = None
 ) -> AsyncIterator[Services]:
     cipher = KeyCipher([str(s) for s in settings.encryption_secrets], settings.encryption_salt)
     tokens = TokenHasher(str(settings.token_hmac_secret))
@@ -144,9 +160,14 @@ async def open_services(
         guarded = BreakerStore(store, shared_breaker)
         stack.push_async_callback(guarded.breaker.close)
         store = guarded
+        if settings.metrics or tracer is not None:
+            store = observed(store, tracer.store_span if tracer is not None else None)
         if settings.cache_ttl > 0:
             store = CachedStore(store, settings.cache_ttl)
-        transport = upstream_transport(settings)
+        pool_transport = upstream_transport(settings)
+        transport: httpx.AsyncBaseTransport = pool_transport
+        if tracer is not None:
+            transport = tracer.transport(transport)
         http = await stack.enter_async_context(
             new_http_client(
                 transport,
@@ -167,13 +188,14 @@ async def open_services(
         stack.push_async_callback(inflight.close)
         drain = Drain(inflight, settings.drain_seconds)
         stack.callback(drain.close)
-        yield Services(
+        services = Services(
             settings,
             store,
             cipher,
             tokens,
             http,
             transport,
+            pool_transport.pool,
             limiter,
             background,
             key_health,
@@ -184,3 +206,13 @@ async def open_services(
             drain,
             time.time(),
         )
+        if settings.metrics and metrics.multiprocess_dir() is not None:
+            sampling = asyncio.get_running_loop().create_task(_sample_gauges(services))
+            stack.callback(sampling.cancel)
+        yield services
+
+
+async def _sample_gauges(services: Services) -> None:
+    while True:
+        services.sample_gauges()
+        await asyncio.sleep(GAUGES_EVERY)

@@ -12,7 +12,7 @@ import pytest
 
 from backends.migrate import upgrade
 from relay.providers.table import PROVIDERS
-from relay.server.logs import JSONFormatter
+from relay.telemetry.logs import JSONFormatter
 from tests.mockprovider import MockProvider, start_mock
 from tests.relayserver import RelayServer, register, relay_env, store_key
 from tests.servers import (

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.server.access import short_user
+from relay.telemetry.access import short_user
 from tests.mockprovider import MockProvider
 from tests.relayprocess import RelayProcess
 from tests.relayserver import register, relay_env, store_key
@@ -160,6 +160,16 @@ def test_refusals_and_routes_are_logged_by_their_template(relay: RelayProcess) -
         ("/version", 200),
     ]
     assert all(line["outcome"] is None for line in lines)
+
+
+def test_a_probe_that_succeeds_writes_no_line(relay: RelayProcess) -> None:
+    with relay.client() as client:
+        probes = [client.get("/livez"), client.get("/readyz")]
+        assert [probe.status_code for probe in probes] == [200, 200]
+        version = client.get("/version")
+    line_of(relay, version)  # written after the probes'
+    logged = {line["request_id"] for line in access_lines(relay, 1)}
+    assert not logged & {probe.headers["x-relay-request-id"] for probe in probes}
 
 
 def test_a_rate_limited_request_is_logged(mock: MockProvider, tmp_path: Path) -> None:

@@ -24,10 +24,18 @@ ROOT = Path(__file__).resolve().parent.parent
 MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
     "relay.upstream": frozenset(),
     "relay.usage": frozenset(),
+    "relay.telemetry": frozenset(),
     "relay.providers": frozenset({"relay.errors"}),
     "relay.security": frozenset({"relay.errors"}),
     "relay.server": frozenset(
-        {"relay.errors", "relay.config", "relay.providers", "relay.proxy.inflight"}
+        {
+            "relay.errors",
+            "relay.config",
+            "relay.providers",
+            "relay.proxy.inflight",
+            "relay.telemetry.access",
+            "relay.telemetry.metrics",
+        }
     ),
     "relay.api": frozenset(
         {
@@ -37,6 +45,7 @@ MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
             "relay.security",
             "relay.providers",
             "relay.server.ratelimit",
+            "relay.telemetry.metrics",
         }
     ),
     "relay.proxy": frozenset(
@@ -50,7 +59,7 @@ MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
             "relay.api.bodies",
             "relay.server.ratelimit",
             "relay.server.edge",
-            "relay.server.access",
+            "relay.telemetry.access",
         }
     ),
 }

@@ -41,6 +41,7 @@ _SECURITY: Final[Mapping[Auth, list[JSON]]] = {
     "token": [{"relayToken": []}],
     "app_secret": [{}, {"appSecret": []}],
     "operator": [{"appSecret": []}],
+    "metrics_token": [{}, {"metricsToken": []}],
 }
 _SECURITY_SCHEMES: Final = {
     "relayToken": {"type": "apiKey", "in": "header", "name": "x-relay-token"},
@@ -48,6 +49,11 @@ _SECURITY_SCHEMES: Final = {
         "type": "http",
         "scheme": "bearer",
         "description": "`APP_SECRET`, when the operator set one.",
+    },
+    "metricsToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "`METRICS_TOKEN`, when the operator set one.",
     },
 }
 _RELAYED_DEFAULT: Final = {
@@ -64,8 +70,8 @@ def _name(shape: Shape) -> str | None:
     return shape.__name__ if isinstance(shape, type) else shape
 
 
-def _json(schema: JSON) -> JSON:
-    return {"application/json": {"schema": schema}}
+def _json(schema: JSON, media_type: str = "application/json") -> JSON:
+    return {media_type: {"schema": schema}}
 
 
 def _components() -> JSON:
@@ -99,7 +105,7 @@ def _operation(op: Operation) -> JSON:
     responses: JSON = {}
     for status, (description, shape) in op.answers.items():
         name = _name(shape)
-        content = _json(_ref("schemas", name)) if name else {"*/*": {}}
+        content = _json(_ref("schemas", name), op.media_type) if name else {"*/*": {}}
         responses[str(status)] = {"description": description, "content": content}
     for status in sorted({*op.errors, *ALWAYS}):
         responses[str(status)] = _ref("responses", ERROR_RESPONSES[status][0])

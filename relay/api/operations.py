@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 JSON = dict[str, Any]
-Auth = Literal["none", "token", "app_secret", "operator"]
+Auth = Literal["none", "token", "app_secret", "operator", "metrics_token"]
 # The Struct an endpoint parses or answers with; a key of `NAMED_SCHEMAS` or `NAMED_BODIES`; None
 # for relayed content, whatever the provider sends.
 Shape = type[msgspec.Struct] | str | None
@@ -71,6 +71,7 @@ class Operation:
     body: Shape = None
     parameters: tuple[str, ...] = ()  # keys of `PARAMETERS`, after the path's own
     description: str = ""
+    media_type: str = "application/json"  # of the answers the relay builds
 
 
 class Error(msgspec.Struct):
@@ -99,6 +100,7 @@ _SCHEMA_REF = "#/components/schemas/{name}"
 NAMED_SCHEMAS: Final[JSON] = {
     "ProviderName": {"type": "string", "enum": list(PROVIDERS)},
     "Unhealthy": {"anyOf": [{"$ref": _SCHEMA_REF.format(name=n)} for n in ("Health", "Error")]},
+    "PrometheusText": {"type": "string", "description": "The Prometheus text format."},
     "OpenApiDocument": {
         "type": "object",
         "required": ["openapi"],
@@ -166,6 +168,14 @@ OPERATIONS: Final = (
               description="Not rate limited; the key store is asked at most once a second. 503 "
               "(`store_unavailable` or `relay_draining`, with `Retry-After`) means: send this "
               "process no traffic for now."),
+    Operation("GET", "/metrics", "getMetrics", "meta", "metrics_token",
+              "Prometheus metrics of the relay (of all its workers)",
+              {200: ("The text exposition format.", "PrometheusText")}, (401,),
+              media_type="text/plain",
+              description="Requests by route and status, relayed requests by provider, model "
+              "and outcome, tokens, time to first chunk, open streams, upstream connections, "
+              "store calls, rate-limit refusals. Behind `Authorization: Bearer "
+              "<METRICS_TOKEN>` when the operator set one; absent with `RELAY_METRICS=off`."),
     Operation("GET", "/version", "getVersion", "meta", "none", "The running version",
               {200: ("Version, commit and build time.", health.Version)}),
     Operation("GET", "/openapi.json", "getOpenApi", "meta", "none", "This document",

@@ -6,5 +6,6 @@ upstreams, the idle-deadline wheel and the register of exchanges in flight.
 
 May import `relay.errors`, `relay.services`, `relay.security`, `relay.providers`,
 `relay.upstream`, `relay.usage`, `relay.api.bodies`, the rate limiter and the edge's
-connection state of `relay.server`, and `backends`.
+connection state of `relay.server`, the request's record (`relay.telemetry.access`), and
+`backends`.
 """

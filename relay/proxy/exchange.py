@@ -46,9 +46,9 @@ from relay.proxy.idle import IdleDeadline
 from relay.proxy.jsonedit import Body
 from relay.proxy.ssrf import Upstream
 from relay.security.auth import now_ms
-from relay.server.access import ACCESS, Access
 from relay.server.edge import EDGE, Edge
 from relay.services import Services
+from relay.telemetry.access import ACCESS, Access
 from relay.upstream.client import upstream_request, upstream_url
 from relay.upstream.transport import PINNED_ADDRESS, ResponseBody
 from relay.usage.meter import NO_USAGE, UsageMeter
@@ -320,9 +320,12 @@ class Exchange:
         self.recorded = True
         usage = self.meter.result() if self.meter is not None else NO_USAGE
         user = self.user
-        if self.access is not None:
-            self.access.model = self.model or usage.model
-            self.access.outcome = self.outcome.value
+        access = self.access
+        if access is not None:
+            access.model = self.model or usage.model
+            access.outcome = self.outcome.value
+            access.streamed = self.streamed
+            access.input_tokens, access.output_tokens = usage.input_tokens, usage.output_tokens
         self.services.usage.add(
             UsageRecord(
                 user_id=user.id,

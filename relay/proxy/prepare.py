@@ -43,8 +43,8 @@ from relay.proxy.paths import encode_path, normalize_path
 from relay.proxy.ssrf import Upstream, UpstreamPolicy
 from relay.security.auth import authenticate_digest
 from relay.security.crypto import DecryptionError
-from relay.server.access import ACCESS, Access, short_user
 from relay.services import Services
+from relay.telemetry.access import ACCESS, Access, short_user
 
 __all__ = ["ModelRelay", "ProviderRelay"]
 

@@ -48,13 +48,16 @@ async def authenticate_digest(
     return user, digest
 
 
-def check_app_secret(secret: object | None, headers: Headers, message: str) -> None:
+def check_app_secret(
+    secret: object | None, headers: Headers, message: str, code: str = "app_secret_required"
+) -> None:
     """401 unless `Authorization: Bearer <secret>`; a no-op when no secret is configured.
-    `secret` is the `APP_SECRET` setting, a `relay.config.Secret` (its `str` is the value)."""
+    `secret` is an operator's setting (`APP_SECRET`, `METRICS_TOKEN`), a `relay.config.Secret`
+    (its `str` is the value)."""
     if secret is None:
         return
     scheme, _, given = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         given.strip().encode(), str(secret).encode()
     ):
-        raise Unauthorized(message, code="app_secret_required")
+        raise Unauthorized(message, code=code)

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from relay.server.access import ACCESS
+from relay.telemetry.access import ACCESS
 
 __all__ = ["RouterBypass"]
 

@@ -35,6 +35,7 @@ from backends import StoreError, StoreUnavailable
 from backends.breaker import Breaker
 from relay.errors import RelayError, ServiceUnavailable, send_error
 from relay.server.memorylimits import MemoryStorage
+from relay.telemetry.metrics import RATE_LIMITED
 
 if TYPE_CHECKING:  # imported only when REDIS_URL is set
     from relay.server.redislimits import RedisCounter
@@ -182,6 +183,7 @@ class RateLimiter:
                     logger.info("rate limits: counting in Redis again")
         quota = Quota(limit, max(0, limit.item.amount - count), resets_at)
         if count > limit.item.amount:
+            RATE_LIMITED.labels(name, "429").inc()
             raise _refusal(quota)
         checked = _CHECKED.get()
         if checked is not None:
@@ -192,6 +194,7 @@ class RateLimiter:
         if not isinstance(exc, StoreUnavailable):
             self._log_failure(exc)  # Redis answered, with an error: its breaker stays closed
         if limit.when_down == "closed":
+            RATE_LIMITED.labels(limit.name, "503").inc()
             raise ServiceUnavailable(
                 "Rate limiter unavailable, try again shortly",
                 code="rate_limiter_unavailable",

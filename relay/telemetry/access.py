@@ -1,4 +1,5 @@
-"""Every request's id, and its access line: one JSON object per request, at `info`.
+"""Every request's id and record, told to the sinks once it ends: the access line (one JSON
+object per request, at `info`) and the metrics.
 
 The id is the client's `x-request-id` when it is well formed (a load balancer's, a platform
 router's, a client's own), else a new one; it is answered in `x-relay-request-id` on every
@@ -6,7 +7,7 @@ response (a provider's own `x-request-id` passes through beside it) and the rela
 to providers that take one. The line says what an on-call engineer asks first: the route as its
 template (never the raw path, which may hold a model or file name), status and outcome,
 duration and time to first byte, bytes each way, and for a relayed request its provider, model,
-app and a short digest of the user id (never a token). Whatever deeper code knows of the
+tokens, app and a short digest of the user id (never a token). Whatever deeper code knows of the
 request it writes into the `Access` record in the scope (`ACCESS`).
 
 Pure ASGI and outermost but for CORS, so that even a refusal by the per-IP limit is logged;
@@ -23,12 +24,23 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ACCESS", "REQUEST_ID_HEADER", "Access", "AccessLogMiddleware", "short_user"]
+from relay.telemetry.logs import write_fields
+
+__all__ = [
+    "ACCESS",
+    "REQUEST_ID_HEADER",
+    "Access",
+    "AccessLine",
+    "AccessMiddleware",
+    "Sink",
+    "short_user",
+    "write_line",
+]
 
 logger = logging.getLogger("relay.access")
 
@@ -55,12 +67,15 @@ class Access:
         "bytes_out",
         "first_byte",
         "id",
+        "input_tokens",
         "model",
         "outcome",
+        "output_tokens",
         "provider",
         "route",
         "started",
         "status",
+        "streamed",
         "user",
     )
 
@@ -76,7 +91,17 @@ class Access:
         self.model: str | None = None
         self.app_id: str | None = None
         self.user: str | None = None
-        self.outcome: str | None = None
+        self.outcome: str | None = None  # set once a relayed exchange has ended
+        self.streamed = False
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+
+    def route_of(self, scope: Scope) -> str:
+        """The route's template: the router's match, or the relay path's own."""
+        if self.route is not None:
+            return self.route
+        matched = scope.get("route")
+        return getattr(matched, "path", None) or "unmatched"
 
 
 # A new id is this process's random prefix and a count: unique across processes and restarts
@@ -96,11 +121,16 @@ def _request_id(scope: Scope) -> str:
     return f"{_PREFIX}{next(_COUNT):016x}"
 
 
-class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp, *, log: bool) -> None:
-        """`log`: whether access lines are written (the id is answered either way)."""
+Sink = Callable[[Scope, Access, float], None]
+"""What is told of each request once it has ended: its scope, its record, when it ended."""
+
+
+class AccessMiddleware:
+    def __init__(self, app: ASGIApp, sinks: Sequence[Sink] = ()) -> None:
+        """`sinks`: told of every request (the access line, the metrics); the id is answered
+        either way."""
         self.app = app
-        self.log = log
+        self.sinks = tuple(sinks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,39 +140,59 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, _Receive(receive, access), _Send(send, access))
         finally:
-            if self.log and logger.isEnabledFor(logging.INFO):
+            if self.sinks:
                 # After the loop's current round: a response's last bytes may still be held for
-                # its end (`relay.server.protocol`'s cork), and the line must not delay them.
-                asyncio.get_running_loop().call_soon(_write, scope, access, time.monotonic())
+                # its end (`relay.server.protocol`'s cork), and nothing here may delay them.
+                asyncio.get_running_loop().call_soon(
+                    _tell, self.sinks, scope, access, time.monotonic()
+                )
 
 
-def _write(scope: Scope, access: Access, ended: float) -> None:
-    route = access.route
-    if route is None:
-        matched = scope.get("route")
-        route = getattr(matched, "path", None) or "unmatched"
+def _tell(sinks: tuple[Sink, ...], scope: Scope, access: Access, ended: float) -> None:
+    for sink in sinks:
+        sink(scope, access, ended)
+
+
+class AccessLine:
+    """The access line (a sink). A request to one of the `quiet` paths that succeeds writes none
+    (an orchestrator's probes, every few seconds); one that fails does."""
+
+    def __init__(self, quiet: Collection[str] = ()) -> None:
+        self.quiet = frozenset(quiet)
+
+    def __call__(self, scope: Scope, access: Access, ended: float) -> None:
+        if access.status < 400 and scope["path"] in self.quiet:
+            return
+        write_line(scope, access, ended)
+
+
+def write_line(scope: Scope, access: Access, ended: float) -> None:
+    """Write `access` as its line."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
     client = scope.get("client")
-    logger.info(
+    write_fields(
+        logger,
         "request",
-        extra={
-            "fields": {
-                "request_id": access.id,
-                "method": scope["method"],
-                "route": route,
-                "status": access.status,
-                "outcome": access.outcome,
-                "duration_ms": round((ended - access.started) * 1000, 2),
-                "ttfb_ms": round((access.first_byte - access.started) * 1000, 2)
-                if access.first_byte
-                else None,
-                "bytes_in": access.bytes_in,
-                "bytes_out": access.bytes_out,
-                "provider": access.provider,
-                "model": access.model,
-                "app_id": access.app_id,
-                "user": access.user,
-                "client": client[0] if client else None,
-            }
+        {
+            "request_id": access.id,
+            "method": scope["method"],
+            "route": access.route_of(scope),
+            "status": access.status,
+            "outcome": access.outcome,
+            "duration_ms": round((ended - access.started) * 1000, 2),
+            "ttfb_ms": round((access.first_byte - access.started) * 1000, 2)
+            if access.first_byte
+            else None,
+            "bytes_in": access.bytes_in,
+            "bytes_out": access.bytes_out,
+            "provider": access.provider,
+            "model": access.model,
+            "input_tokens": access.input_tokens,
+            "output_tokens": access.output_tokens,
+            "app_id": access.app_id,
+            "user": access.user,
+            "client": client[0] if client else None,
         },
     )
 
