@@ -19,7 +19,7 @@ COPY pyproject.toml README.md ./
 COPY relay ./relay
 COPY backends ./backends
 COPY migrations ./migrations
-RUN /opt/venv/bin/pip install .
+RUN /opt/venv/bin/pip install ".[otel]"
 
 FROM python:${PYTHON_VERSION}-slim
 # Shown by GET /version; `docker build --build-arg RELAY_COMMIT=$(git rev-parse HEAD) ...`.
@@ -43,8 +43,9 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /data
 USER 10001:10001
 EXPOSE 3000
-# 200 only when the key store answers; urllib raises (exit 1) on a 503 or no answer. PORT is
-# honoured because platforms such as Railway and Render choose it.
+# /readyz: 200 only when the key store answers and the relay is not draining (never rate
+# limited); urllib raises (exit 1) on a 503 or no answer. PORT is honoured because platforms
+# such as Railway and Render choose it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '3000'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('PORT', '3000'), timeout=4)"]
 CMD ["byok-relay", "serve"]

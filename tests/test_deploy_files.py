@@ -139,7 +139,7 @@ def test_compose_relay_waits_for_healthy_postgres_and_redis(compose: dict[str, A
 def test_compose_every_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
     services = compose["services"]
     relay_check = healthcheck_command(services["relay"])
-    assert "/health" in relay_check
+    assert "/readyz" in relay_check
     assert "curl" not in relay_check, "the slim image has no curl"
     assert "wget" not in relay_check, "the slim image has no wget"
     assert "pg_isready" in healthcheck_command(services["postgres"])
@@ -220,17 +220,17 @@ def test_dockerfile_environment_suits_a_container() -> None:
     assert "DB_PATH=/data/" in env
 
 
-def test_dockerfile_healthcheck_probes_health_with_python() -> None:
+def test_dockerfile_healthcheck_probes_readiness_with_python() -> None:
     checks = [args for keyword, args in final_stage() if keyword == "HEALTHCHECK"]
     assert len(checks) == 1
-    assert "/health" in checks[0]
+    assert "/readyz" in checks[0]
     assert "python" in checks[0]
     assert "urllib" in checks[0]
 
 
 def test_dockerfile_installs_the_package_not_an_editable_checkout() -> None:
     runs = " ".join(args for keyword, args in dockerfile_instructions() if keyword == "RUN")
-    assert re.search(r"pip install \.(\s|$)", runs)
+    assert re.search(r"pip install \"?\.(\[[a-z,]+\])?\"?(\s|$)", runs)
     assert "--editable" not in runs
     assert " -e " not in runs
     keywords = {keyword for keyword, _ in dockerfile_instructions()}
@@ -291,7 +291,7 @@ def test_env_example_sets_no_secret_and_holds_nothing_key_shaped() -> None:
 def test_railway_builds_the_dockerfile_and_checks_health() -> None:
     railway = tomllib.loads(read("railway.toml"))
     assert railway["build"]["builder"] == "DOCKERFILE"
-    assert railway["deploy"]["healthcheckPath"] == "/health"
+    assert railway["deploy"]["healthcheckPath"] == "/readyz"
     assert railway["deploy"]["startCommand"].split()[:2] == ["byok-relay", "serve"]
     assert railway["deploy"]["restartPolicyType"] in ("ON_FAILURE", "ALWAYS")
 
@@ -302,7 +302,7 @@ def test_render_blueprint_wires_postgres_and_key_value() -> None:
     webs = [service for service in services.values() if service["type"] == "web"]
     assert len(webs) == 1
     web = webs[0]
-    assert web["healthCheckPath"] == "/health"
+    assert web["healthCheckPath"] == "/readyz"
     env = {var["key"]: var for var in web["envVars"]}
 
     database = env["DATABASE_URL"]["fromDatabase"]
