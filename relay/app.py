@@ -228,11 +228,13 @@ def _tracer(settings: Settings) -> Tracer | None:
         )
         return None
     traces = settings.traces
-    logger.info("traces: exported to %s", urlsplit(traces.endpoint).netloc)
+    parts = urlsplit(traces.endpoint)  # where to, never who as: the URL may hold a password
+    logger.info("traces: exported to %s:%s", parts.hostname, parts.port or parts.scheme)
     return Tracer(
         traces.endpoint,
         headers=str(traces.headers) if traces.headers else None,
         service_name=traces.service_name,
         service_version=__version__,
         sample_ratio=traces.sample_ratio,
+        follow_caller=traces.follow_caller,
     )

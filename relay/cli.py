@@ -33,8 +33,8 @@ T = TypeVar("T")
 __all__ = ["app_from_env", "ensure_dev_secret", "main"]
 
 ENV_FILE = Path(".env")
-# prometheus_client's variable (`relay.telemetry.metrics.MULTIPROCESS_DIR`): not imported
-# here, so that the supervisor of the workers never loads the metrics.
+# prometheus_client's variable (`relay.telemetry.metrics.MULTIPROCESS_DIR`), named here so that
+# the workers' supervisor loads the metrics only to empty an operator's folder.
 METRICS_FOLDER: Final = "PROMETHEUS_MULTIPROC_DIR"
 # Hosting platforms whose containers lose `.env` on every deploy: a generated secret there would
 # make every stored key unreadable after the next deploy, so they must configure one.
@@ -122,7 +122,7 @@ def serve(args: argparse.Namespace) -> None:
         logging.getLogger("relay").warning(line)
     _migrate(settings)
     workers = args.workers or settings.workers
-    with _shared_metrics(workers if settings.metrics else 1):
+    with _shared_metrics(workers if settings.metrics else 1, settings.metrics_dir):
         uvicorn.run(
             "relay.cli:app_from_env",
             factory=True,
@@ -136,14 +136,17 @@ def serve(args: argparse.Namespace) -> None:
 
 
 @contextlib.contextmanager
-def _shared_metrics(workers: int) -> Iterator[None]:
+def _shared_metrics(workers: int, given: str | None) -> Iterator[None]:
     """Several workers share their metrics through files in `PROMETHEUS_MULTIPROC_DIR`
-    (`relay.telemetry.metrics`): the operator's folder, emptied of an earlier run's files, else
-    for two workers or more a fresh one, removed at exit. The workers inherit the variable."""
-    given = os.environ.get(METRICS_FOLDER)
+    (`relay.telemetry.metrics`): the operator's folder (from the environment or `.env`),
+    emptied of an earlier run's files (prometheus_client's own names only: the folder may hold
+    other things), else for two workers or more a fresh one, removed at exit. The workers
+    inherit the variable."""
     if given:
-        for stale in Path(given).glob("*.db"):
-            stale.unlink()
+        from relay.telemetry.metrics import clear_folder
+
+        os.environ[METRICS_FOLDER] = given
+        clear_folder(given)
         yield
         return
     if workers < 2:

@@ -79,7 +79,10 @@ class TraceSettings:
     """`key=value,...` sent with every export (a vendor's API key, say)."""
     service_name: str = "byok-relay"
     sample_ratio: float = 1.0
-    """Of the traces begun here; a caller's sampled `traceparent` is followed."""
+    """Of the traces begun here."""
+    follow_caller: bool = True
+    """A `parentbased_` sampler: a caller's `traceparent` joins its trace and its decision is
+    followed. Else each request begins a trace of its own (a client cannot force sampling)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +150,8 @@ class Settings:
     """`GET /metrics` served and its figures counted (`relay.telemetry.metrics`)."""
     metrics_token: Secret | None = None
     """When set, `/metrics` answers only `Authorization: Bearer <METRICS_TOKEN>`."""
+    metrics_dir: str | None = None
+    """The operator's `PROMETHEUS_MULTIPROC_DIR` (`byok-relay serve` makes one for workers)."""
     traces: TraceSettings | None = None
     """Where spans are exported (OTLP over HTTP), when an endpoint is set."""
     environment: str = "development"
@@ -331,6 +336,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         access_log=_choice(get, "RELAY_ACCESS_LOG", ("on", "off")) == "on",
         metrics=_choice(get, "RELAY_METRICS", ("on", "off")) == "on",
         metrics_token=_bearer_secret(get, "METRICS_TOKEN"),
+        metrics_dir=get("PROMETHEUS_MULTIPROC_DIR") or None,
         traces=_traces(get),
         environment=environment,
         commit=get("RELAY_COMMIT")
@@ -419,21 +425,25 @@ def _traces(get: Callable[[str], str | None]) -> TraceSettings | None:
         raise ConfigError("OTEL_EXPORTER_OTLP_ENDPOINT must be an http(s) URL")
     headers = get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or get("OTEL_EXPORTER_OTLP_HEADERS")
     sampler = (get("OTEL_TRACES_SAMPLER") or "parentbased_always_on").lower()
-    ratios = {"always_on": 1.0, "parentbased_always_on": 1.0}
-    ratios |= {"always_off": 0.0, "parentbased_always_off": 0.0}
-    if sampler in ("traceidratio", "parentbased_traceidratio"):
+    follow_caller = sampler.startswith("parentbased_")
+    ratios = {"always_on": 1.0, "always_off": 0.0}
+    kind = sampler.removeprefix("parentbased_")
+    if kind == "traceidratio":
         ratio = _number(get, "OTEL_TRACES_SAMPLER_ARG", 1.0, minimum=0, maximum=1)
-    elif sampler in ratios:
-        ratio = ratios[sampler]
+    elif kind in ratios:
+        ratio = ratios[kind]
     else:
+        names = [*ratios, "traceidratio"]
         raise ConfigError(
-            "OTEL_TRACES_SAMPLER must be one of: " + ", ".join([*ratios, "traceidratio"])
+            "OTEL_TRACES_SAMPLER must be one of: "
+            + ", ".join([*names, *(f"parentbased_{name}" for name in names)])
         )
     return TraceSettings(
         endpoint=endpoint,
         headers=Secret(headers) if headers else None,
         service_name=get("OTEL_SERVICE_NAME") or "byok-relay",
         sample_ratio=ratio,
+        follow_caller=follow_caller,
     )
 
 

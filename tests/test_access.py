@@ -4,6 +4,8 @@ the provider that takes one, the cause of every 502 and 504 logged."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import socket
@@ -15,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.telemetry.access import short_user
+from relay.telemetry.access import Access, AccessMiddleware, short_user
 from tests.mockprovider import MockProvider
 from tests.relayprocess import RelayProcess
 from tests.relayserver import register, relay_env, store_key
@@ -243,3 +245,48 @@ def test_access_lines_can_be_turned_off(mock: MockProvider, tmp_path: Path) -> N
         assert access_lines(relay, 1, timeout=0.5) == []
     finally:
         relay.stop()
+
+
+def run_through(app: Any, sinks: list[Any]) -> None:
+    """One GET through `AccessMiddleware(app, sinks)`, and the round its sinks run in."""
+
+    async def main() -> None:
+        middleware = AccessMiddleware(app, sinks)
+        scope = {"type": "http", "method": "GET", "path": "/x", "headers": []}
+        sent: list[Any] = []
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        with contextlib.suppress(RuntimeError):
+            await middleware(scope, receive, send)
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+
+
+def test_a_failing_sink_leaves_the_others_told() -> None:
+    told: list[int] = []
+
+    async def answer(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def broken(scope: Any, access: Access, ended: float) -> None:
+        raise ValueError("a sink's bug")
+
+    run_through(answer, [broken, lambda scope, access, ended: told.append(access.status)])
+    assert told == [204]
+
+
+def test_what_escapes_before_an_answer_is_recorded_as_the_500_it_becomes() -> None:
+    told: list[int] = []
+
+    async def fail(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("escaped")
+
+    run_through(fail, [lambda scope, access, ended: told.append(access.status)])
+    assert told == [500]

@@ -350,3 +350,63 @@ def test_the_exposition_holds_no_secret_even_with_odd_model_names(
         samples = wait_for(client, "relay_relayed_requests_total", 1)
     # The exposition escapes it, and the parser reads it back whole.
     assert value(samples, "relay_relayed_requests_total", model=odd) == 1
+
+
+def test_an_upstream_the_client_names_cannot_grow_the_labels(
+    relay: RelayProcess, mock: MockProvider
+) -> None:
+    """Its statuses outside HTTP's are `other`, and the models it accepts take no place."""
+    with relay.client() as client:
+        token = register(client)
+        store_key(client, token, "openai-compatible", "test-compatible-key-metrics")
+        headers = {"x-relay-token": token, "x-relay-base-url": mock.url}
+        path = "/relay/openai-compatible/v1/chat/completions"
+        for status in (200, 299, 599):
+            answer = client.post(
+                f"{path}?scenario=status&status={status}",
+                json={**CHAT, "model": f"invented-{status}"},
+                headers=headers,
+            )
+            assert answer.status_code == status
+        samples = wait_for(client, "relay_relayed_requests_total", 3)
+    relayed = "relay_relayed_requests_total"
+    assert value(samples, relayed, provider="openai-compatible", status="200", model="other") == 1
+    assert value(samples, relayed, provider="openai-compatible", status="other") == 2
+    models = {dict(labels).get("model") for name, labels in samples if name == relayed}
+    assert not any(model and model.startswith("invented") for model in models)
+    statuses = {
+        dict(labels)["http_response_status_code"]
+        for name, labels in samples
+        if name == "http_server_request_duration_seconds_count"
+    }
+    assert "299" not in statuses
+    assert "599" not in statuses
+
+
+def test_an_operators_metrics_folder_loses_only_the_metrics_files(
+    mock: MockProvider, tmp_path: Path
+) -> None:
+    """Given in `.env`, emptied of an earlier run's prometheus_client files at start, and
+    nothing else (here the SQLite store lives in it too)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "counter_12345.db").write_bytes(b"stale")
+    (folder / "gauge_livesum_12345.db").write_bytes(b"stale")
+    (tmp_path / ".env").write_text(f"PROMETHEUS_MULTIPROC_DIR={folder}\n")
+    env = relay_env(folder / "relay.db", mock.url)
+    relay = RelayProcess(tmp_path, env, "--workers", "2")
+    try:
+        started(relay, 2)
+        with relay.client() as client:
+            register(client)
+            _, samples = scrape(client)
+        assert value(samples, "http_server_request_duration_seconds_count", http_route="/users")
+        assert not (folder / "counter_12345.db").exists()
+        assert not (folder / "gauge_livesum_12345.db").exists()
+        assert (folder / "relay.db").stat().st_size > 0
+        assert {f.stem.split("_")[-1] for f in folder.glob("histogram_*.db")} <= {
+            str(pid) for pid in workers_of(relay)
+        }
+    finally:
+        relay.stop()
+    assert (folder / "relay.db").exists()

@@ -6,6 +6,8 @@ OpenTelemetry loaded when no endpoint is set."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.server
 import subprocess
 import sys
@@ -18,7 +20,11 @@ from typing import Any
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from backends import StoreError
+from relay.config import ConfigError, Settings
+from relay.telemetry.traces import Tracer
 from tests.mockprovider import MockProvider
 from tests.relayprocess import RelayProcess, clean_env
 from tests.relayserver import TEST_SECRET, register, relay_env, store_key
@@ -95,7 +101,8 @@ def relay(mock: MockProvider, receiver: Receiver, tmp_path: Path) -> Iterator[Re
         mock.url,
         LOG_LEVEL="info",
         CACHE_TTL="0",  # every request asks the store: its calls are spans of the request
-        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+        # Credentials in the URL: never in a log line.
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url.replace("://", "://otlp:otlp-password@"),
         OTEL_EXPORTER_OTLP_HEADERS="x-vendor-key=vendor-secret-0123",
         OTEL_SERVICE_NAME="relay-under-test",
         OTEL_BSP_SCHEDULE_DELAY="50",
@@ -151,7 +158,10 @@ def test_a_relayed_request_is_a_span_with_its_store_and_provider_calls(
         assert secret not in exported
     assert b"relay-under-test" in exported
     assert receiver.headers[0]["x-vendor-key"] == "vendor-secret-0123"
-    assert "vendor-secret-0123" not in "".join(relay.lines)
+    logged = "".join(relay.lines)
+    assert "traces: exported to 127.0.0.1" in logged
+    for secret in ("vendor-secret-0123", "otlp-password"):
+        assert secret not in logged
 
 
 def test_a_provider_that_cannot_be_reached_is_an_error_span(
@@ -210,3 +220,87 @@ assert not loaded
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def in_memory_tracer(**options: Any) -> tuple[Tracer, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    tracer = Tracer("http://127.0.0.1:9/v1/traces", exporter=exporter, **options)
+    return tracer, exporter
+
+
+def serve_once(tracer: Tracer, headers: list[tuple[bytes, bytes]], inner: Any) -> None:
+    """One relayed-path request through the tracer's middleware, `inner` as the app."""
+
+    async def main() -> None:
+        scope = {"type": "http", "method": "POST", "path": "/relay/openai/x", "headers": headers}
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: Any) -> None:
+            pass
+
+        with contextlib.suppress(StoreError):
+            await tracer.middleware(inner)(scope, receive, send)
+
+    asyncio.run(main())
+    tracer.shutdown()
+
+
+def test_a_failure_is_recorded_by_its_type_never_its_message() -> None:
+    """A driver's message may quote its query's parameters (a user id, a token's digest)."""
+    tracer, exporter = in_memory_tracer()
+
+    async def failing_store_call(scope: Any, receive: Any, send: Any) -> None:
+        with tracer.store_span("get_key"):
+            raise StoreError("[parameters: ('user-secret-id', 'digest-0123')]")
+
+    serve_once(tracer, [], failing_store_call)
+    store = next(s for s in exporter.get_finished_spans() if s.name == "store get_key")
+    assert store.attributes is not None
+    assert store.attributes["error.type"] == "StoreError"
+    assert not store.events  # no exception event with its message
+    assert store.status.description is None
+    assert "user-secret-id" not in repr(
+        [(s.name, s.attributes, s.events, s.status) for s in exporter.get_finished_spans()]
+    )
+
+
+@pytest.mark.parametrize(("follow", "joined"), [(True, True), (False, False)])
+def test_a_callers_traceparent_is_followed_only_with_a_parentbased_sampler(
+    follow: bool, joined: bool
+) -> None:
+    """With `always_off` and a sampled `traceparent`, a caller forces no trace."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    tracer, exporter = in_memory_tracer(sample_ratio=0.0, follow_caller=follow)
+
+    async def nothing(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01".encode()
+    serve_once(tracer, [(b"traceparent", traceparent)], nothing)
+    spans = exporter.get_finished_spans()
+    assert bool(spans) is joined
+    if joined:
+        assert format(spans[0].context.trace_id, "032x") == trace_id
+
+
+def test_the_sampler_names_are_read_as_the_sdk_reads_them() -> None:
+    base = {"ENCRYPTION_SECRET": TEST_SECRET, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}
+    cases = {
+        "parentbased_always_on": (1.0, True),
+        "always_off": (0.0, False),
+        "traceidratio": (0.25, False),
+        "parentbased_traceidratio": (0.25, True),
+    }
+    for name, expected in cases.items():
+        env = {**base, "OTEL_TRACES_SAMPLER": name, "OTEL_TRACES_SAMPLER_ARG": "0.25"}
+        traces = Settings.from_env(env).traces
+        assert traces is not None
+        assert (traces.sample_ratio, traces.follow_caller) == expected, name
+        assert traces.endpoint == "http://c:4318/v1/traces"
+    with pytest.raises(ConfigError, match="OTEL_TRACES_SAMPLER"):
+        Settings.from_env({**base, "OTEL_TRACES_SAMPLER": "jaeger_remote"})
+    with pytest.raises(ConfigError, match="http/protobuf"):
+        Settings.from_env({**base, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    assert Settings.from_env({**base, "OTEL_SDK_DISABLED": "true"}).traces is None

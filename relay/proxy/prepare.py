@@ -130,6 +130,8 @@ class _Relay:
         # The key first: a caller without one makes the relay look up no name.
         record, key = await self._key(services, request.user, provider)
         target = await self._target(request, provider)
+        if access is not None and target.pin is not None:
+            access.client_upstream = True
         url = target.base_url + encode_path(path) + _query(provider, path, query)
         defaults = services.settings.default_headers_for(provider.name)
         outgoing = forwarded_request_headers(provider, _first_values(scope), key, defaults)

@@ -65,6 +65,7 @@ class Access:
         "app_id",
         "bytes_in",
         "bytes_out",
+        "client_upstream",
         "first_byte",
         "id",
         "input_tokens",
@@ -93,6 +94,7 @@ class Access:
         self.user: str | None = None
         self.outcome: str | None = None  # set once a relayed exchange has ended
         self.streamed = False
+        self.client_upstream = False  # the client named the upstream (openai-compatible)
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
 
@@ -139,6 +141,10 @@ class AccessMiddleware:
         access = scope[ACCESS] = Access(_request_id(scope))
         try:
             await self.app(scope, _Receive(receive, access), _Send(send, access))
+        except BaseException:
+            if not access.status:  # the server answers 500 for what escaped before a head
+                access.status = 500
+            raise
         finally:
             if self.sinks:
                 # After the loop's current round: a response's last bytes may still be held for
@@ -150,7 +156,22 @@ class AccessMiddleware:
 
 def _tell(sinks: tuple[Sink, ...], scope: Scope, access: Access, ended: float) -> None:
     for sink in sinks:
-        sink(scope, access, ended)
+        try:
+            sink(scope, access, ended)
+        except Exception:  # one sink's fault: the others are still told, the loop unharmed
+            _sink_failed(sink)
+
+
+_SINK_FAILURE_EVERY: Final = 60.0
+_last_sink_failure = -_SINK_FAILURE_EVERY
+
+
+def _sink_failed(sink: Sink) -> None:
+    global _last_sink_failure
+    now = time.monotonic()
+    if now - _last_sink_failure >= _SINK_FAILURE_EVERY:  # at most once a minute
+        _last_sink_failure = now
+        logger.warning("request record not told: %r failed", sink, exc_info=True)
 
 
 class AccessLine:

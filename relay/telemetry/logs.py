@@ -38,15 +38,15 @@ class _Clock:
     """ISO 8601 UTC times to the millisecond, the date and second formatted once a second."""
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        self._cached = (-1, "")  # one tuple: a thread never sees one half of another's update
 
     def format(self, at: float) -> str:
         second = int(at)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((at - second) * 1000):03d}Z"
+        cached, prefix = self._cached
+        if second != cached:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._cached = (second, prefix)
+        return f"{prefix}.{int((at - second) * 1000):03d}Z"
 
 
 _CLOCK: Final = _Clock()

@@ -4,9 +4,12 @@ Names follow OpenTelemetry's semantic conventions where one exists (HTTP server 
 GenAI client token usage, operation duration and time to first chunk) as their Prometheus
 translation spells them (dots as underscores, the unit as a suffix); the relay's own are
 `relay_*`. No label holds a user, a token, a key or an app, and every label's values are bounded:
-route templates, the provider table, outcomes, and at most `MAX_MODELS` model names per provider,
-a name taking a place only once its provider accepted it (else it counts as `other`), so a
-client naming models at random cannot grow the exposition or crowd the real ones out.
+route templates, the provider table, outcomes, the statuses HTTP names (any other is `other`:
+an upstream a client names may answer any three digits), and at most `MAX_MODELS` model names
+per provider, a name taking a place only once a provider the operator chose accepted it (else
+it counts as `other`), so a client naming models or upstreams at random cannot grow the
+exposition or crowd the real ones out. The labelled series each request touches are looked up
+once and kept (`_series`): every key is bounded, so the cache is too.
 
 With `PROMETHEUS_MULTIPROC_DIR` set (`byok-relay serve` sets a fresh one for two workers or more)
 every process writes its figures into files there and a scrape of any one of them sums the
@@ -15,11 +18,14 @@ group's. The gauges are each process's own figures, summed over the processes al
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import glob
+import http
 import os
 import re
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
 import prometheus_client
 from prometheus_client import (
@@ -28,6 +34,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     multiprocess,
 )
 from starlette.types import Scope
@@ -36,8 +43,10 @@ from relay.telemetry.access import Access
 
 __all__ = [
     "CONTENT_TYPE",
+    "FILE_KINDS",
     "MAX_MODELS",
     "MULTIPROCESS_DIR",
+    "clear_folder",
     "exposition",
     "multiprocess_dir",
     "observe",
@@ -134,6 +143,8 @@ RATE_LIMITED: Final = Counter(
 )
 
 _METHODS: Final = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"))
+# Status 0: no answer began (the client left first).
+_STATUSES: Final = {0: "0"} | {int(status): str(int(status)) for status in http.HTTPStatus}
 
 
 class _ModelNames:
@@ -163,22 +174,29 @@ def observe(scope: Scope, access: Access, ended: float) -> None:
     """Count a request that has ended (an access sink: `relay.telemetry.access`)."""
     seconds = ended - access.started
     method = scope["method"]
-    status = str(access.status)
-    HTTP_DURATION.labels(
-        method if method in _METHODS else "_OTHER", access.route_of(scope), status
+    status = _STATUSES.get(access.status, "other")
+    _series(
+        HTTP_DURATION, method if method in _METHODS else "_OTHER", access.route_of(scope), status
     ).observe(seconds)
     provider, outcome = access.provider, access.outcome
     if provider is None or outcome is None:  # not relayed
         return
-    model = _MODELS.label(provider, access.model, 0 < access.status < 400)
-    RELAYED.labels(provider, model, status, outcome).inc()
-    OPERATION_DURATION.labels(provider, model).observe(seconds)
+    accepted = 0 < access.status < 400 and not access.client_upstream
+    model = _MODELS.label(provider, access.model, accepted)
+    _series(RELAYED, provider, model, status, outcome).inc()
+    _series(OPERATION_DURATION, provider, model).observe(seconds)
     if access.streamed and access.first_byte:
-        FIRST_CHUNK.labels(provider, model).observe(access.first_byte - access.started)
+        _series(FIRST_CHUNK, provider, model).observe(access.first_byte - access.started)
     if access.input_tokens is not None:
-        TOKENS.labels(provider, model, "input").observe(access.input_tokens)
+        _series(TOKENS, provider, model, "input").observe(access.input_tokens)
     if access.output_tokens is not None:
-        TOKENS.labels(provider, model, "output").observe(access.output_tokens)
+        _series(TOKENS, provider, model, "output").observe(access.output_tokens)
+
+
+@functools.cache
+def _series(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once (it validates and locks at every call)."""
+    return metric.labels(*labels)
 
 
 def sample(open_exchanges: int, connections: int, idle: int) -> None:
@@ -199,8 +217,36 @@ def exposition() -> bytes:
         return prometheus_client.generate_latest(_REGISTRY)
     _forget_dead(path)
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path)  # type: ignore[no-untyped-call]
+    registry.register(_Files(path))
     return prometheus_client.generate_latest(registry)
+
+
+FILE_KINDS: Final = ("counter", "gauge", "histogram", "summary")
+"""The files prometheus_client writes in the folder: `<kind>_<pid>.db`, a gauge's with its mode."""
+
+
+def clear_folder(path: str) -> None:
+    """Remove an earlier run's files from `path`, and nothing else."""
+    for file in _files(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(file)
+
+
+def _files(path: str) -> list[str]:
+    return [f for kind in FILE_KINDS for f in glob.glob(os.path.join(path, f"{kind}_*.db"))]
+
+
+class _Files:
+    """The process group's figures, merged from its files alone: the folder may hold others
+    (an operator's `PROMETHEUS_MULTIPROC_DIR` beside the SQLite store, say), which
+    prometheus_client's own collector would try to read as its own."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def collect(self) -> Iterable[Metric]:
+        merge = multiprocess.MultiProcessCollector.merge
+        return merge(_files(self._path), accumulate=True)  # type: ignore[no-untyped-call,no-any-return]
 
 
 _LIVE_FILE: Final = re.compile(r"gauge_live\w+?_(\d+)\.db")
@@ -213,7 +259,9 @@ def _forget_dead(path: str) -> None:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+            # A scrape beside this one may have removed them first.
+            with contextlib.suppress(FileNotFoundError):
+                multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
         except PermissionError:  # alive, as another user
             pass
 

@@ -5,8 +5,10 @@ nothing of OpenTelemetry is loaded and no request pays for it. With one, each re
 is a server span carrying the GenAI attributes (`gen_ai.provider.name`, `gen_ai.request.model`,
 `gen_ai.usage.*_tokens`) and the relay's outcome; the key store calls it makes and its request
 to the provider (until the provider's head: the body streams within the request's span) are its
-children. A caller's `traceparent` joins its trace. No span or attribute holds a token, a key,
-a user id or a URL's query (a provider key may travel in one).
+children. With a `parentbased_` sampler a caller's `traceparent` joins its trace; with any
+other, a caller can neither join nor force one. No span or attribute holds a token, a key, a
+user id or a URL's query (a provider key may travel in one), and a failure is recorded by its
+type alone: a driver's message may quote the parameters of its query.
 
 Spans are exported by the SDK's batch processor, on its own thread: the loop never waits on it.
 """
@@ -24,10 +26,11 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.re import parse_env_headers
+from opentelemetry.util.types import Attributes
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.telemetry.access import ACCESS, Access
@@ -49,15 +52,18 @@ class Tracer:
         service_name: str = "byok-relay",
         service_version: str = "unknown",
         sample_ratio: float = 1.0,
+        follow_caller: bool = True,
         exporter: SpanExporter | None = None,
     ) -> None:
         """`exporter` replaces the OTLP one (tests)."""
+        sampler: Sampler = TraceIdRatioBased(sample_ratio)
         self.provider = TracerProvider(
             resource=Resource.create(
                 {"service.name": service_name, "service.version": service_version}
             ),
-            sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+            sampler=ParentBased(sampler) if follow_caller else sampler,
         )
+        self.follow_caller = follow_caller
         if exporter is None:
             exporter = OTLPSpanExporter(
                 endpoint=endpoint,
@@ -68,7 +74,7 @@ class Tracer:
         self._tracer = self.provider.get_tracer("byok-relay", service_version)
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
-        return _Traced(app, self._tracer)
+        return _Traced(app, self._tracer, self.follow_caller)
 
     def transport(self, transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
         return _TracedTransport(transport, self._tracer)
@@ -78,29 +84,48 @@ class Tracer:
         writes are no trace's)."""
         if not trace.get_current_span().is_recording():
             return contextlib.nullcontext()
-        return self._tracer.start_as_current_span(
-            f"store {operation}",
-            kind=SpanKind.CLIENT,
-            attributes={"db.operation.name": operation},
-        )
+        return _child(self._tracer, f"store {operation}", {"db.operation.name": operation})
 
     def shutdown(self) -> None:
         """Export what is left, then stop (blocking: run it off the loop)."""
         self.provider.shutdown()
 
 
+@contextlib.contextmanager
+def _child(tracer: trace.Tracer, name: str, attributes: Attributes) -> Iterator[trace.Span]:
+    """A client span, current within; a failure is its type, never its message."""
+    with tracer.start_as_current_span(
+        name,
+        kind=SpanKind.CLIENT,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            span.set_attribute("error.type", type(exc).__name__)
+            span.set_status(Status(StatusCode.ERROR))
+            raise
+
+
 class _Traced:
     """The server span of each relayed request, current while it is served."""
 
-    def __init__(self, app: ASGIApp, tracer: trace.Tracer) -> None:
+    def __init__(self, app: ASGIApp, tracer: trace.Tracer, follow_caller: bool) -> None:
         self.app = app
         self.tracer = tracer
+        self.follow_caller = follow_caller
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(TRACED_PREFIX):
             await self.app(scope, receive, send)
             return
-        parent = _PROPAGATOR.extract(_HeaderCarrier(scope["headers"]))
+        parent = (
+            _PROPAGATOR.extract(_HeaderCarrier(scope["headers"]))
+            if self.follow_caller
+            else otel_context.Context()
+        )
         span = self.tracer.start_span(
             f"{scope['method']} {TRACED_PREFIX}", context=parent, kind=SpanKind.SERVER
         )
@@ -171,10 +196,10 @@ class _TracedTransport(httpx.AsyncBaseTransport):
         if not trace.get_current_span().is_recording():
             return await self.transport.handle_async_request(request)
         url = request.url
-        with self.tracer.start_as_current_span(
+        with _child(
+            self.tracer,
             f"{request.method} {url.host}",
-            kind=SpanKind.CLIENT,
-            attributes={
+            {
                 "http.request.method": request.method,
                 "server.address": url.host,
                 "server.port": url.port or (443 if url.scheme == "https" else 80),
