@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from backends import migrate, open_store
@@ -256,11 +257,19 @@ def test_two_workers_figures_are_summed(mock: MockProvider, tmp_path: Path) -> N
                     with relay.client() as client:
                         assert client.get("/version").status_code == 200
                     sent += 1
-                time.sleep(0.2)  # it counts its last request just after answering it
             finally:
                 os.kill(stopped, signal.SIGCONT)
-        assert answered_by(folder) == set(workers)
         name = "http_server_request_duration_seconds_count"
+        # Each worker hands its tally on at least once a second.
+        deadline = time.monotonic() + 5
+        while True:
+            with relay.client() as client:
+                _, samples = scrape(client)
+            if value(samples, name, http_route="/version") == sent:
+                assert answered_by(folder) == set(workers)
+                break
+            assert time.monotonic() < deadline, value(samples, name, http_route="/version")
+            time.sleep(0.1)
         for _ in range(4):  # whichever worker serves the scrape, the sum is the group's
             with relay.client() as client:
                 _, samples = scrape(client)
@@ -410,3 +419,41 @@ def test_an_operators_metrics_folder_loses_only_the_metrics_files(
     finally:
         relay.stop()
     assert (folder / "relay.db").exists()
+
+
+def test_a_tally_applied_reads_as_the_same_observations_made_one_by_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tally writes prometheus_client's own sum and buckets (its private fields): the
+    exposition must be what `observe` and `inc` would have written."""
+    registry = CollectorRegistry()
+    buckets = (0.1, 1, 10)
+    direct = Histogram("direct", "d", ["k"], buckets=buckets, registry=registry)
+    tallied = Histogram("tallied", "t", ["k"], buckets=buckets, registry=registry)
+    counted = Counter("counted", "c", ["k"], registry=registry)
+    monkeypatch.setitem(metrics._BOUNDS, tallied, (*buckets, float("inf")))
+    tally = metrics._Tally()
+    values = [0.05, 0.1, 0.5, 1, 3, 10, 11, 1e9]
+    for value in values:
+        direct.labels("a").observe(value)
+        tally.observe(tallied, ("a",), value)
+        tally.count(counted, ("a",))
+    tally.apply()
+    tally.apply()  # nothing twice
+    samples = {
+        (s.name.removeprefix("direct").removeprefix("tallied"), tuple(sorted(s.labels.items()))): (
+            s.name.startswith("direct"),
+            s.value,
+        )
+        for family in registry.collect()
+        for s in family.samples
+        if family.name in ("direct", "tallied")
+    }
+    mine = {k: v for k, (is_direct, v) in samples.items() if not is_direct}
+    assert mine  # and every one equal to its direct twin:
+    for family in registry.collect():
+        if family.name == "direct":
+            for s in family.samples:
+                key = (s.name.removeprefix("direct"), tuple(sorted(s.labels.items())))
+                assert mine[key] == s.value, key
+    assert counted.labels("a")._value.get() == len(values)

@@ -8,8 +8,8 @@ route templates, the provider table, outcomes, the statuses HTTP names (any othe
 an upstream a client names may answer any three digits), and at most `MAX_MODELS` model names
 per provider, a name taking a place only once a provider the operator chose accepted it (else
 it counts as `other`), so a client naming models or upstreams at random cannot grow the
-exposition or crowd the real ones out. The labelled series each request touches are looked up
-once and kept (`_series`): every key is bounded, so the cache is too.
+exposition or crowd the real ones out. A request's figures are tallied in plain numbers and
+handed to prometheus_client once per scrape (`_Tally`): its values take a lock at every change.
 
 With `PROMETHEUS_MULTIPROC_DIR` set (`byok-relay serve` sets a fresh one for two workers or more)
 every process writes its figures into files there and a scrape of any one of them sums the
@@ -18,14 +18,15 @@ group's. The gauges are each process's own figures, summed over the processes al
 
 from __future__ import annotations
 
+import bisect
 import contextlib
-import functools
 import glob
 import http
+import math
 import os
 import re
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Final
 
 import prometheus_client
 from prometheus_client import (
@@ -142,6 +143,16 @@ RATE_LIMITED: Final = Counter(
     registry=_REGISTRY,
 )
 
+# Each histogram's upper bounds as its series hold them (prometheus_client adds +Inf).
+_BOUNDS: Final[dict[Histogram, tuple[float, ...]]] = {
+    histogram: (*buckets, math.inf)
+    for histogram, buckets in (
+        (HTTP_DURATION, _HTTP_BUCKETS),
+        (OPERATION_DURATION, _GENAI_SECONDS),
+        (FIRST_CHUNK, _GENAI_SECONDS),
+        (TOKENS, _TOKEN_BUCKETS),
+    )
+}
 _METHODS: Final = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"))
 # Status 0: no answer began (the client left first).
 _STATUSES: Final = {0: "0"} | {int(status): str(int(status)) for status in http.HTTPStatus}
@@ -175,32 +186,67 @@ def observe(scope: Scope, access: Access, ended: float) -> None:
     seconds = ended - access.started
     method = scope["method"]
     status = _STATUSES.get(access.status, "other")
-    _series(
-        HTTP_DURATION, method if method in _METHODS else "_OTHER", access.route_of(scope), status
-    ).observe(seconds)
+    method = method if method in _METHODS else "_OTHER"
+    _TALLY.observe(HTTP_DURATION, (method, access.route_of(scope), status), seconds)
     provider, outcome = access.provider, access.outcome
     if provider is None or outcome is None:  # not relayed
         return
     accepted = 0 < access.status < 400 and not access.client_upstream
     model = _MODELS.label(provider, access.model, accepted)
-    _series(RELAYED, provider, model, status, outcome).inc()
-    _series(OPERATION_DURATION, provider, model).observe(seconds)
+    _TALLY.count(RELAYED, (provider, model, status, outcome))
+    _TALLY.observe(OPERATION_DURATION, (provider, model), seconds)
     if access.streamed and access.first_byte:
-        _series(FIRST_CHUNK, provider, model).observe(access.first_byte - access.started)
+        _TALLY.observe(FIRST_CHUNK, (provider, model), access.first_byte - access.started)
     if access.input_tokens is not None:
-        _series(TOKENS, provider, model, "input").observe(access.input_tokens)
+        _TALLY.observe(TOKENS, (provider, model, "input"), access.input_tokens)
     if access.output_tokens is not None:
-        _series(TOKENS, provider, model, "output").observe(access.output_tokens)
+        _TALLY.observe(TOKENS, (provider, model, "output"), access.output_tokens)
 
 
-@functools.cache
-def _series(metric: Any, *labels: str) -> Any:
-    """`metric.labels(*labels)`, looked up once (it validates and locks at every call)."""
-    return metric.labels(*labels)
+_Key = tuple[Histogram, tuple[str, ...]]
+
+
+class _Tally:
+    """What requests observed since the last `apply`, in plain numbers: a request adds to a list
+    (a bisect, no lock), and prometheus_client's values, whose every change takes a lock and,
+    with several workers, writes a file, take each series' sums once per `apply` (before a
+    scrape, and every second with several workers). Used on the loop's thread only."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[Counter, tuple[str, ...]], int] = {}
+        self._histograms: dict[_Key, tuple[list[float], list[int]]] = {}
+
+    def count(self, metric: Counter, labels: tuple[str, ...]) -> None:
+        key = (metric, labels)
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def observe(self, metric: Histogram, labels: tuple[str, ...], value: float) -> None:
+        key = (metric, labels)
+        pending = self._histograms.get(key)
+        if pending is None:
+            pending = self._histograms[key] = ([0.0], [0] * len(_BOUNDS[metric]))
+        pending[0][0] += value
+        pending[1][bisect.bisect_left(_BOUNDS[metric], value)] += 1
+
+    def apply(self) -> None:
+        counts, self._counts = self._counts, {}
+        histograms, self._histograms = self._histograms, {}
+        for (counter, labels), n in counts.items():
+            counter.labels(*labels).inc(n)
+        for (histogram, labels), (total, buckets) in histograms.items():
+            child = histogram.labels(*labels)
+            child._sum.inc(total[0])
+            for bucket, n in zip(child._buckets, buckets, strict=True):
+                if n:
+                    bucket.inc(n)
+
+
+_TALLY: Final = _Tally()
 
 
 def sample(open_exchanges: int, connections: int, idle: int) -> None:
-    """Set this process's gauges to its figures now."""
+    """Bring this process's figures up to date: what requests observed, and the gauges now."""
+    _TALLY.apply()
     OPEN_EXCHANGES.set(open_exchanges)
     UPSTREAM_CONNECTIONS.labels("active").set(connections - idle)
     UPSTREAM_CONNECTIONS.labels("idle").set(idle)
