@@ -93,7 +93,8 @@ def start_floor(
 
 def relay_env(upstream: Server, workdir: Path) -> dict[str, str]:
     """Production settings except the store (SQLite here), the upstream and the limits."""
-    keep = ("PATH", "HOME", "LANG", "SYSTEMROOT")
+    # PYTHONPATH: a checkout elsewhere (a worktree of another commit) is the one benched.
+    keep = ("PATH", "HOME", "LANG", "SYSTEMROOT", "PYTHONPATH")
     return {
         **{name: value for name, value in os.environ.items() if name in keep},
         "RELAY_ENV": "production",

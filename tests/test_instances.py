@@ -19,6 +19,7 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 CACHE_TTL = 1.0  # the default: a relay process answers a token or key from memory this long
 USERS = 20
 WRITES_PER_USER = 20  # alternating instances: 2 x 200 writes in all
+KEEPALIVE = 2.0  # seconds a client keeps an idle connection: below the server's 5
 
 
 @pytest.fixture(
@@ -133,7 +134,9 @@ def test_deleting_a_user_on_one_instance_erases_it_for_the_other(
 async def _write_chains(urls: tuple[str, str], tokens: list[str]) -> dict[str, str]:
     """Per user, WRITES_PER_USER writes alternating between the instances, each awaited; the
     users run concurrently. Returns each user's last written key."""
-    limits = httpx.Limits(max_connections=USERS)
+    # A connection idle past the server's keep-alive (5 s) would be closed as a request goes
+    # out on it, on a loaded machine; a POST is never retried.
+    limits = httpx.Limits(max_connections=USERS, keepalive_expiry=KEEPALIVE)
     async with (
         httpx.AsyncClient(base_url=urls[0], timeout=30, limits=limits) as a,
         httpx.AsyncClient(base_url=urls[1], timeout=30, limits=limits) as b,
@@ -155,9 +158,10 @@ async def _write_chains(urls: tuple[str, str], tokens: list[str]) -> dict[str, s
 
 async def _race(urls: tuple[str, str], tokens: list[str]) -> dict[str, set[str]]:
     """Per user, both instances write at the same moment; returns the two candidates."""
+    limits = httpx.Limits(keepalive_expiry=KEEPALIVE)
     async with (
-        httpx.AsyncClient(base_url=urls[0], timeout=30) as a,
-        httpx.AsyncClient(base_url=urls[1], timeout=30) as b,
+        httpx.AsyncClient(base_url=urls[0], timeout=30, limits=limits) as a,
+        httpx.AsyncClient(base_url=urls[1], timeout=30, limits=limits) as b,
     ):
 
         async def race(user: int, token: str) -> set[str]:
