@@ -322,6 +322,8 @@ def _route(method: str, path: str, headers: list[tuple[str, str]]) -> _Route:
     if method == "GET" and _GEMINI_MODELS_RE.match(path):
         return _Route("gemini_models", "gemini")
     if method == "GET" and (m := _GEMINI_MODEL_RE.match(path)):
+        if any(k == "authorization" for k, _ in headers):  # OpenAI's models.retrieve
+            return _Route("openai_model", "openai", arg=m.group(1).split("/", 1)[1])
         return _Route("gemini_model", "gemini", arg=m.group(1))
     # ElevenLabs
     if method == "POST" and (m := _ELEVEN_TTS_RE.match(path)):
@@ -349,6 +351,14 @@ def _route(method: str, path: str, headers: list[tuple[str, str]]) -> _Route:
     if method == "POST" and path == "/v1/read":
         return _Route("deepgram_read", "deepgram")
     # OpenAI and openai-compatible (groq /openai/v1, openrouter /api/v1, mistral /v1, ...)
+    if method == "POST" and path.endswith("/audio/speech"):
+        return _Route("openai_speech", "openai")
+    if method == "POST" and path.endswith(("/audio/transcriptions", "/audio/translations")):
+        return _Route("openai_transcription", "openai")
+    if method == "POST" and path.endswith("/images/generations"):
+        return _Route("openai_images", "openai")
+    if method == "POST" and path.endswith("/moderations"):
+        return _Route("openai_moderations", "openai")
     if method == "POST" and path.endswith("/chat/completions"):
         return _Route("openai_chat", "openai")
     if method == "POST" and path.endswith("/completions"):
@@ -1340,6 +1350,24 @@ def _default_reply(ctx: _Ctx, allow_stream: bool = True) -> _Reply:
         return _json_reply({"id": ctx.route.arg, "object": "response.deleted", "deleted": True})
     if kind == "openai_models":
         return _json_reply(_openai_models())
+    if kind == "openai_model":
+        model = {"id": ctx.route.arg, "object": "model", "created": 1_700_000_000}
+        return _json_reply({**model, "owned_by": "mock"})
+    if kind == "openai_speech":
+        return _binary_reply(AUDIO_BYTES, "audio/mpeg", chunked=True)
+    if kind == "openai_transcription":
+        return _json_reply({"text": "hello from mock"})
+    if kind == "openai_images":
+        image = base64.b64encode(IMAGE_BYTES).decode()
+        return _json_reply({"created": 1_700_000_000, "data": [{"b64_json": image}]})
+    if kind == "openai_moderations":
+        return _json_reply(
+            {
+                "id": f"modr-mock{ctx.seq}",
+                "model": ctx.model,
+                "results": [{"flagged": False, "categories": {}, "category_scores": {}}],
+            }
+        )
     if kind == "anthropic_messages":
         return _anthropic_stream(ctx) if stream else _json_reply(_anthropic_message(ctx))
     if kind == "anthropic_count_tokens":

@@ -67,6 +67,8 @@ EXPOSED = [
     "x-request-id",
     "ratelimit-remaining",
     "x-ratelimit-remaining-requests",
+    "anthropic-ratelimit-requests-remaining",  # the Anthropic SDK reads its own
+    "anthropic-ratelimit-output-tokens-reset",
     "content-disposition",
 ]
 
@@ -384,14 +386,16 @@ def test_invalid_token(
     assert mock.requests == []
 
 
-def test_token_only_travels_in_its_header(client: httpx.Client) -> None:
+def test_token_only_travels_in_a_header(client: httpx.Client) -> None:
+    """`x-relay-token`, or an SDK's API-key header; never a query parameter or a cookie."""
     token = register(client)
     assert_error(client.get("/keys", params={"x-relay-token": token}), 401, TOKEN_REQUIRED)
-    assert_error(client.get("/keys", params={"token": token}), 401, TOKEN_REQUIRED)
+    assert_error(client.get("/keys", params={"token": token, "key": token}), 401, TOKEN_REQUIRED)
     cookie = {"cookie": f"x-relay-token={token}; token={token}"}
     assert_error(client.get("/keys", headers=cookie), 401, TOKEN_REQUIRED)
-    bearer = {"authorization": f"Bearer {token}"}
-    assert_error(client.get("/keys", headers=bearer), 401, TOKEN_REQUIRED)
+    for sdk in ({"authorization": f"Bearer {token}"}, {"x-api-key": token}):
+        assert_json(client.get("/keys", headers=sdk))
+    assert_json(client.get("/keys", headers={"x-goog-api-key": token}))
 
 
 # ---- keys ----------------------------------------------------------------------------------

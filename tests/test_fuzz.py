@@ -269,6 +269,7 @@ def test_fuzz(
 RELAY_TARGETS = [
     *(("POST", name, path) for name, p in PROVIDERS.items() for path in p.allowed_paths),
     *(("GET", name, path) for name, p in PROVIDERS.items() for path in p.read_paths),
+    *(("GET", name, path) for name, p in PROVIDERS.items() for path in p.listing_paths),
 ]
 
 

@@ -132,9 +132,45 @@ def _defaults(name: str) -> list[tuple[str, str]]:
     return CONTRACT_DEFAULTS.get(name, [])
 
 
+# Beyond the contract: what the official SDKs' everyday calls ask (audio, images, moderations).
+BEYOND_CONTRACT: Mapping[str, tuple[str, ...]] = {
+    "openai": (
+        "/v1/audio/speech",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+        "/v1/images/generations",
+        "/v1/moderations",
+    ),
+    "groq": (
+        "/openai/v1/audio/speech",
+        "/openai/v1/audio/transcriptions",
+        "/openai/v1/audio/translations",
+    ),
+}
+# The model listings (GET alone), beyond the contract too.
+LISTINGS: Mapping[str, tuple[str, ...]] = {
+    "openai": ("/v1/models",),
+    "anthropic": ("/v1/models",),
+    "google": ("/v1beta/models", "/v1/models"),
+    "groq": ("/openai/v1/models",),
+    "openrouter": ("/api/v1/models",),
+    "mistral": ("/v1/models",),
+    "openai-compatible": ("/v1/models", "/api/v1/models", "/openai/v1/models"),
+}
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_allowed_prefixes(name: str) -> None:
-    assert sorted(PROVIDERS[name].allowed_paths) == sorted(CONTRACT[name][3])
+    expected = CONTRACT[name][3] + BEYOND_CONTRACT.get(name, ())
+    assert sorted(PROVIDERS[name].allowed_paths) == sorted(expected)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_listing_paths(name: str) -> None:
+    assert sorted(PROVIDERS[name].listing_paths) == sorted(LISTINGS.get(name, ()))
+    for path in PROVIDERS[name].listing_paths:
+        assert PROVIDERS[name].allows_listing(path + "/some-model")
+        assert not PROVIDERS[name].allows_listing(path + "X")
 
 
 def _allowlist_cases() -> list[tuple[str, str]]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import anthropic
+import httpx
 import openai
 import pytest
 
-from tests.mockprovider import MockProvider
-from tests.relayserver import RelayServer
+from tests.conftest import RelayFactory, provider_key
+from tests.mockprovider import AUDIO_BYTES, MockProvider
+from tests.relayserver import RelayServer, register, store_key
 
 pytestmark = pytest.mark.sqlite
 
@@ -90,3 +92,138 @@ def test_anthropic_sdk_streamed_message(anthropic_client: anthropic.Anthropic) -
         final = stream.get_final_message()
     assert text == "".join(f"tok{i} " for i in range(5))
     assert final.usage.output_tokens > 0
+
+
+# -- The relay token as the SDK's API key, and the SDKs' everyday calls ----------------------
+
+
+@pytest.fixture
+def openai_keyed(relay: RelayServer, user: Token) -> openai.OpenAI:
+    """The SDK as its docs show it: a base URL and a key (the relay token), nothing else."""
+    return openai.OpenAI(base_url=f"{relay.url}/relay/openai/v1", api_key=user[0], max_retries=0)
+
+
+def nothing_of(token: str, mock: MockProvider) -> None:
+    """The token reached the provider in no header of any request."""
+    for request in mock.requests:
+        assert token not in str(request.headers)
+
+
+def test_the_openai_sdk_works_with_the_token_as_its_api_key(
+    openai_keyed: openai.OpenAI, mock: MockProvider, user: Token
+) -> None:
+    with openai_keyed:
+        completion = openai_keyed.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        listed = openai_keyed.models.list()
+        model = openai_keyed.models.retrieve("gpt-4o-mini")
+    assert completion.choices[0].message.content == "Hello from mock"
+    assert "gpt-4o-mini" in [m.id for m in listed.data]
+    assert model.id == "gpt-4o-mini"
+    assert mock.last().header("authorization") == f"Bearer {user[1]['openai']}"
+    nothing_of(user[0], mock)
+
+
+def test_the_anthropic_sdk_works_with_the_token_as_its_api_key(
+    relay: RelayServer, mock: MockProvider, user: Token
+) -> None:
+    with anthropic.Anthropic(
+        base_url=f"{relay.url}/relay/anthropic", api_key=user[0], max_retries=0
+    ) as client:
+        message = client.messages.create(
+            model="claude-3-5-haiku-latest", max_tokens=32, messages=MESSAGES
+        )
+        counted = client.messages.count_tokens(model="claude-3-5-haiku-latest", messages=MESSAGES)
+        listed = client.models.list()
+    assert message.content[0].type == "text"
+    assert counted.input_tokens == 12
+    assert listed.data
+    assert mock.last().header("x-api-key") == user[1]["anthropic"]
+    nothing_of(user[0], mock)
+
+
+def test_the_token_as_googles_api_key(relay: RelayServer, mock: MockProvider, user: Token) -> None:
+    with httpx.Client(base_url=relay.url) as client:
+        answer = client.post(
+            "/relay/google/v1beta/models/gemini-1.5-flash:generateContent",
+            json={"contents": [{"parts": [{"text": "hi"}]}]},
+            headers={"x-goog-api-key": user[0]},
+        )
+        listed = client.get("/relay/google/v1beta/models", headers={"x-goog-api-key": user[0]})
+    assert answer.status_code == 200, answer.text
+    assert listed.status_code == 200, listed.text
+    assert mock.last().header("x-goog-api-key") == user[1]["google"]
+    nothing_of(user[0], mock)
+
+
+def test_x_relay_token_wins_over_an_sdk_key(relay: RelayServer, user: Token) -> None:
+    with httpx.Client(base_url=relay.url) as client:
+        answer = client.get(
+            "/keys", headers={"x-relay-token": user[0], "authorization": "Bearer not-a-token"}
+        )
+        wrong = client.get("/keys", headers={"x-relay-token": "nope", "x-api-key": user[0]})
+        missing = client.get("/keys", headers={"authorization": "Basic dXNlcjpwdw=="})
+    assert answer.status_code == 200
+    assert (wrong.status_code, wrong.json()["code"]) == (401, "invalid_token")
+    assert (missing.status_code, missing.json()["code"]) == (401, "token_required")
+    assert missing.json()["error"] == "x-relay-token header required"  # the Node relay's words
+
+
+def test_the_openai_sdks_audio_image_and_moderation_calls(
+    openai_keyed: openai.OpenAI, mock: MockProvider
+) -> None:
+    with openai_keyed:
+        speech = openai_keyed.audio.speech.create(model="tts-1", voice="alloy", input="Hello")
+        transcript = openai_keyed.audio.transcriptions.create(
+            model="whisper-1", file=("hello.mp3", b"ID3 not really audio", "audio/mpeg")
+        )
+        image = openai_keyed.images.generate(model="dall-e-3", prompt="a relay")
+        moderation = openai_keyed.moderations.create(model="omni-moderation-latest", input="hello")
+    assert speech.content == AUDIO_BYTES
+    assert transcript.text == "hello from mock"
+    assert image.data
+    assert image.data[0].b64_json
+    assert moderation.results[0].flagged is False
+    paths = [request.path for request in mock.requests]
+    for path in (
+        "/v1/audio/speech",
+        "/v1/audio/transcriptions",
+        "/v1/images/generations",
+        "/v1/moderations",
+    ):
+        assert path in paths
+
+
+def test_the_everyday_calls_stay_behind_allowed_models(
+    make_relay: RelayFactory, mock: MockProvider
+) -> None:
+    relay = make_relay(ALLOWED_MODELS="gpt-4o-mini,whisper-1")
+    with httpx.Client(base_url=relay.url) as client:
+        token, _ = _user_with(client, "openai")
+    with openai.OpenAI(
+        base_url=f"{relay.url}/relay/openai/v1", api_key=token, max_retries=0
+    ) as sdk:
+        with pytest.raises(openai.PermissionDeniedError):
+            sdk.audio.speech.create(model="tts-1", voice="alloy", input="Hello")
+        with pytest.raises(openai.PermissionDeniedError):
+            sdk.images.generate(model="dall-e-3", prompt="a relay")
+        transcript = sdk.audio.transcriptions.create(
+            model="whisper-1", file=("a.mp3", b"ID3", "audio/mpeg")
+        )
+        listed = sdk.models.list()  # names no model: never refused by the allowlist
+    assert transcript.text == "hello from mock"
+    assert listed.data
+
+
+def test_a_listing_path_takes_get_alone(relay: RelayServer, user: Token) -> None:
+    with httpx.Client(base_url=relay.url, headers={"x-relay-token": user[0]}) as client:
+        posted = client.post("/relay/openai/v1/models", json={})
+        deleted = client.delete("/relay/openai/v1/models/gpt-4o-mini")
+    assert (posted.status_code, posted.json()["code"]) == (403, "path_not_permitted")
+    assert deleted.status_code == 405
+
+
+def _user_with(client: httpx.Client, provider: str) -> Token:
+    token = register(client)
+    key = provider_key(provider)
+    store_key(client, token, provider, key)
+    return token, {provider: key}

@@ -104,9 +104,16 @@ RELAY_EXPOSED: Final = (
     KEY_HINT_HEADER,
     "x-relay-request-id",
 )
+# Anthropic's rate-limit state, which its SDK reads: per kind, its limit, what remains, the reset.
+_ANTHROPIC_LIMITS: Final = tuple(
+    f"anthropic-ratelimit-{kind}-{figure}"
+    for kind in ("requests", "tokens", "input-tokens", "output-tokens")
+    for figure in ("limit", "remaining", "reset")
+)
 # Of the returned headers, those browser code reads: the providers' rate-limit state and request
 # ids, and a file's name.
 PROVIDER_EXPOSED: Final = (
+    *_ANTHROPIC_LIMITS,
     "x-ratelimit-limit",
     "x-ratelimit-remaining",
     "x-ratelimit-reset",

@@ -59,6 +59,9 @@ class Provider:
     """A path is allowed when it equals a prefix or continues one with `/`."""
     read_paths: tuple[str, ...] = ()
     """Path prefixes where GET is allowed as well as POST."""
+    listing_paths: tuple[str, ...] = ()
+    """Path prefixes where GET alone is allowed: the model listing the SDKs read (`models.list`,
+    `models.retrieve`), which names no model and spends nothing."""
     forwarded_headers: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """(upstream name, client names in order of preference) forwarded besides the common ones."""
     default_headers: tuple[tuple[str, str], ...] = ()
@@ -90,6 +93,9 @@ class Provider:
 
     def allows_read(self, path: str) -> bool:
         return any(path == p or path.startswith(p + "/") for p in self.read_paths)
+
+    def allows_listing(self, path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") for p in self.listing_paths)
 
     def withholds(self, parameter: str) -> bool:
         """Whether the query's `name=value` part `parameter` names one of `withheld_query`."""
@@ -129,8 +135,14 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
                 "/v1/completions",
                 "/v1/embeddings",
                 "/v1/responses",
+                "/v1/audio/speech",
+                "/v1/audio/transcriptions",
+                "/v1/audio/translations",
+                "/v1/images/generations",
+                "/v1/moderations",
             ),
             read_paths=("/v1/responses",),
+            listing_paths=("/v1/models",),
             forwarded_headers=_OPENAI_HEADERS,
             request_id_header="x-client-request-id",
             title="OpenAI",
@@ -147,6 +159,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             "x-api-key",
             "",
             allowed_paths=("/v1/messages", "/v1/complete"),
+            listing_paths=("/v1/models",),
             forwarded_headers=_ANTHROPIC_HEADERS,
             default_headers=(("anthropic-version", "2023-06-01"),),
             title="Anthropic",
@@ -161,6 +174,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             "x-goog-api-key",
             "",
             allowed_paths=("/v1beta/models", "/v1/models"),
+            listing_paths=("/v1beta/models", "/v1/models"),
             sse_query=((":streamGenerateContent", "alt", "sse"),),
             # Google's system parameters: an API key as `key` or `$key` (`%24key`), an OAuth
             # token as `access_token` or `oauth_token`.
@@ -182,7 +196,11 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
                 "/openai/v1/chat/completions",
                 "/openai/v1/completions",
                 "/openai/v1/embeddings",
+                "/openai/v1/audio/speech",
+                "/openai/v1/audio/transcriptions",
+                "/openai/v1/audio/translations",
             ),
+            listing_paths=("/openai/v1/models",),
             title="Groq",
             key_shape=KeyShape(r"gsk_[A-Za-z0-9]{20,}", "gsk_", 'Groq keys start with "gsk_".'),
             verify_path="/openai/v1/models",
@@ -192,6 +210,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             "https://openrouter.ai",
             *_BEARER,
             allowed_paths=("/api/v1/chat/completions", "/api/v1/completions", "/api/v1/embeddings"),
+            listing_paths=("/api/v1/models",),
             forwarded_headers=(
                 ("http-referer", ("http-referer", "x-relay-referer")),
                 ("x-title", ("x-title",)),
@@ -216,6 +235,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
                 "/v1/embeddings",
                 "/v1/fim/completions",
             ),
+            listing_paths=("/v1/models",),
             title="Mistral",
             key_shape=KeyShape(r"[A-Za-z0-9]{32}", "", "Mistral keys are 32 letters and digits."),
             verify_path="/v1/models",
@@ -273,6 +293,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             "",
             *_BEARER,
             allowed_paths=_compatible_paths(),
+            listing_paths=tuple(prefix + "/v1/models" for prefix in ("", "/api", "/openai")),
             forwarded_headers=_OPENAI_HEADERS + _ANTHROPIC_HEADERS,
             title="OpenAI-compatible",
             key_shape=KeyShape(foreign=True),

@@ -202,10 +202,11 @@ class ProviderRelay(_Relay):
 
         raw = _upstream_path(scope.get("raw_path") or scope["path"].encode())
         path = normalize_path(raw)
-        if path is None or not provider.allows(path):
+        listing = path is not None and method == "GET" and provider.allows_listing(path)
+        if path is None or not (listing or provider.allows(path)):
             raise _forbidden_path(raw if path is None else path, provider.name)
         if method == "GET":
-            if not provider.allows_read(path):
+            if not (listing or provider.allows_read(path)):
                 raise MethodNotAllowed("Method not allowed", headers={"allow": "POST"})
             # Forwarding a length the relay does not send would let the provider read the
             # next request on its connection as this one's body.

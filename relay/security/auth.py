@@ -1,9 +1,16 @@
-"""Who is calling: the relay token in `x-relay-token`, and the `APP_SECRET` gate."""
+"""Who is calling: the relay token, and the `APP_SECRET` gate.
+
+The token is read from `x-relay-token`; when that is absent, from where the official SDKs put
+their API key (`Authorization: Bearer`, `x-api-key`, `x-goog-api-key`), so that an SDK, or a tool
+that lets a user set only a base URL and a key, works with the relay token as its key. None of
+these headers is ever forwarded (`relay.providers.table.forwarded_request_headers`).
+"""
 
 from __future__ import annotations
 
 import hmac
 import time
+from typing import Final
 
 from starlette.datastructures import Headers
 
@@ -14,6 +21,9 @@ from relay.security.tokens import MAX_TOKEN_LENGTH, TokenHasher
 __all__ = ["authenticate", "authenticate_digest", "check_app_secret", "now_ms"]
 
 TOKEN_HEADER = "x-relay-token"
+# Where an SDK sends its API key, in the order they are read: OpenAI's (and most), Anthropic's,
+# Google's.
+SDK_KEY_HEADERS: Final = ("x-api-key", "x-goog-api-key")
 
 
 def now_ms() -> int:
@@ -27,12 +37,24 @@ async def authenticate(store: KeyStore, tokens: TokenHasher, headers: Headers) -
     return user
 
 
+def _sdk_key(headers: Headers) -> str | None:
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    for name in SDK_KEY_HEADERS:
+        value = headers.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
 async def authenticate_digest(
     store: KeyStore, tokens: TokenHasher, headers: Headers
 ) -> tuple[User, str]:
     """`authenticate`, also returning the token's digest (what identifies it without it)."""
-    token = headers.get(TOKEN_HEADER)
+    token = headers.get(TOKEN_HEADER) or _sdk_key(headers)
     if not token:
+        # The Node relay's message, which its clients may match.
         raise Unauthorized("x-relay-token header required", code="token_required")
     user = None
     digest = ""
