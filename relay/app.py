@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 
 from backends import KeyStore, StoreError, StoreUnavailable
 from relay import __version__
-from relay.api import accounts, discovery, health, keys, metrics, openapi, probes, stats
+from relay.api import accounts, agents, discovery, health, keys, metrics, openapi, probes, stats
 from relay.config import Settings
 from relay.errors import RelayError, error_body
 from relay.providers.allowlist import ModelPolicy
@@ -175,6 +175,7 @@ def create_app(
         Route("/keys/{provider}/rotate", keys.rotate_key, methods=["POST"]),
         Route("/keys/{provider}", keys.delete_key, methods=["DELETE"]),
         Route("/models", discovery.models, methods=["GET"]),
+        Route("/llms.txt", agents.llms_txt, methods=["GET"]),
     ]
     if settings.metrics:
         routes.append(Route("/metrics", metrics.metrics_endpoint, methods=["GET"]))

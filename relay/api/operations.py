@@ -101,6 +101,7 @@ NAMED_SCHEMAS: Final[JSON] = {
     "ProviderName": {"type": "string", "enum": list(PROVIDERS)},
     "Unhealthy": {"anyOf": [{"$ref": _SCHEMA_REF.format(name=n)} for n in ("Health", "Error")]},
     "PrometheusText": {"type": "string", "description": "The Prometheus text format."},
+    "Markdown": {"type": "string", "description": "Markdown text."},
     "OpenApiDocument": {
         "type": "object",
         "required": ["openapi"],
@@ -176,6 +177,13 @@ OPERATIONS: Final = (
               "and outcome, tokens, time to first chunk, open streams, upstream connections, "
               "store calls, rate-limit refusals. Behind `Authorization: Bearer "
               "<METRICS_TOKEN>` when the operator set one; absent with `RELAY_METRICS=off`."),
+    Operation("GET", "/llms.txt", "getAgentGuide", "meta", "none",
+              "How to integrate this relay, for a coding agent (the llms.txt convention)",
+              {200: ("Markdown: the three calls, the SDK base URLs, the providers' paths.",
+                     "Markdown")},
+              media_type="text/markdown",
+              description="Built from this relay's provider table and settings (whether "
+              "registration needs `APP_SECRET`, the model allowlist); every URL relative."),
     Operation("GET", "/version", "getVersion", "meta", "none", "The running version",
               {200: ("Version, commit and build time.", health.Version)}),
     Operation("GET", "/openapi.json", "getOpenApi", "meta", "none", "This document",
