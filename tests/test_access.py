@@ -290,3 +290,35 @@ def test_what_escapes_before_an_answer_is_recorded_as_the_500_it_becomes() -> No
 
     run_through(fail, [lambda scope, access, ended: told.append(access.status)])
     assert told == [500]
+
+
+def test_a_receive_never_awaited_leaves_no_coroutine_of_the_servers_unawaited() -> None:
+    """An exchange's watcher may be cancelled before it first runs: what the middleware handed
+    out must not have called the server's `receive` yet (a 'never awaited' warning, failing a
+    test at random, once in the full suite)."""
+    made: list[object] = []
+
+    async def server_receive() -> Any:
+        return {"type": "http.request", "body": b""}
+
+    def receive() -> Any:
+        coroutine = server_receive()
+        made.append(coroutine)
+        return coroutine
+
+    async def app(scope: Any, wrapped: Any, send: Any) -> None:
+        pending = asyncio.ensure_future(wrapped())
+        pending.cancel()  # before it ever ran
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
+
+    async def main() -> None:
+        scope = {"type": "http", "method": "GET", "path": "/x", "headers": []}
+
+        async def send(message: Any) -> None:
+            pass
+
+        await AccessMiddleware(app)(scope, receive, send)
+
+    asyncio.run(main())
+    assert made == []

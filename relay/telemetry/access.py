@@ -226,11 +226,13 @@ class _Receive:
         self.access = access
 
     def __call__(self) -> Awaitable[Message]:
-        return _counted(self.receive(), self.access)
+        # The server's receive is called only once this is awaited: a caller that never awaits
+        # it (a watcher cancelled before it ran) leaves no coroutine of the server's unawaited.
+        return _counted(self.receive, self.access)
 
 
-async def _counted(message: Awaitable[Message], access: Access) -> Message:
-    got = await message
+async def _counted(receive: Receive, access: Access) -> Message:
+    got = await receive()
     body = got.get("body")
     if body:
         access.bytes_in += len(body)
