@@ -22,6 +22,8 @@ from relay.api import accounts, agents, discovery, health, keys, metrics, openap
 from relay.config import Settings
 from relay.errors import RelayError, error_body
 from relay.providers.allowlist import ModelPolicy
+from relay.providers.routing import route_compatible
+from relay.providers.table import PROVIDERS
 from relay.proxy.prepare import ModelRelay, ProviderRelay
 from relay.proxy.ssrf import Resolver, UpstreamPolicy
 from relay.server import gcsettings
@@ -158,6 +160,11 @@ def create_app(
     # tries routes in order, and no two patterns match the same path.
     routes = [
         Route("/relay", ModelRelay(upstreams, allowed_models), methods=["POST"]),
+        Route(
+            "/relay/v1/chat/completions",
+            ModelRelay(upstreams, allowed_models, route_compatible),
+            methods=["POST"],
+        ),
         Route("/relay/{provider}", provider_relay),
         Route("/relay/{provider}/{path:path}", provider_relay),
         Route("/health", health.health, methods=["GET"]),
@@ -199,7 +206,7 @@ def create_app(
     # (never on the probes: none may wait on a limit counted in Redis), then the router bypass
     # (relayed requests skip the router). All pure ASGI.
     inner: ASGIApp = GlobalLimitMiddleware(
-        RouterBypass(app, provider_relay, handlers), unlimited=probes.PATHS
+        RouterBypass(app, provider_relay, handlers, PROVIDERS), unlimited=probes.PATHS
     )
     if settings.forwarded_allow_ips:
         inner = ForwardedMiddleware(

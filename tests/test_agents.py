@@ -38,9 +38,14 @@ def test_the_guide_lists_every_provider_and_its_paths(relay: RelayServer) -> Non
 
 def test_the_sdk_base_urls_it_gives_reach_allowed_paths(relay: RelayServer) -> None:
     section = guide(relay).split("## SDK base URLs", 1)[1].split("\n## ", 1)[0]
-    bases = re.findall(r"`/relay/([a-z-]+)(/[^`]*)?`", section)
-    assert len(bases) >= 5
+    bases = re.findall(r"`/relay/([a-z0-9-]+)(/[^`]*)?`", section)
+    assert len(bases) >= 6
     for provider, prefix in bases:
+        if provider == "v1":  # the one base URL for every model: a route of its own
+            with httpx.Client(base_url=relay.url) as client:
+                refused = client.post(f"/relay/v1{prefix}/chat/completions", json={})
+            assert refused.json()["code"] == "token_required"
+            continue
         endpoint = "/v1/messages" if provider == "anthropic" else "/chat/completions"
         assert PROVIDERS[provider].allows(prefix + endpoint), (provider, prefix)
 

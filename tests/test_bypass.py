@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from relay.errors import Forbidden, RelayError
+from relay.providers.table import PROVIDERS
 from relay.server.bypass import RouterBypass
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sqlite]
@@ -44,7 +45,7 @@ HANDLERS = {RelayError: on_relay_error, Exception: on_anything}
 
 
 def client_for(relay: object) -> httpx.AsyncClient:
-    bypass = RouterBypass(fallback, relay, HANDLERS)  # type: ignore[arg-type]
+    bypass = RouterBypass(fallback, relay, HANDLERS, PROVIDERS)  # type: ignore[arg-type]
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=bypass), base_url="http://relay")
 
 
@@ -62,6 +63,9 @@ async def echo_provider(scope: Scope, receive: Receive, send: Send) -> None:
         ("/relay//v1/chat", {"app": "/relay//v1/chat"}),
         ("/relayx/openai", {"app": "/relayx/openai"}),
         ("/keys", {"app": "/keys"}),
+        # Not a provider: the router's (the one base URL for every model, or a 400).
+        ("/relay/v1/chat/completions", {"app": "/relay/v1/chat/completions"}),
+        ("/relay/nosuch/v1/chat", {"app": "/relay/nosuch/v1/chat"}),
     ],
 )
 async def test_only_provider_paths_take_the_bypass(path: str, reached: dict[str, str]) -> None:

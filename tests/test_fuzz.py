@@ -60,7 +60,12 @@ OWN_USER = {
     ("POST", "/keys/{provider}"),
     ("DELETE", "/keys/{provider}"),
 }
-RELAY_PATHS = ("/relay", "/relay/{provider}/{path}", "/relay/{provider}")
+RELAY_PATHS = (
+    "/relay",
+    "/relay/v1/chat/completions",
+    "/relay/{provider}/{path}",
+    "/relay/{provider}",
+)
 # What the relay answers with other than JSON when all goes well (`/metrics`' text format).
 NOT_JSON = {
     (op.path, op.method): op.media_type for op in OPERATIONS if op.media_type != "application/json"

@@ -134,6 +134,9 @@ def _defaults(name: str) -> list[tuple[str, str]]:
 
 # Beyond the contract: what the official SDKs' everyday calls ask (audio, images, moderations).
 BEYOND_CONTRACT: Mapping[str, tuple[str, ...]] = {
+    # Their OpenAI-compatible chat endpoints, for `/relay/v1/chat/completions`.
+    "anthropic": ("/v1/chat/completions",),
+    "google": ("/v1beta/openai/chat/completions",),
     "openai": (
         "/v1/audio/speech",
         "/v1/audio/transcriptions",

@@ -227,3 +227,53 @@ def _user_with(client: httpx.Client, provider: str) -> Token:
     key = provider_key(provider)
     store_key(client, token, provider, key)
     return token, {provider: key}
+
+
+# -- One base URL for every model ---------------------------------------------------------------
+
+COMPATIBLE_MODELS = [
+    ("gpt-4o-mini", "openai", "/v1/chat/completions", "authorization"),
+    ("groq/llama-3.1-8b-instant", "groq", "/openai/v1/chat/completions", "authorization"),
+    ("mistral-small-latest", "mistral", "/v1/chat/completions", "authorization"),
+    ("gemini-2.0-flash", "google", "/v1beta/openai/chat/completions", "x-goog-api-key"),
+    ("claude-3-5-haiku-latest", "anthropic", "/v1/chat/completions", "x-api-key"),
+    ("openrouter/meta-llama/llama-3-8b", "openrouter", "/api/v1/chat/completions", "authorization"),
+]
+
+
+@pytest.mark.parametrize(("model", "provider", "path", "key_header"), COMPATIBLE_MODELS)
+def test_the_openai_sdk_at_relay_v1_reaches_every_provider(
+    relay: RelayServer,
+    mock: MockProvider,
+    user: Token,
+    model: str,
+    provider: str,
+    path: str,
+    key_header: str,
+) -> None:
+    """`/relay/v1` as the SDK's base URL: the model picks the provider, whose own
+    OpenAI-compatible endpoint gets the body (the model less its prefix) and the stored key."""
+    with openai.OpenAI(base_url=f"{relay.url}/relay/v1", api_key=user[0], max_retries=0) as sdk:
+        raw = sdk.chat.completions.with_raw_response.create(model=model, messages=MESSAGES)
+        streamed = list(sdk.chat.completions.create(model=model, messages=MESSAGES, stream=True))
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "Hello from mock"
+    assert raw.headers["x-relay-provider"] == provider
+    assert streamed
+    sent = mock.last()
+    assert sent.path == path
+    assert sent.json()["model"] == model.removeprefix(f"{provider}/")
+    assert sent.json()["stream"] is True
+    expected = user[1][provider]
+    assert (sent.header(key_header) or "").removeprefix("Bearer ") == expected
+    nothing_of(user[0], mock)
+
+
+def test_relay_v1_refuses_what_it_cannot_route(relay: RelayServer, user: Token) -> None:
+    with httpx.Client(base_url=relay.url, headers={"x-relay-token": user[0]}) as client:
+        unknown = client.post("/relay/v1/chat/completions", json={"model": "no-such-model"})
+        missing = client.post("/relay/v1/chat/completions", json={"messages": []})
+        other = client.post("/relay/v1/embeddings", json={"model": "text-embedding-3-small"})
+    assert (unknown.status_code, unknown.json()["code"]) == (400, "unroutable_model")
+    assert (missing.status_code, missing.json()["code"]) == (400, "model_required")
+    assert (other.status_code, other.json()["code"]) == (400, "unsupported_provider")

@@ -227,11 +227,19 @@ OPERATIONS: Final = (
               "Relay by model: the body's `model` picks the provider and the path",
               _RELAYED, (400, 401, 403, 413, 502, 503, 504), ModelRelayBody, _RELAY_HEADERS,
               _RELAY_NOTE + " `GET /models` shows the routing."),
+    Operation("POST", "/relay/v1/chat/completions", "relayChatByModel", "relay", "token",
+              "One OpenAI-compatible base URL for every model (`/relay/v1` in an OpenAI SDK)",
+              _RELAYED, (400, 401, 403, 413, 502, 503, 504), ModelRelayBody, _RELAY_HEADERS,
+              _RELAY_NOTE + " The body's `model` picks the provider as for `POST /relay`; the "
+              "body goes as it is (the model less any `provider/` prefix) to that provider's own "
+              "OpenAI-compatible chat endpoint: OpenAI, Anthropic's, Gemini's `/v1beta/openai/`, "
+              "Groq, OpenRouter, Mistral, openai-compatible."),
     Operation("POST", "/relay/{provider}/{path}", "relayPost", "relay", "token",
               "Relay a request to the provider's own API",
               _RELAYED, _RELAY_ERRORS, "RelayBody", _RELAY_HEADERS, _RELAY_NOTE),
     Operation("GET", "/relay/{provider}/{path}", "relayGet", "relay", "token",
-              "Relay a read (ElevenLabs `/v1/voices`, OpenAI `/v1/responses/{id}`)",
+              "Relay a read (a model listing, ElevenLabs `/v1/voices`, OpenAI "
+              "`/v1/responses/{id}`)",
               _RELAYED, _RELAY_ERRORS, None, _RELAY_HEADERS,
               _RELAY_NOTE + " GET is relayed only on a provider's read paths; elsewhere it is "
               "405."),

@@ -17,7 +17,7 @@ from urllib.parse import quote
 from relay.errors import BadRequest
 from relay.providers.table import PROVIDERS
 
-__all__ = ["ROUTES", "Route", "Routed", "route_model"]
+__all__ = ["COMPATIBLE_CHAT", "ROUTES", "Route", "Routed", "route_compatible", "route_model"]
 
 # A model name as providers spell them: letters, digits and . _ - : / @ (OpenRouter and Hugging
 # Face use `org/name`, Bedrock-style ids use `:`), no `..` segment, at most 200 characters.
@@ -73,6 +73,21 @@ class Routed:
     """The name the provider receives (any `provider/` prefix stripped)."""
     path: str
     query: str = ""
+    in_path: bool = False
+    """The model travels in the path (Google's native API): the body must not name it."""
+
+
+# Each provider's own OpenAI-compatible chat endpoint, where `/relay/v1/chat/completions` sends
+# an OpenAI-format body as it is (its model less any `provider/` prefix): no translation of ours.
+COMPATIBLE_CHAT: Final = {
+    "openai": "/v1/chat/completions",
+    "anthropic": "/v1/chat/completions",  # Anthropic's OpenAI SDK compatibility
+    "google": "/v1beta/openai/chat/completions",
+    "groq": "/openai/v1/chat/completions",
+    "openrouter": "/api/v1/chat/completions",
+    "mistral": "/v1/chat/completions",
+    "openai-compatible": "/v1/chat/completions",
+}
 
 
 def _unroutable(model: str) -> BadRequest:
@@ -113,7 +128,20 @@ def route_model(model: object, stream: bool) -> Routed:
         return Routed(provider, name, path)
     action = "streamGenerateContent" if stream else "generateContent"
     filled = path.replace("{model}", quote(name, safe="")).replace("{action}", action)
-    return Routed(provider, name, filled, "alt=sse" if stream else "")
+    return Routed(provider, name, filled, "alt=sse" if stream else "", in_path=True)
+
+
+def route_compatible(model: object, stream: bool) -> Routed:
+    """Where `model` goes through its provider's OpenAI-compatible chat endpoint (the provider
+    chosen as `route_model` chooses it)."""
+    routed = route_model(model, stream)
+    path = COMPATIBLE_CHAT.get(routed.provider)
+    if path is None:  # not reached by the routes today; kept honest should a route be added
+        raise BadRequest(
+            f'"{routed.provider}" has no OpenAI-compatible endpoint: use /relay/{routed.provider}',
+            code="unroutable_model",
+        )
+    return Routed(routed.provider, routed.model, path)
 
 
 def routing_table() -> dict[str, object]:

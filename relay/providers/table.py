@@ -158,7 +158,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             "https://api.anthropic.com",
             "x-api-key",
             "",
-            allowed_paths=("/v1/messages", "/v1/complete"),
+            allowed_paths=("/v1/messages", "/v1/complete", "/v1/chat/completions"),
             listing_paths=("/v1/models",),
             forwarded_headers=_ANTHROPIC_HEADERS,
             default_headers=(("anthropic-version", "2023-06-01"),),
@@ -173,7 +173,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             "https://generativelanguage.googleapis.com",
             "x-goog-api-key",
             "",
-            allowed_paths=("/v1beta/models", "/v1/models"),
+            allowed_paths=("/v1beta/models", "/v1/models", "/v1beta/openai/chat/completions"),
             listing_paths=("/v1beta/models", "/v1/models"),
             sse_query=((":streamGenerateContent", "alt", "sse"),),
             # Google's system parameters: an API key as `key` or `$key` (`%24key`), an OAuth

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from starlette.datastructures import Headers
@@ -46,7 +46,10 @@ from relay.security.crypto import DecryptionError
 from relay.services import Services
 from relay.telemetry.access import ACCESS, Access, short_user
 
-__all__ = ["ModelRelay", "ProviderRelay"]
+__all__ = ["ModelRelay", "ProviderRelay", "Router"]
+
+Router = Callable[[object, bool], Routed]
+"""A model name (and whether the request streams) to where it goes."""
 
 logger = logging.getLogger("relay.proxy")
 
@@ -240,7 +243,15 @@ class ProviderRelay(_Relay):
 
 
 class ModelRelay(_Relay):
-    """`POST /relay`: one endpoint for every model; the body's `model` picks the provider."""
+    """`POST /relay` (and `POST /relay/v1/chat/completions`): one endpoint for every model; the
+    body's `model` picks the provider, `route` the provider's path (its native API, or its
+    OpenAI-compatible endpoint)."""
+
+    def __init__(
+        self, policy: UpstreamPolicy, models: ModelPolicy, route: Router = route_model
+    ) -> None:
+        super().__init__(policy, models)
+        self._router = route
 
     async def _prepare(self, scope: Scope, receive: Receive, send: Send) -> Exchange | None:
         services: Services = scope["state"]["services"]
@@ -277,12 +288,12 @@ class ModelRelay(_Relay):
             raise BadRequest("Request body must be a JSON object", code="invalid_json") from None
         model, stream = found.get("model"), found.get("stream")
         named = model.value(str) if model is not None else None
-        routed = route_model(named, stream=stream is not None and stream.value(bool) is True)
+        routed = self._router(named, stream is not None and stream.value(bool) is True)
         provider = PROVIDERS[routed.provider]
         if not provider.allows(routed.path):
             raise _forbidden_path(routed.path, provider.name)
         self._models.check(routed.model, provider.name)
-        if provider.model_in != "body:model":  # Google: the model is in the path
+        if routed.in_path:  # Google's native API
             cut(raw, list(found.values()))
         elif model is not None and routed.model != named:
             replace_value(raw, model, routed.model)

@@ -3,7 +3,8 @@
 Nearly every request a relay serves is relayed, and the proxy is a raw ASGI endpoint that needs
 nothing of Starlette's but its error handlers: routing it first, by prefix, spares each request
 the router and two exception middlewares (about a tenth of a relayed request's CPU time). What
-the bypass does not take (`POST /relay`, `/relay/`, every other path) goes to the app as before.
+the bypass does not take (`POST /relay`, `/relay/`, `/relay/v1/...`, a provider the table does not
+hold, every other path) goes to the app as before.
 An error raised before the response starts is answered by the app's own handler for it, so a
 relayed request fails exactly as it would through the router.
 """
@@ -11,7 +12,7 @@ relayed request fails exactly as it would through the router.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,16 +32,23 @@ Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 class RouterBypass:
     def __init__(
-        self, app: ASGIApp, relay: ASGIApp, handlers: Mapping[type[Exception], Handler]
+        self,
+        app: ASGIApp,
+        relay: ASGIApp,
+        handlers: Mapping[type[Exception], Handler],
+        providers: Collection[str],
     ) -> None:
+        """`providers`: the names taken here; any other (`/relay/v1/...`, an unknown provider)
+        goes through the router."""
         self.app = app
         self.relay = relay
         self.handlers = handlers
+        self.providers = frozenset(providers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
         provider = path[len(PREFIX) :].partition("/")[0] if path.startswith(PREFIX) else ""
-        if not provider or scope["type"] != "http":
+        if provider not in self.providers or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         scope["path_params"] = {"provider": provider}  # in place, as Starlette's router does
