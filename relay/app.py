@@ -24,6 +24,7 @@ from relay.errors import RelayError, error_body
 from relay.providers.allowlist import ModelPolicy
 from relay.providers.routing import route_compatible
 from relay.providers.table import PROVIDERS
+from relay.proxy import listing
 from relay.proxy.prepare import ModelRelay, ProviderRelay
 from relay.proxy.ssrf import Resolver, UpstreamPolicy
 from relay.server import gcsettings
@@ -160,6 +161,7 @@ def create_app(
     # tries routes in order, and no two patterns match the same path.
     routes = [
         Route("/relay", ModelRelay(upstreams, allowed_models), methods=["POST"]),
+        Route("/relay/v1/models", listing.list_models, methods=["GET"]),
         Route(
             "/relay/v1/chat/completions",
             ModelRelay(upstreams, allowed_models, route_compatible),

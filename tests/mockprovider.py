@@ -319,6 +319,8 @@ def _route(method: str, path: str, headers: list[tuple[str, str]]) -> _Route:
         if method == "POST" and action in kinds:
             return _Route(kinds[action], "gemini", path_model=model, arg=action)
         return _Route("not_found", "gemini")
+    if method == "GET" and path == "/v1beta/openai/models":
+        return _Route("gemini_openai_models", "gemini")
     if method == "GET" and _GEMINI_MODELS_RE.match(path):
         return _Route("gemini_models", "gemini")
     if method == "GET" and (m := _GEMINI_MODEL_RE.match(path)):
@@ -1350,6 +1352,10 @@ def _default_reply(ctx: _Ctx, allow_stream: bool = True) -> _Reply:
         return _json_reply({"id": ctx.route.arg, "object": "response.deleted", "deleted": True})
     if kind == "openai_models":
         return _json_reply(_openai_models())
+    if kind == "gemini_openai_models":
+        names = ("models/gemini-2.0-flash", "models/gemini-1.5-pro")
+        data = [{"id": n, "object": "model", "owned_by": "google"} for n in names]
+        return _json_reply({"object": "list", "data": data})
     if kind == "openai_model":
         model = {"id": ctx.route.arg, "object": "model", "created": 1_700_000_000}
         return _json_reply({**model, "owned_by": "mock"})

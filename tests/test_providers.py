@@ -154,7 +154,7 @@ BEYOND_CONTRACT: Mapping[str, tuple[str, ...]] = {
 LISTINGS: Mapping[str, tuple[str, ...]] = {
     "openai": ("/v1/models",),
     "anthropic": ("/v1/models",),
-    "google": ("/v1beta/models", "/v1/models"),
+    "google": ("/v1beta/models", "/v1/models", "/v1beta/openai/models"),
     "groq": ("/openai/v1/models",),
     "openrouter": ("/api/v1/models",),
     "mistral": ("/v1/models",),

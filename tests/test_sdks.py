@@ -277,3 +277,41 @@ def test_relay_v1_refuses_what_it_cannot_route(relay: RelayServer, user: Token) 
     assert (unknown.status_code, unknown.json()["code"]) == (400, "unroutable_model")
     assert (missing.status_code, missing.json()["code"]) == (400, "model_required")
     assert (other.status_code, other.json()["code"]) == (400, "unsupported_provider")
+
+
+def test_the_openai_sdk_at_relay_v1_lists_the_models_of_every_key_held(
+    relay: RelayServer, mock: MockProvider, user: Token
+) -> None:
+    """Each id is `provider/id`, and goes back to that provider through `/relay/v1`."""
+    with openai.OpenAI(base_url=f"{relay.url}/relay/v1", api_key=user[0], max_retries=0) as sdk:
+        ids = [model.id for model in sdk.models.list()]
+        chosen = "google/gemini-2.0-flash"
+        assert chosen in ids
+        answer = sdk.chat.completions.with_raw_response.create(model=chosen, messages=MESSAGES)
+    assert {model.split("/", 1)[0] for model in ids} == {
+        "openai",
+        "anthropic",
+        "google",
+        "groq",
+        "openrouter",
+        "mistral",
+    }
+    assert "openai/gpt-4o-mini" in ids
+    assert answer.headers["x-relay-provider"] == "google"
+    assert mock.last().json()["model"] == "gemini-2.0-flash"
+    nothing_of(user[0], mock)
+
+
+def test_a_provider_that_fails_its_listing_is_left_out_and_named(relay: RelayServer) -> None:
+    with httpx.Client(base_url=relay.url) as client:
+        token = register(client)
+        store_key(client, token, "openai", provider_key("openai"))
+        store_key(client, token, "anthropic", "sk-ant-mock401-0123456789abcdefghij")
+        store_key(client, token, "elevenlabs", provider_key("elevenlabs"))  # lists no models here
+        listed = client.get("/relay/v1/models", headers={"authorization": f"Bearer {token}"})
+        nobody = client.get("/relay/v1/models")
+    assert listed.status_code == 200
+    body = listed.json()
+    assert body["unavailable"] == ["anthropic"]
+    assert {model["owned_by"] for model in body["data"]} == {"openai"}
+    assert (nobody.status_code, nobody.json()["code"]) == (401, "token_required")

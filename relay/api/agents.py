@@ -72,7 +72,8 @@ JSON `{{"error", "code"}}` with the right status; a 429 carries `Retry-After`. {
 ## SDK base URLs
 
 - Any chat model through one OpenAI SDK: base URL `/relay/v1` (the model picks the provider:
-  `gpt-...`, `claude-...`, `gemini-...`, `provider/name`), API key: the relay token.
+  `gpt-...`, `claude-...`, `gemini-...`, `provider/name`), API key: the relay token;
+  `models.list()` there lists every model of every key the user holds, as `provider/id`.
 - OpenAI SDK: base URL `/relay/openai/v1`, API key: the relay token.
 - Anthropic SDK: base URL `/relay/anthropic`, API key: the relay token (in a browser, the SDK's \
 `dangerouslyAllowBrowser` is safe here: the key it holds is the relay token).

@@ -102,6 +102,27 @@ NAMED_SCHEMAS: Final[JSON] = {
     "Unhealthy": {"anyOf": [{"$ref": _SCHEMA_REF.format(name=n)} for n in ("Health", "Error")]},
     "PrometheusText": {"type": "string", "description": "The Prometheus text format."},
     "Markdown": {"type": "string", "description": "Markdown text."},
+    "ModelList": {
+        "type": "object",
+        "required": ["object", "data", "unavailable"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "object", "created", "owned_by"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "object": {"const": "model"},
+                        "created": {"type": "integer"},
+                        "owned_by": {"type": "string"},
+                    },
+                },
+            },
+            "unavailable": {"type": "array", "items": {"type": "string"}},
+        },
+    },
     "OpenApiDocument": {
         "type": "object",
         "required": ["openapi"],
@@ -227,6 +248,13 @@ OPERATIONS: Final = (
               "Relay by model: the body's `model` picks the provider and the path",
               _RELAYED, (400, 401, 403, 413, 502, 503, 504), ModelRelayBody, _RELAY_HEADERS,
               _RELAY_NOTE + " `GET /models` shows the routing."),
+    Operation("GET", "/relay/v1/models", "listAllModels", "relay", "token",
+              "The models of every provider the caller holds a key for (`models.list` at "
+              "`/relay/v1`)",
+              {200: ("An OpenAI-format list; ids are `provider/id`.", "ModelList")},
+              (401, 503),
+              description="Each provider with an OpenAI-compatible listing and a stored key is "
+              "asked with that key; one that fails is left out and named in `unavailable`."),
     Operation("POST", "/relay/v1/chat/completions", "relayChatByModel", "relay", "token",
               "One OpenAI-compatible base URL for every model (`/relay/v1` in an OpenAI SDK)",
               _RELAYED, (400, 401, 403, 413, 502, 503, 504), ModelRelayBody, _RELAY_HEADERS,

@@ -174,7 +174,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             "x-goog-api-key",
             "",
             allowed_paths=("/v1beta/models", "/v1/models", "/v1beta/openai/chat/completions"),
-            listing_paths=("/v1beta/models", "/v1/models"),
+            listing_paths=("/v1beta/models", "/v1/models", "/v1beta/openai/models"),
             sse_query=((":streamGenerateContent", "alt", "sse"),),
             # Google's system parameters: an API key as `key` or `$key` (`%24key`), an OAuth
             # token as `access_token` or `oauth_token`.
