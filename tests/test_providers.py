@@ -572,3 +572,11 @@ def test_only_encodings_the_usage_meter_reads_are_offered_upstream(
 ) -> None:
     sent = dict(forwarded(PROVIDERS["openai"], {"accept-encoding": offered}, KEY))
     assert sent["accept-encoding"] == forwarded_value
+
+
+@pytest.mark.parametrize("name", [n for n, p in PROVIDERS.items() if p.openai_base])
+def test_an_openai_compatible_base_is_on_the_allowlists(name: str) -> None:
+    """What `/relay/v1` sends to (chat) and lists (models) passes the provider's own lists."""
+    provider = PROVIDERS[name]
+    assert provider.allows(provider.openai_base + "/chat/completions")
+    assert provider.allows_listing(provider.openai_base + "/models")

@@ -80,13 +80,9 @@ class Routed:
 # Each provider's own OpenAI-compatible chat endpoint, where `/relay/v1/chat/completions` sends
 # an OpenAI-format body as it is (its model less any `provider/` prefix): no translation of ours.
 COMPATIBLE_CHAT: Final = {
-    "openai": "/v1/chat/completions",
-    "anthropic": "/v1/chat/completions",  # Anthropic's OpenAI SDK compatibility
-    "google": "/v1beta/openai/chat/completions",
-    "groq": "/openai/v1/chat/completions",
-    "openrouter": "/api/v1/chat/completions",
-    "mistral": "/v1/chat/completions",
-    "openai-compatible": "/v1/chat/completions",
+    name: provider.openai_base + "/chat/completions"
+    for name, provider in PROVIDERS.items()
+    if provider.openai_base
 }
 
 

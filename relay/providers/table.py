@@ -62,6 +62,9 @@ class Provider:
     listing_paths: tuple[str, ...] = ()
     """Path prefixes where GET alone is allowed: the model listing the SDKs read (`models.list`,
     `models.retrieve`), which names no model and spends nothing."""
+    openai_base: str = ""
+    """The base path of the provider's own OpenAI-compatible API (its `/chat/completions` and
+    `/models` below it), where `/relay/v1` sends; empty: it has none."""
     forwarded_headers: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """(upstream name, client names in order of preference) forwarded besides the common ones."""
     default_headers: tuple[tuple[str, str], ...] = ()
@@ -145,6 +148,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             listing_paths=("/v1/models",),
             forwarded_headers=_OPENAI_HEADERS,
             request_id_header="x-client-request-id",
+            openai_base="/v1",
             title="OpenAI",
             key_shape=KeyShape(
                 r"sk-[A-Za-z0-9_-]{20,}",
@@ -162,6 +166,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             listing_paths=("/v1/models",),
             forwarded_headers=_ANTHROPIC_HEADERS,
             default_headers=(("anthropic-version", "2023-06-01"),),
+            openai_base="/v1",
             title="Anthropic",
             key_shape=KeyShape(
                 r"sk-ant-[A-Za-z0-9_-]{20,}", "sk-ant-", 'Anthropic keys start with "sk-ant-".'
@@ -180,6 +185,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             # token as `access_token` or `oauth_token`.
             withheld_query=("key", "$key", "access_token", "oauth_token"),
             model_in="path:action",
+            openai_base="/v1beta/openai",
             title="Google",
             key_shape=KeyShape(
                 r"AIza[0-9A-Za-z_-]{35}",
@@ -201,6 +207,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
                 "/openai/v1/audio/translations",
             ),
             listing_paths=("/openai/v1/models",),
+            openai_base="/openai/v1",
             title="Groq",
             key_shape=KeyShape(r"gsk_[A-Za-z0-9]{20,}", "gsk_", 'Groq keys start with "gsk_".'),
             verify_path="/openai/v1/models",
@@ -218,6 +225,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             # OpenRouter credits requests to the app its HTTP-Referer names; the Node relay sent
             # its project's URL.
             default_headers=(("http-referer", "https://github.com/byok-relay/byok-relay"),),
+            openai_base="/api/v1",
             title="OpenRouter",
             key_shape=KeyShape(
                 r"sk-or-[A-Za-z0-9_-]{20,}", "sk-or-", 'OpenRouter keys start with "sk-or-".'
@@ -236,6 +244,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
                 "/v1/fim/completions",
             ),
             listing_paths=("/v1/models",),
+            openai_base="/v1",
             title="Mistral",
             key_shape=KeyShape(r"[A-Za-z0-9]{32}", "", "Mistral keys are 32 letters and digits."),
             verify_path="/v1/models",
@@ -295,6 +304,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             allowed_paths=_compatible_paths(),
             listing_paths=tuple(prefix + "/v1/models" for prefix in ("", "/api", "/openai")),
             forwarded_headers=_OPENAI_HEADERS + _ANTHROPIC_HEADERS,
+            openai_base="/v1",
             title="OpenAI-compatible",
             key_shape=KeyShape(foreign=True),
             verify_path="/v1/models",

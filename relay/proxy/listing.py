@@ -1,9 +1,9 @@
 """`GET /relay/v1/models`: the models of every provider the caller holds a key for, as one
 OpenAI-format list, so that an OpenAI SDK at `/relay/v1` can `models.list()` across them.
 
-Each provider with an OpenAI-compatible endpoint (`relay.providers.routing.COMPATIBLE_CHAT`) and
-a key of the caller's is asked its own listing, concurrently, with that key; every id comes back
-as `provider/id`, which `/relay/v1/chat/completions` routes to the same provider. A provider that
+Each provider with an OpenAI-compatible API (the table's `openai_base`) and a key of the
+caller's is asked its own listing, concurrently, with that key; every id comes back as
+`provider/id`, which `/relay/v1/chat/completions` routes to the same provider. A provider that
 fails (no answer in time, an error, an answer that is not a listing, a key that cannot be
 decrypted) is left out and named in `unavailable`: one provider's trouble never fails the list.
 Listings are free and name no model, so nothing is metered and `ALLOWED_MODELS` is not asked.
@@ -20,22 +20,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from backends import User
+from relay.errors import RelayError
 from relay.providers.table import PROVIDERS, forwarded_request_headers
-from relay.security.auth import authenticate_digest
-from relay.security.crypto import DecryptionError
+from relay.proxy.prepare import caller, stored_key
 from relay.services import Services
 
 __all__ = ["LISTINGS", "list_models"]
 
 LISTINGS: Final = {
-    "openai": "/v1/models",
-    "anthropic": "/v1/models",
-    "google": "/v1beta/openai/models",
-    "groq": "/openai/v1/models",
-    "openrouter": "/api/v1/models",
-    "mistral": "/v1/models",
+    name: provider.openai_base + "/models"
+    for name, provider in PROVIDERS.items()
+    if provider.openai_base and provider.base_url  # openai-compatible has no fixed upstream
 }
-"""Each provider's OpenAI-format model listing (openai-compatible has no fixed upstream)."""
+"""Each provider's OpenAI-format model listing."""
 MAX_LISTING_BYTES: Final = 4 * 1024 * 1024  # OpenRouter's, the longest, is some 400 KB
 TIMEOUT: Final = 10.0  # seconds for each provider's listing
 
@@ -46,8 +43,7 @@ class _Listing(msgspec.Struct):
 
 async def list_models(request: Request) -> Response:
     services: Services = request.state.services
-    user, digest = await authenticate_digest(services.store, services.tokens, request.headers)
-    await services.limiter.check("relay", digest)
+    user, _ = await caller(services, request.headers)
     held = [info.provider for info in await services.store.list_keys(user.id)]
     asked = [name for name in LISTINGS if name in held]
     answers = await asyncio.gather(*(_listing(services, user, name) for name in asked))
@@ -59,12 +55,9 @@ async def list_models(request: Request) -> Response:
 
 async def _listing(services: Services, user: User, name: str) -> list[dict[str, Any]] | None:
     provider = PROVIDERS[name]
-    record = await services.store.get_key(user.id, name)
-    if record is None:  # removed meanwhile
-        return None
     try:
-        key = services.cipher.decrypt(record, user_id=user.id, provider=name)
-    except DecryptionError:
+        _, key = await stored_key(services, user, provider)
+    except RelayError:  # removed meanwhile, or unreadable (logged)
         return None
     settings = services.settings
     headers = forwarded_request_headers(provider, {}, key, settings.default_headers_for(name))

@@ -46,7 +46,7 @@ from relay.security.crypto import DecryptionError
 from relay.services import Services
 from relay.telemetry.access import ACCESS, Access, short_user
 
-__all__ = ["ModelRelay", "ProviderRelay", "Router"]
+__all__ = ["ModelRelay", "ProviderRelay", "Router", "caller", "stored_key"]
 
 Router = Callable[[object, bool], Routed]
 """A model name (and whether the request streams) to where it goes."""
@@ -94,12 +94,6 @@ class _Relay:
     async def _prepare(self, scope: Scope, receive: Receive, send: Send) -> Exchange | None:
         raise NotImplementedError
 
-    async def _caller(self, services: Services, headers: Headers) -> tuple[User, str]:
-        """The caller and their token's digest."""
-        user, token_digest = await authenticate_digest(services.store, services.tokens, headers)
-        await services.limiter.check("relay", token_digest)
-        return user, token_digest
-
     async def _holding(
         self, services: Services, held: int, making: Awaitable[Exchange]
     ) -> Exchange:
@@ -131,7 +125,7 @@ class _Relay:
             access.provider, access.app_id = provider.name, request.user.app_id
             access.user = short_user(request.user.id)
         # The key first: a caller without one makes the relay look up no name.
-        record, key = await self._key(services, request.user, provider)
+        record, key = await stored_key(services, request.user, provider)
         target = await self._target(request, provider)
         if access is not None and target.pin is not None:
             access.client_upstream = True
@@ -166,28 +160,6 @@ class _Relay:
         )
         return _Target(f"{upstream.scheme}://{upstream.host_header}", upstream)
 
-    async def _key(self, services: Services, user: User, provider: Provider) -> tuple[bytes, str]:
-        """The stored record and the key it seals."""
-        record = await services.store.get_key(user.id, provider.name)
-        if record is None:
-            name = provider.name
-            raise BadRequest(
-                f'No API key stored for provider "{name}". POST /keys/{name} first.', code="no_key"
-            )
-        try:
-            return record, services.cipher.decrypt(record, user_id=user.id, provider=provider.name)
-        except DecryptionError:
-            logger.error(
-                "stored key could not be decrypted",
-                extra={"user_id": user.id, "provider": provider.name},
-            )
-            raise RelayError(
-                f'The stored key for provider "{provider.name}" could not be decrypted. '
-                f"Store it again with POST /keys/{provider.name}.",
-                code="key_unreadable",
-                status=500,
-            ) from None
-
 
 class ProviderRelay(_Relay):
     """`/relay/{provider}/{path}`: the provider's own API, path and all."""
@@ -201,7 +173,7 @@ class ProviderRelay(_Relay):
         if provider is None:
             raise unsupported_provider()
         headers = Headers(scope=scope)
-        user, token = await self._caller(services, headers)
+        user, token = await caller(services, headers)
 
         raw = _upstream_path(scope.get("raw_path") or scope["path"].encode())
         path = normalize_path(raw)
@@ -256,7 +228,7 @@ class ModelRelay(_Relay):
     async def _prepare(self, scope: Scope, receive: Receive, send: Send) -> Exchange | None:
         services: Services = scope["state"]["services"]
         headers = Headers(scope=scope)
-        user, token = await self._caller(services, headers)
+        user, token = await caller(services, headers)
         limit = services.settings.parse_limit
         declared = declared_length(headers, limit, TOO_LARGE_TO_READ)
         try:
@@ -326,3 +298,33 @@ def _query(provider: Provider, path: str, query_string: bytes) -> str:
         ):
             query = f"{query}&{name}={value}" if query else f"{name}={value}"
     return "?" + query if query else ""
+
+
+async def caller(services: Services, headers: Headers) -> tuple[User, str]:
+    """The caller and their token's digest."""
+    user, token_digest = await authenticate_digest(services.store, services.tokens, headers)
+    await services.limiter.check("relay", token_digest)
+    return user, token_digest
+
+
+async def stored_key(services: Services, user: User, provider: Provider) -> tuple[bytes, str]:
+    """The stored record and the key it seals."""
+    record = await services.store.get_key(user.id, provider.name)
+    if record is None:
+        name = provider.name
+        raise BadRequest(
+            f'No API key stored for provider "{name}". POST /keys/{name} first.', code="no_key"
+        )
+    try:
+        return record, services.cipher.decrypt(record, user_id=user.id, provider=provider.name)
+    except DecryptionError:
+        logger.error(
+            "stored key could not be decrypted",
+            extra={"user_id": user.id, "provider": provider.name},
+        )
+        raise RelayError(
+            f'The stored key for provider "{provider.name}" could not be decrypted. '
+            f"Store it again with POST /keys/{provider.name}.",
+            code="key_unreadable",
+            status=500,
+        ) from None
