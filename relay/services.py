@@ -207,6 +207,8 @@ async def open_services(
             time.time(),
         )
         if settings.metrics and metrics.multiprocess_dir() is not None:
+            # Out last: what the final requests tallied reaches the files before the worker goes.
+            stack.callback(services.sample_gauges)
             sampling = asyncio.get_running_loop().create_task(_sample_gauges(services))
             stack.callback(sampling.cancel)
         yield services
