@@ -74,12 +74,24 @@ _GENAI_SECONDS: Final = tuple(0.01 * 2**i for i in range(14))  # 0.01 .. 81.92
 _TOKEN_BUCKETS: Final = tuple(4**i for i in range(14))  # 1 .. 67,108,864
 _STORE_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
-HTTP_DURATION: Final = Histogram(
+# Each histogram's upper bounds as its series hold them (prometheus_client adds +Inf): what the
+# tally buckets by.
+_BOUNDS: Final[dict[Histogram, tuple[float, ...]]] = {}
+
+
+def _histogram(
+    name: str, documentation: str, labels: list[str], buckets: tuple[float, ...]
+) -> Histogram:
+    histogram = Histogram(name, documentation, labels, buckets=buckets, registry=_REGISTRY)
+    _BOUNDS[histogram] = (*buckets, math.inf)
+    return histogram
+
+
+HTTP_DURATION: Final = _histogram(
     "http_server_request_duration_seconds",
     "Requests served, by method, route template and status, and how long each took.",
     ["http_request_method", "http_route", "http_response_status_code"],
-    buckets=_HTTP_BUCKETS,
-    registry=_REGISTRY,
+    _HTTP_BUCKETS,
 )
 RELAYED: Final = Counter(
     "relay_relayed_requests",
@@ -87,26 +99,23 @@ RELAYED: Final = Counter(
     ["provider", "model", "status", "outcome"],
     registry=_REGISTRY,
 )
-OPERATION_DURATION: Final = Histogram(
+OPERATION_DURATION: Final = _histogram(
     "gen_ai_client_operation_duration_seconds",
     "Relayed requests, from their arrival to the end of the provider's answer.",
     ["gen_ai_provider_name", "gen_ai_request_model"],
-    buckets=_GENAI_SECONDS,
-    registry=_REGISTRY,
+    _GENAI_SECONDS,
 )
-FIRST_CHUNK: Final = Histogram(
+FIRST_CHUNK: Final = _histogram(
     "gen_ai_client_operation_time_to_first_chunk_seconds",
     "Streamed relayed requests, from their arrival to the answer's first bytes sent.",
     ["gen_ai_provider_name", "gen_ai_request_model"],
-    buckets=_GENAI_SECONDS,
-    registry=_REGISTRY,
+    _GENAI_SECONDS,
 )
-TOKENS: Final = Histogram(
+TOKENS: Final = _histogram(
     "gen_ai_client_token_usage",
     "Tokens per relayed request as the provider reported them (the sum: tokens in all).",
     ["gen_ai_provider_name", "gen_ai_request_model", "gen_ai_token_type"],
-    buckets=_TOKEN_BUCKETS,
-    registry=_REGISTRY,
+    _TOKEN_BUCKETS,
 )
 OPEN_EXCHANGES: Final = Gauge(
     "relay_open_exchanges",
@@ -121,12 +130,11 @@ UPSTREAM_CONNECTIONS: Final = Gauge(
     registry=_REGISTRY,
     multiprocess_mode="livesum",
 )
-STORE_DURATION: Final = Histogram(
+STORE_DURATION: Final = _histogram(
     "relay_store_call_duration_seconds",
     "Calls to the key store (past the cache), by operation.",
     ["operation"],
-    buckets=_STORE_BUCKETS,
-    registry=_REGISTRY,
+    _STORE_BUCKETS,
 )
 STORE_ERRORS: Final = Counter(
     "relay_store_call_errors",
@@ -143,16 +151,6 @@ RATE_LIMITED: Final = Counter(
     registry=_REGISTRY,
 )
 
-# Each histogram's upper bounds as its series hold them (prometheus_client adds +Inf).
-_BOUNDS: Final[dict[Histogram, tuple[float, ...]]] = {
-    histogram: (*buckets, math.inf)
-    for histogram, buckets in (
-        (HTTP_DURATION, _HTTP_BUCKETS),
-        (OPERATION_DURATION, _GENAI_SECONDS),
-        (FIRST_CHUNK, _GENAI_SECONDS),
-        (TOKENS, _TOKEN_BUCKETS),
-    )
-}
 _METHODS: Final = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"))
 # Status 0: no answer began (the client left first).
 _STATUSES: Final = {0: "0"} | {int(status): str(int(status)) for status in http.HTTPStatus}
