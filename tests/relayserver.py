@@ -109,6 +109,20 @@ def store_key(client: httpx.Client, token: str, provider: str, key: str) -> None
     assert response.status_code == 200, response.text
 
 
+def chat_as_a_new_user(
+    client: httpx.Client, key: str, query: str = ""
+) -> tuple[str, httpx.Response]:
+    """A new user with `key` stored for OpenAI, and one small chat relayed for them (`query`
+    tunes the mock: `delay_ms=2000`): the user's token and the answer."""
+    token = register(client)
+    store_key(client, token, "openai", key)
+    return token, client.post(
+        f"/relay/openai/v1/chat/completions?{query}",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-relay-token": token},
+    )
+
+
 def raw_relay_post(path: bytes, token: str, body: bytes, *extra: bytes) -> bytes:
     """A relayed JSON POST as the bytes on the wire; `extra` header lines go as they are (a
     test may put any byte in them)."""

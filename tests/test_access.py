@@ -20,7 +20,7 @@ import pytest
 from relay.telemetry.access import Access, AccessMiddleware, short_user
 from tests.mockprovider import MockProvider
 from tests.relayprocess import RelayProcess
-from tests.relayserver import register, relay_env, store_key
+from tests.relayserver import chat_as_a_new_user, register, relay_env, store_key
 
 pytestmark = pytest.mark.sqlite
 
@@ -203,13 +203,7 @@ def test_the_cause_of_a_502_or_504_is_logged(
     relay = RelayProcess(tmp_path, env)
     try:
         with relay.client() as client:
-            token = register(client)
-            store_key(client, token, "openai", KEY)
-            response = client.post(
-                "/relay/openai/v1/chat/completions?delay_ms=3000",
-                json=CHAT,
-                headers={"x-relay-token": token},
-            )
+            token, response = chat_as_a_new_user(client, KEY, "delay_ms=3000")
         assert response.status_code == status
         relay.wait_for("upstream request failed")
         failures = [

@@ -27,7 +27,7 @@ from relay.config import ConfigError, Settings
 from relay.telemetry.traces import Tracer
 from tests.mockprovider import MockProvider
 from tests.relayprocess import RelayProcess, clean_env
-from tests.relayserver import TEST_SECRET, register, relay_env, store_key
+from tests.relayserver import TEST_SECRET, chat_as_a_new_user, register, relay_env, store_key
 
 pytestmark = pytest.mark.sqlite
 
@@ -177,13 +177,7 @@ def test_a_provider_that_cannot_be_reached_is_an_error_span(
     relay = RelayProcess(tmp_path, env)
     try:
         with relay.client() as client:
-            token = register(client)
-            store_key(client, token, "openai", KEY)
-            response = client.post(
-                "/relay/openai/v1/chat/completions?delay_ms=2000",
-                json=CHAT,
-                headers={"x-relay-token": token},
-            )
+            _, response = chat_as_a_new_user(client, KEY, "delay_ms=2000")
         assert response.status_code == 504
         server = receiver.wait_for("POST /relay/")
         assert server.status.code == server.status.STATUS_CODE_ERROR
