@@ -14,8 +14,10 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-# Only what the package build needs (the readme is part of the project metadata).
-COPY pyproject.toml README.md ./
+# Only what the package build needs (the readme is part of the project metadata; setup.py copies
+# the browser client into the package).
+COPY pyproject.toml setup.py README.md ./
+COPY clients/js ./clients/js
 COPY relay ./relay
 COPY backends ./backends
 COPY migrations ./migrations
@@ -31,6 +33,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
     RELAY_ENV=production \
+    RELAY_DEMO=off \
     DB_PATH=/data/relay.db \
     RELAY_COMMIT=${RELAY_COMMIT} \
     RELAY_BUILD_TIME=${RELAY_BUILD_TIME}

@@ -36,6 +36,7 @@ from relay.server.ratelimit import GlobalLimitMiddleware
 from relay.services import open_services
 from relay.telemetry import access
 from relay.telemetry import metrics as telemetry_metrics
+from relay.web import assets
 
 if TYPE_CHECKING:  # imported only when traces are configured
     from relay.telemetry.traces import Tracer
@@ -188,6 +189,8 @@ def create_app(
     ]
     if settings.metrics:
         routes.append(Route("/metrics", metrics.metrics_endpoint, methods=["GET"]))
+    pages = {**assets.CLIENT, **(assets.DEMO if settings.demo else {})}
+    routes += [Route(path, asset.respond, methods=["GET"]) for path, asset in pages.items()]
     handlers: dict[type[Exception], Handler] = {
         RelayError: _relay_error,
         HTTPException: _http_exception,

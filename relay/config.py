@@ -152,6 +152,8 @@ class Settings:
     """When set, `/metrics` answers only `Authorization: Bearer <METRICS_TOKEN>`."""
     metrics_dir: str | None = None
     """The operator's `PROMETHEUS_MULTIPROC_DIR` (`byok-relay serve` makes one for workers)."""
+    demo: bool = True
+    """The demo page at `GET /` (`relay.web`); off by default in production."""
     traces: TraceSettings | None = None
     """Where spans are exported (OTLP over HTTP), when an endpoint is set."""
     environment: str = "development"
@@ -337,6 +339,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         metrics=_choice(get, "RELAY_METRICS", ("on", "off")) == "on",
         metrics_token=_bearer_secret(get, "METRICS_TOKEN"),
         metrics_dir=get("PROMETHEUS_MULTIPROC_DIR") or None,
+        demo=_choice(get, "RELAY_DEMO", _DEMO_CHOICES[environment]) == "on",
         traces=_traces(get),
         environment=environment,
         commit=get("RELAY_COMMIT")
@@ -381,6 +384,10 @@ def _limit(get: Callable[[str], str | None], name: str, default: str) -> str:
     except ValueError:
         raise ConfigError(f"{name} is not a rate limit like 20/minute or 100 per hour") from None
     return value
+
+
+# The first choice is the default: the demo page is for trying the relay out, not for production.
+_DEMO_CHOICES: Final = {"development": ("on", "off"), "production": ("off", "on")}
 
 
 def _choice(get: Callable[[str], str | None], name: str, choices: tuple[str, ...]) -> str:

@@ -594,7 +594,8 @@ def test_delete_user(
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", "/"),
+        ("GET", "/index.html"),
+        ("GET", "/sdk/other.js"),
         ("GET", "/nope"),
         ("POST", "/nope"),
         ("GET", "/keys/openai/extra"),

@@ -184,6 +184,7 @@ def test_compose_wires_the_relay_to_its_postgres_and_redis(compose: dict[str, An
 
     assert env["HOST"] == "0.0.0.0"
     assert env["RELAY_ENV"] == "production"
+    assert env["RELAY_DEMO"] == "off"
     assert env.get("PORT", "3000") == "3000"
 
 
@@ -215,7 +216,7 @@ def test_dockerfile_runs_byok_relay_serve_as_a_non_root_user() -> None:
 
 def test_dockerfile_environment_suits_a_container() -> None:
     env = " ".join(args for keyword, args in final_stage() if keyword == "ENV")
-    for setting in ("HOST=0.0.0.0", "RELAY_ENV=production", "PYTHONUNBUFFERED=1"):
+    for setting in ("HOST=0.0.0.0", "RELAY_ENV=production", "RELAY_DEMO=off", "PYTHONUNBUFFERED=1"):
         assert setting in env
     assert "DB_PATH=/data/" in env
 
@@ -238,13 +239,14 @@ def test_dockerfile_installs_the_package_not_an_editable_checkout() -> None:
 
 
 def test_dockerfile_copies_every_package_the_build_needs() -> None:
-    """pyproject's packages and its readme are in the build context and copied."""
+    """pyproject's packages, its readme, setup.py and the browser client it copies into the
+    package are in the build context and copied."""
     project = tomllib.loads(read("pyproject.toml"))
     needed = {
         pattern.rstrip("*")
         for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]
     }
-    needed |= {"pyproject.toml", project["project"]["readme"]}
+    needed |= {"pyproject.toml", project["project"]["readme"], "setup.py", "clients/js"}
     copied = " ".join(args for keyword, args in dockerfile_instructions() if keyword == "COPY")
     ignore = [line.strip() for line in read(".dockerignore").splitlines()]
     ignore = [line for line in ignore if line and not line.startswith("#")]
@@ -315,6 +317,7 @@ def test_render_blueprint_wires_postgres_and_key_value() -> None:
     assert services[redis["name"]]["type"] == redis["type"]
 
     assert env["RELAY_ENV"]["value"] == "production"
+    assert env["RELAY_DEMO"]["value"] == "off"
     assert env["HOST"]["value"] == "0.0.0.0"
     secret = env["ENCRYPTION_SECRET"]
     assert secret.get("generateValue") is True or secret.get("sync") is False

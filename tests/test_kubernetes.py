@@ -197,6 +197,7 @@ def test_the_config_map_holds_the_production_settings() -> None:
     unknown = sorted(set(data) - variables_read_by_the_relay())
     assert not unknown, f"the relay does not read {unknown}"
     assert data["RELAY_ENV"] == "production"
+    assert data["RELAY_DEMO"] == "off"
     assert data["HOST"] == "0.0.0.0"
     assert not set(data) & SECRETS
     Settings.from_env({"ENCRYPTION_SECRET": "x" * 32, **data})  # it starts a relay

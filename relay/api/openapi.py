@@ -143,7 +143,7 @@ def build_document() -> JSON:
                 "routes answer 404 and wrong methods 405, both JSON."
             ),
         },
-        "tags": [{"name": name} for name in ("meta", "accounts", "keys", "relay", "usage")],
+        "tags": [{"name": name} for name in dict.fromkeys(op.tag for op in OPERATIONS)],
         "paths": paths,
         "components": _components(),
     }

@@ -102,6 +102,15 @@ NAMED_SCHEMAS: Final[JSON] = {
     "Unhealthy": {"anyOf": [{"$ref": _SCHEMA_REF.format(name=n)} for n in ("Health", "Error")]},
     "PrometheusText": {"type": "string", "description": "The Prometheus text format."},
     "Markdown": {"type": "string", "description": "Markdown text."},
+    **{
+        name: {"type": "string", "description": what}
+        for name, what in (
+            ("JavaScriptModule", "An ECMAScript module."),
+            ("TypeScriptDeclarations", "TypeScript declarations."),
+            ("HtmlPage", "An HTML page."),
+            ("Stylesheet", "A CSS stylesheet."),
+        )
+    },
     "ModelList": {
         "type": "object",
         "required": ["object", "data", "unavailable"],
@@ -205,6 +214,28 @@ OPERATIONS: Final = (
               media_type="text/markdown",
               description="Built from this relay's provider table and settings (whether "
               "registration needs `APP_SECRET`, the model allowlist); every URL relative."),
+    Operation("GET", "/sdk/byok-relay.js", "getBrowserClient", "browser", "none",
+              "The browser client: one dependency-free ES module (`clients/js/`)",
+              {200: ("The module; cached a day, revalidated by its ETag.", "JavaScriptModule")},
+              media_type="text/javascript",
+              description="`connect()`, the keys, a token-adding `fetch` for the official SDKs, "
+              "stream helpers, `RelayError`, and the `<byok-connect>` element."),
+    Operation("GET", "/sdk/byok-relay.d.ts", "getBrowserClientTypes", "browser", "none",
+              "The browser client's TypeScript declarations",
+              {200: ("The declarations; cached a day, revalidated by their ETag.",
+                     "TypeScriptDeclarations")},
+              media_type="application/typescript"),
+    Operation("GET", "/", "getDemoPage", "browser", "none",
+              "The demo page: connect, add a key, chat through it, see the usage",
+              {200: ("The page, under a strict Content-Security-Policy.", "HtmlPage")},
+              media_type="text/html",
+              description="Served unless `RELAY_DEMO=off` (the default in production)."),
+    Operation("GET", "/demo.js", "getDemoScript", "browser", "none", "The demo page's script",
+              {200: ("The module.", "JavaScriptModule")}, media_type="text/javascript",
+              description="Served unless `RELAY_DEMO=off`."),
+    Operation("GET", "/demo.css", "getDemoStyles", "browser", "none",
+              "The demo page's styles", {200: ("The stylesheet.", "Stylesheet")},
+              media_type="text/css", description="Served unless `RELAY_DEMO=off`."),
     Operation("GET", "/version", "getVersion", "meta", "none", "The running version",
               {200: ("Version, commit and build time.", health.Version)}),
     Operation("GET", "/openapi.json", "getOpenApi", "meta", "none", "This document",
