@@ -186,9 +186,13 @@ def test_byok_connect_stores_checks_replaces_and_removes_a_key(
 
     # The key left the page with the request: nothing of the page holds it.
     held = ui.evaluate(
-        """() => JSON.stringify([localStorage, sessionStorage, document.cookie,
-            document.documentElement.outerHTML,
-            document.querySelector('byok-connect').shadowRoot.innerHTML])"""
+        """() => {
+            const element = document.querySelector("byok-connect");
+            const fields = [...element.shadowRoot.querySelectorAll("input, select")];
+            return JSON.stringify([localStorage, sessionStorage, document.cookie,
+                document.documentElement.outerHTML, element.shadowRoot.innerHTML,
+                fields.map((field) => field.value), Object.entries(element)]);
+        }"""
     )
     assert KEY not in held
     assert "0123456789abcdef" not in held

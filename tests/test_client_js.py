@@ -19,20 +19,26 @@ import pytest
 MODULE = Path(__file__).resolve().parent.parent / "clients" / "js" / "byok-relay.js"
 
 # A stream in each line-end style, with a comment, a multi-line data field, an event name, an
-# id, a field without a colon and no blank line after the last event.
+# empty one, an id (which later events carry too), a field without a colon, an event whose
+# blank line is a CR at the very end, and one the stream ends inside of (dropped, as
+# EventSource drops it).
 SSE = (
     ": a comment\r\n"
     "data: first\r\n\r\n"
     "event: named\rdata: two\rdata:  lines\r\r"
     "id: 7\ndata: é ü ✓\nretry\n\n"
-    "data: last"
+    "event:\ndata: plain\n\n"
+    "id: a\0b\ndata: kept id\r\r"
+    "data: dropped"
 )
 EXPECTED = [
     {"event": "message", "data": "first", "id": None},
     {"event": "named", "data": "two\n lines", "id": None},
     {"event": "message", "data": "é ü ✓", "id": "7"},
-    {"event": "message", "data": "last", "id": None},
+    {"event": "message", "data": "plain", "id": "7"},
+    {"event": "message", "data": "kept id", "id": "7"},
 ]
+ENDS_IN_CR = "data: last\r\r"
 
 
 def run(body: str) -> Any:
@@ -79,9 +85,11 @@ def test_events_are_split_the_same_wherever_the_chunks_break() -> None:
           splits.push(await all(client.events(bytes([whole.slice(0, i), whole.slice(i)]))));
         }}
         const single = await all(client.events(bytes([...whole].map((b) => Uint8Array.of(b)))));
-        return {{ whole: await all(client.events(chunked([text]))), splits, single }};
+        return {{ whole: await all(client.events(chunked([text]))), splits, single,
+          last: await all(client.events(chunked([{json.dumps(ENDS_IN_CR)}]))) }};
         """
     )
+    assert result["last"] == [{"event": "message", "data": "last", "id": None}]
     assert result["whole"] == EXPECTED
     assert result["single"] == EXPECTED
     assert all(split == EXPECTED for split in result["splits"]), "a split changed the events"
@@ -151,6 +159,11 @@ def test_a_stream_that_ends_in_an_error_throws_a_relay_error() -> None:
             '{"type":"overloaded_error","message":"Overloaded"}}\\n\\n'])),
           await failure(chunked(['data: {"error":{"code":500,"message":"Internal",' +
             '"status":"INTERNAL"}}\\n\\n'])),
+          await failure(chunked(['event: error\\ndata: {"type":"error","code":"server_error",' +
+            '"message":"Try again","sequence_number":3}\\n\\n'])),
+          await failure(chunked(['event: response.failed\\ndata: {"type":"response.failed",' +
+            '"response":{"status":"failed","error":{"code":"rate_limit_exceeded",' +
+            '"message":"Slow down"}}}\\n\\n'])),
         ];
         """
     )
@@ -162,7 +175,41 @@ def test_a_stream_that_ends_in_an_error_throws_a_relay_error() -> None:
         {"name": "RelayError", "message": "Overloaded", "code": "overloaded_error",
          "relayError": True},
         {"name": "RelayError", "message": "Internal", "code": "INTERNAL", "relayError": True},
+        {"name": "RelayError", "message": "Try again", "code": "server_error",
+         "relayError": True},
+        {"name": "RelayError", "message": "Slow down", "code": "rate_limit_exceeded",
+         "relayError": True},
     ]  # fmt: skip
+
+
+def test_leaving_a_stream_early_cancels_its_body_and_an_answer_reads_once() -> None:
+    result = run(
+        """
+        const cancelled = [];
+        const endless = () => new Response(new ReadableStream({
+          pull(c) { c.enqueue(new TextEncoder().encode('data: {"choices":[{"delta":' +
+            '{"content":"x"}}]}\\n\\n')); },
+          cancel(reason) { cancelled.push(String(reason ?? "none")); },
+        }), { headers: { "content-type": "text/event-stream", "x-relay-provider": "openai" } });
+        const answer = new client.Answer(endless());
+        let seen = 0;
+        for await (const text of answer) if (++seen === 3) break;
+        let again = null;
+        try { answer[Symbol.asyncIterator](); } catch (e) { again = e.message; }
+        const controller = new AbortController();
+        const aborted = new client.Answer(endless(), controller.signal);
+        let abort = null;
+        try {
+          for await (const text of aborted) controller.abort();
+        } catch (e) { abort = e.name; }
+        return { seen, cancelled, again, abort, provider: answer.provider };
+        """
+    )
+    assert result["seen"] == 3
+    assert len(result["cancelled"]) == 2, "each stream left early was cancelled"
+    assert result["again"] == "An answer can be read once"
+    assert result["abort"] == "AbortError"
+    assert result["provider"] == "openai"
 
 
 def test_errors_carry_the_code_status_retry_after_and_who_answered() -> None:

@@ -38,7 +38,8 @@ def test_the_client_is_served_as_a_javascript_module_with_an_etag_and_a_long_cac
     assert response.content == (CLIENT / "byok-relay.js").read_bytes()
     assert response.headers["x-content-type-options"] == "nosniff"
     cache = response.headers["cache-control"]
-    assert cache.startswith("public, max-age=86400")
+    assert cache == "public, max-age=3600, stale-while-revalidate=86400"
+    assert response.headers["vary"] == "Origin"
     etag = response.headers["etag"]
     assert etag.startswith('"')
     assert etag.endswith('"')
@@ -47,10 +48,15 @@ def test_the_client_is_served_as_a_javascript_module_with_an_etag_and_a_long_cac
     assert again.status_code == 304
     assert again.content == b""
     assert again.headers["etag"] == etag
+    assert again.headers["cache-control"] == cache
+    assert again.headers["vary"] == "Origin"
+    assert "content-length" not in again.headers
+    assert client.get("/sdk/byok-relay.js", headers={"if-none-match": "*"}).status_code == 304
     assert client.get("/sdk/byok-relay.js", headers={"if-none-match": '"other"'}).status_code == 200
     head = client.head("/sdk/byok-relay.js")
     assert head.status_code == 200
     assert head.content == b""
+    assert head.headers["etag"] == etag
 
     types = client.get("/sdk/byok-relay.d.ts")
     assert types.headers["content-type"] == "application/typescript; charset=utf-8"

@@ -30,6 +30,11 @@ export interface ConnectOptions {
 
 export declare function connect(options?: ConnectOptions): Promise<Relay>;
 
+/** The relay of a token kept in `storage` from before, or null; nothing is sent. */
+export declare function restore(
+  options?: Pick<ConnectOptions, "url" | "appId" | "storage" | "fetch">,
+): Promise<Relay | null>;
+
 export type KeyStatus = "unverified" | "ok" | "invalid" | "no_credit";
 
 export interface StoredKey {
@@ -47,7 +52,9 @@ export interface KeySaved {
   ok: true;
   provider: string;
   /** Present when the key was checked with the provider. */
-  status?: KeyStatus;
+  status?: "ok" | "unverified";
+  /** Present when the key's shape is unusual for the provider: it may be another's key. */
+  hint?: string;
 }
 
 export interface KeyRotated extends KeySaved {
@@ -91,12 +98,19 @@ export interface RequestOptions {
 }
 
 export declare class Relay {
-  constructor(url: string, token: string, options?: { forget?: () => void; fetch?: typeof fetch });
+  constructor(
+    url: string,
+    token: string,
+    options?: { forget?: () => void | Promise<void>; fetch?: typeof fetch },
+  );
   readonly url: string;
   /** The relay token: a credential for this user's keys, like a session cookie. */
   readonly token: string;
   readonly keys: Keys;
-  /** `fetch` with the token added to requests for this relay, and to no other URL. */
+  /**
+   * `fetch` with the token added to requests for this relay, and to no other URL; those never
+   * follow a redirect. Responses come back as they are (an error status does not throw).
+   */
   fetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response>;
   /** POST a JSON body to a relay path; an error status throws a RelayError. */
   request(path: string, body: unknown, options?: RequestOptions): Promise<Answer>;
@@ -120,7 +134,7 @@ export interface AnswerInfo {
 
 export declare function answerInfo(response: Response): AnswerInfo;
 
-/** A relayed answer; iterate it for the text as it arrives. */
+/** A relayed answer; iterate it (once) for the text as it arrives. */
 export declare class Answer implements AsyncIterable<string>, AnswerInfo {
   constructor(response: Response, signal?: AbortSignal);
   readonly response: Response;
@@ -167,6 +181,7 @@ export interface ByokErrorEvent extends CustomEvent<{ error: unknown }> {}
 
 /** `<byok-connect>`: the user adds, checks, replaces and removes their own provider keys. */
 export declare class ByokConnect extends HTMLElement {
+  /** Setting it (null included) forgets the keys shown for the previous relay. */
   relay: Relay | null;
   refresh(): Promise<void>;
 }

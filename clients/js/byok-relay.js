@@ -177,7 +177,8 @@ export class Relay {
   #fetch;
 
   constructor(url, token, { forget = () => {}, fetch: fetchImpl } = {}) {
-    this.url = String(url).replace(/\/+$/, "");
+    // As the URL parser writes it (host lower-cased, default port dropped), as a Request's is.
+    this.url = new URL(String(url)).href.replace(/\/+$/, "");
     this.#token = token;
     this.#forget = forget;
     this.#fetch = fetchImpl ?? globalThis.fetch.bind(globalThis);
@@ -193,7 +194,8 @@ export class Relay {
 
   /**
    * `fetch`, with the token added to requests for this relay (never to any other URL). A path
-   * ("/relay/openai/v1/...") is taken relative to the relay.
+   * ("/relay/openai/v1/...") is taken relative to the relay. A request carrying the token never
+   * follows a redirect: a browser would send the header on to wherever it points.
    */
   fetch(input, init = {}) {
     const isRequest = typeof Request !== "undefined" && input instanceof Request;
@@ -201,8 +203,9 @@ export class Relay {
     if (!this.#owns(target)) return this.#fetch(input, init);
     const headers = new Headers(init.headers ?? (isRequest ? input.headers : undefined));
     headers.set("x-relay-token", this.#token);
-    if (isRequest) return this.#fetch(new Request(input, { ...init, headers }));
-    return this.#fetch(target, { ...init, headers });
+    const sent = { ...init, headers, redirect: "error" };
+    if (isRequest) return this.#fetch(new Request(input, sent));
+    return this.#fetch(target, sent);
   }
 
   /** POST a JSON body to a relay path; the answer as an `Answer` (an error status throws). */
@@ -274,12 +277,18 @@ export class Relay {
   }
 
   #resolve(input) {
-    return /^[a-z][a-z0-9+.-]*:/i.test(input) ? input : `${this.url}/${input.replace(/^\/+/, "")}`;
+    const absolute = /^[a-z][a-z0-9+.-]*:/i.test(input);
+    return absolute ? input : `${this.url}/${input.replace(/^\/+/, "")}`;
   }
 
   #owns(target) {
-    return target === this.url || target.startsWith(`${this.url}/`)
-      || target.startsWith(`${this.url}?`);
+    let href;
+    try {
+      href = new URL(target).href;
+    } catch {
+      return false;
+    }
+    return href === this.url || href.startsWith(`${this.url}/`) || href.startsWith(`${this.url}?`);
   }
 }
 
@@ -317,8 +326,10 @@ class Keys {
 
 // ---- answers and streams ----------------------------------------------------------------------
 
-/** A relayed answer: which key paid, and its text (iterate it for the deltas of a stream). */
+/** A relayed answer: which key paid, and its text (iterate it, once, for the deltas). */
 export class Answer {
+  #read = false;
+
   constructor(response, signal) {
     this.response = response;
     this.signal = signal;
@@ -326,6 +337,8 @@ export class Answer {
   }
 
   [Symbol.asyncIterator]() {
+    if (this.#read) throw new TypeError("An answer can be read once");
+    this.#read = true;
     return textDeltas(this.response, { signal: this.signal })[Symbol.asyncIterator]();
   }
 
@@ -338,8 +351,9 @@ export class Answer {
 }
 
 /**
- * The server-sent events of a response, as {event, data, id}, split as the WHATWG parser
- * splits them (CRLF, CR or LF line ends; `data` lines joined; comments skipped).
+ * The server-sent events of a response, as {event, data, id}, parsed as the WHATWG parser
+ * (EventSource) parses them: CRLF, CR or LF line ends, `data` lines joined, comments skipped,
+ * the last `id` carried over, an event the stream ends before the end of is dropped.
  */
 export async function* events(response, { signal } = {}) {
   if (!response.body) return;
@@ -348,12 +362,16 @@ export async function* events(response, { signal } = {}) {
   const cancel = () => reader.cancel(signal.reason).catch(() => {});
   signal?.addEventListener("abort", cancel, { once: true });
   let buffer = "";
-  let event = { event: "message", data: [], id: null };
+  let type = "";
+  let data = [];
+  let lastId = null;
   let finished = false;
   const line = (text) => {
     if (text === "") {
-      const ready = event.data.length ? { ...event, data: event.data.join("\n") } : null;
-      event = { event: "message", data: [], id: null };
+      const ready = data.length ? { event: type || "message", data: data.join("\n"), id: lastId }
+        : null;
+      type = "";
+      data = [];
       return ready;
     }
     if (text.startsWith(":")) return null;
@@ -361,9 +379,9 @@ export async function* events(response, { signal } = {}) {
     const field = colon < 0 ? text : text.slice(0, colon);
     let value = colon < 0 ? "" : text.slice(colon + 1);
     if (value.startsWith(" ")) value = value.slice(1);
-    if (field === "data") event.data.push(value);
-    else if (field === "event") event.event = value;
-    else if (field === "id") event.id = value;
+    if (field === "data") data.push(value);
+    else if (field === "event") type = value;
+    else if (field === "id" && !value.includes("\0")) lastId = value;
     return null;
   };
   try {
@@ -371,21 +389,22 @@ export async function* events(response, { signal } = {}) {
       signal?.throwIfAborted();
       const { value, done } = await reader.read();
       signal?.throwIfAborted();
-      buffer += done ? decoder.decode() : decoder.decode(value, { stream: true });
+      if (done) {
+        finished = true;
+        // A CR held back as the first half of a CRLF ended its line after all.
+        const ready = buffer.endsWith("\r") ? line(buffer.slice(0, -1)) : null;
+        if (ready) yield ready;
+        return;
+      }
+      buffer += decoder.decode(value, { stream: true });
       for (;;) {
         const end = buffer.search(/\r\n|\r|\n/);
         // A CR last in the buffer may be the first half of a CRLF: wait for the next chunk.
-        if (end < 0 || (!done && end === buffer.length - 1 && buffer[end] === "\r")) break;
+        if (end < 0 || (end === buffer.length - 1 && buffer[end] === "\r")) break;
         const width = buffer.startsWith("\r\n", end) ? 2 : 1;
         const ready = line(buffer.slice(0, end));
         buffer = buffer.slice(end + width);
         if (ready) yield ready;
-      }
-      if (done) {
-        const ready = line(buffer) ?? line("");
-        if (ready) yield ready;
-        finished = true;
-        return;
       }
     }
   } finally {
@@ -402,7 +421,7 @@ export async function* events(response, { signal } = {}) {
  * Anthropic messages streams and Gemini streams, or the text of a whole JSON answer.
  * A stream that ends in an error event throws a RelayError.
  */
-export async function* textDeltas(source, { signal } = {}) {
+export async function* textDeltas(source, { signal = source.signal } = {}) {
   const response = source instanceof Answer ? source.response : source;
   const info = answerInfo(response);
   const type = response.headers.get("content-type") ?? "";
@@ -431,13 +450,16 @@ export async function* textDeltas(source, { signal } = {}) {
 }
 
 // The relay ends a broken stream with `event: error` and {"error": "...", "code"}; providers
-// send their own errors inside the stream as {error: {message, type | code}}.
+// send their own errors inside the stream as {error: {message, type | code}}, OpenAI's
+// Responses API as {type: "error", code, message} or a `response.failed` event.
 function streamFailure(event, data) {
-  const inner = data && typeof data.error === "object" && data.error !== null ? data.error : null;
+  const failed = data?.type === "response.failed" ? data.response?.error ?? {} : null;
+  const nested = data && typeof data.error === "object" && data.error !== null ? data.error : null;
+  const inner = failed ?? nested;
   if (event !== "error" && data?.type !== "error" && inner === null) return null;
   return {
     message: (typeof data?.error === "string" && data.error) || inner?.message
-      || "The stream failed",
+      || (typeof data?.message === "string" && data.message) || "The stream failed",
     code: (typeof data?.code === "string" && data.code) || (inner && providerCode(inner))
       || "stream_error",
   };
@@ -524,8 +546,9 @@ button[type="submit"] { background: var(--byok-accent, #2b59c3); color: var(--by
   border-color: var(--byok-accent, #2b59c3); }
 button:disabled { opacity: .6; cursor: progress; }
 :focus-visible { outline: 2px solid var(--byok-focus, #2b59c3); outline-offset: 2px; }
-.message { margin: 0; min-height: 1.3em; }
-.message[data-kind="error"] { color: var(--byok-error, #9b1c1c); }
+.message { margin: 0; }
+[role="status"] { min-height: 1.3em; }
+[role="alert"] { color: var(--byok-error, #9b1c1c); }
 .empty { color: var(--byok-muted, #5c6370); }
 `;
 
@@ -568,13 +591,30 @@ export class ByokConnect extends Base {
   #parts = null;
   #keys = [];
   #offered = [];
+  #generation = 0; // of the relay and its keys: a late answer about an older one is dropped
+
+  constructor() {
+    super();
+    // A relay given before the element was defined is an own property hiding the setter.
+    if (Object.hasOwn(this, "relay")) {
+      const relay = this.relay;
+      delete this.relay;
+      this.#relay = relay;
+    }
+  }
 
   get relay() {
     return this.#relay;
   }
 
   set relay(relay) {
-    this.#relay = relay;
+    this.#relay = relay ?? null;
+    this.#generation += 1;
+    this.#keys = [];
+    if (this.#parts) {
+      this.#render();
+      this.#say("");
+    }
     if (this.isConnected) void this.refresh();
   }
 
@@ -589,25 +629,28 @@ export class ByokConnect extends Base {
 
   /** Reads the user's keys (and the relay's providers) again. */
   async refresh() {
-    if (!this.#relay || !this.#parts) return;
+    const relay = this.#relay;
+    if (!relay || !this.#parts) return;
+    const generation = ++this.#generation;
     try {
-      const [keys, models] = await Promise.all([this.#relay.keys.list(), this.#providers()]);
+      const [keys, models] = await Promise.all([relay.keys.list(), this.#providers(relay)]);
+      if (generation !== this.#generation) return;
       this.#keys = keys;
       this.#offered = models;
       this.#render();
       this.dispatchEvent(new CustomEvent("byok-change", { detail: { keys },
         bubbles: true, composed: true }));
     } catch (error) {
-      this.#fail(error);
+      if (generation === this.#generation) this.#fail(error);
     }
   }
 
-  async #providers() {
+  async #providers(relay) {
     const wanted = (this.getAttribute("providers") ?? "").split(",").map((p) => p.trim())
       .filter(Boolean);
     if (wanted.length) return wanted;
     // openai-compatible needs a base URL with every request: not a key to onboard here.
-    return (await this.#relay.models()).providers.filter((p) => p !== "openai-compatible");
+    return (await relay.models()).providers.filter((p) => p !== "openai-compatible");
   }
 
   #build() {
@@ -619,24 +662,27 @@ export class ByokConnect extends Base {
     const input = el("input", {
       id: `${id}-key`, name: "key", type: "password", part: "input", required: true,
       autocomplete: "off", autocapitalize: "off", spellcheck: "false", "data-1p-ignore": true,
-      "data-lpignore": "true", "aria-describedby": `${id}-message`,
+      "data-lpignore": "true", "aria-describedby": `${id}-status ${id}-alert`,
     });
     const submit = el("button", { type: "submit", part: "submit" }, "Check and save");
     const form = el("form", { part: "form", "aria-label": "Add a key", autocomplete: "off" },
       el("label", { for: select.id }, "Provider", select),
       el("label", { for: input.id }, "API key", input),
       submit);
-    const message = el("p", { id: `${id}-message`, class: "message", part: "message",
-      role: "status", "aria-live": "polite" });
+    // Two live regions that stay in the page: news is told politely, failures at once.
+    const status = el("p", { id: `${id}-status`, class: "message", part: "message",
+      role: "status" });
+    const alert = el("p", { id: `${id}-alert`, class: "message", part: "message alert",
+      role: "alert" });
     const title = el("h2", { id: `${id}-title`, part: "title" },
       this.getAttribute("heading") ?? "Your AI provider keys");
     root.append(el("section", { class: "box", part: "box", "aria-labelledby": title.id },
-      title, list, form, message));
+      title, list, form, status, alert));
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       void this.#save();
     });
-    this.#parts = { list, select, input, submit, message };
+    this.#parts = { list, select, input, submit, status, alert };
   }
 
   #render() {
@@ -658,7 +704,7 @@ export class ByokConnect extends Base {
       remove.addEventListener("click", () => void this.#remove(key.provider, name));
       list.append(el("li", { part: "key", "data-provider": key.provider },
         el("span", { class: "name" }, name),
-        el("code", { "aria-label": `key ending ${key.hint ?? ""}` }, key.hint ?? ""),
+        el("code", {}, key.hint ?? ""),
         el("span", { class: "status", "data-status": status, part: "status" },
           STATUS_TEXT[status] ?? status),
         replace, remove));
@@ -676,10 +722,15 @@ export class ByokConnect extends Base {
 
   async #save() {
     const { select, input, submit } = this.#parts;
+    const relay = this.#relay;
     const provider = select.value;
     const name = PROVIDER_NAMES[provider] ?? provider;
+    if (!relay || !provider) {
+      this.#fail(new TypeError(relay ? "Choose a provider first." : "Not connected to a relay."));
+      return;
+    }
     // The key goes straight from the field to the request: nothing here keeps it.
-    const pending = this.#relay.keys.store(provider, input.value.trim());
+    const pending = relay.keys.store(provider, input.value.trim());
     input.value = "";
     submit.disabled = true;
     this.#say(`Checking the key with ${name}…`);
@@ -702,7 +753,7 @@ export class ByokConnect extends Base {
 
   async #remove(provider, name) {
     try {
-      await this.#relay.keys.remove(provider);
+      await this.#relay?.keys.remove(provider);
       await this.refresh();
       this.#say(`${name} key removed.`);
       this.#parts.select.focus();
@@ -712,10 +763,9 @@ export class ByokConnect extends Base {
   }
 
   #say(text, kind = "info") {
-    const { message } = this.#parts;
-    message.dataset.kind = kind;
-    message.setAttribute("role", kind === "error" ? "alert" : "status");
-    message.textContent = text;
+    const { status, alert } = this.#parts;
+    status.textContent = kind === "error" ? "" : text;
+    alert.textContent = kind === "error" ? text : "";
   }
 
   #fail(error, text) {

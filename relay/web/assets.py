@@ -20,8 +20,9 @@ DEMO_POLICY: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-# The client's URL carries no version: a day's cache, then a cheap revalidation by ETag.
-_CLIENT_CACHE: Final = "public, max-age=86400, stale-while-revalidate=604800"
+# The client's URL carries no version: an hour's cache, then a day more of the copy at hand
+# while it is revalidated by its ETag (so a fixed client reaches a page within a visit or two).
+_CLIENT_CACHE: Final = "public, max-age=3600, stale-while-revalidate=86400"
 _PAGE_CACHE: Final = "no-cache"
 
 
@@ -36,6 +37,9 @@ class Asset:
         self.headers = {
             "cache-control": cache,
             "etag": self.etag,
+            # CORS headers are added only for an allowed Origin: a shared cache must tell apart
+            # the answer to a page of another origin from the one to a request without Origin.
+            "vary": "Origin",
             "x-content-type-options": "nosniff",
             **(headers or {}),
         }
@@ -48,7 +52,8 @@ class Asset:
         return cls(path.read_bytes(), media_type, cache, headers)
 
     async def respond(self, request: Request) -> Response:
-        if self.etag in _etags(request.headers.get("if-none-match", "")):
+        tags = _etags(request.headers.get("if-none-match", ""))
+        if self.etag in tags or "*" in tags:
             return Response(status_code=304, headers=self.headers)
         return Response(self.body, headers=self.headers, media_type=self.media_type)
 

@@ -40,6 +40,7 @@ async function start(options = {}, restoring = false) {
     say("connection", describe(error), true);
     return;
   }
+  if (restoring && !(await stillValid())) return;
   say("connection", "Connected. The relay token is kept in this tab (sessionStorage).");
   $("connect").hidden = true;
   $("token-form").hidden = true;
@@ -50,8 +51,21 @@ async function start(options = {}, restoring = false) {
   await showUsage();
 }
 
+// A kept token may have expired or been revoked since: ask once before showing it as connected.
+async function stillValid() {
+  try {
+    await relay.stats();
+    return true;
+  } catch (error) {
+    stop(error instanceof RelayError && error.code === "invalid_token"
+      ? "Your earlier session has ended: connect again." : describe(error));
+    return false;
+  }
+}
+
 function stop(message) {
   relay = null;
+  $("keys").relay = null;
   running?.abort();
   say("connection", message);
   $("connect").hidden = false;
@@ -103,9 +117,10 @@ async function showUsage() {
   try {
     stats = await relay.stats();
   } catch (error) {
-    say("paid-by", describe(error), true);
+    say("usage-status", describe(error), true);
     return;
   }
+  say("usage-status", "");
   const rows = [
     ["Requests", stats.total],
     ["In the last 7 days", stats.last_7d],
