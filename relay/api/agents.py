@@ -82,7 +82,14 @@ JSON `{{"error", "code"}}` with the right status; a 429 carries `Retry-After`. {
 
 ## In a browser
 
-This relay serves its own client, a dependency-free ES module: `import {{ connect }} from "<relay>/sdk/byok-relay.js"` (types: `/sdk/byok-relay.d.ts`). `await connect({{ appId }})` registers once and keeps the token; `relay.keys.store(provider, key)` checks and stores a key; `relay.chat({{ model, messages }})` streams text from any provider; the `<byok-connect>` element lets the user add, check and remove their own keys; `relay.fetch` adds the token for the official SDKs (`dangerouslyAllowBrowser: true` is safe: they hold the relay token, not a provider key). Errors are `RelayError` with `status`, `code` and `retryAfter`.
+This relay serves its own client, a dependency-free ES module: `import {{ connect }} from \
+"<relay>/sdk/byok-relay.js"` (types: `/sdk/byok-relay.d.ts`). `await connect({{ appId }})` \
+registers once and keeps the token; `relay.keys.store(provider, key)` checks and stores a \
+key; `relay.chat({{ model, messages }})` streams text from any provider; the \
+`<byok-connect>` element lets the user add, check and remove their own keys; `relay.fetch` \
+adds the token for the official SDKs (`dangerouslyAllowBrowser: true` is safe: they hold the \
+relay token, not a provider key). Errors are `RelayError` with `status`, `code` and \
+`retryAfter`.
 
 ## Providers and the paths they allow
 
