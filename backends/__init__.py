@@ -10,10 +10,13 @@ import importlib
 
 from .base import (
     KEY_STATUSES,
+    LEDGER_GROUPS,
     OUTCOMES,
+    TOKEN_KINDS,
     KeyInfo,
     KeyMeta,
     KeyStore,
+    LedgerRow,
     Outcome,
     StoreError,
     StoreOptions,
@@ -26,11 +29,14 @@ from .schemes import SCHEMES, Scheme, UnknownScheme, scheme_of, url_scheme
 
 __all__ = [
     "KEY_STATUSES",
+    "LEDGER_GROUPS",
     "OUTCOMES",
     "SCHEMES",
+    "TOKEN_KINDS",
     "KeyInfo",
     "KeyMeta",
     "KeyStore",
+    "LedgerRow",
     "Outcome",
     "Scheme",
     "StoreError",

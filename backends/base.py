@@ -20,11 +20,14 @@ from collections.abc import AsyncIterator, Sequence
 
 __all__ = [
     "KEY_STATUSES",
+    "LEDGER_GROUPS",
     "OUTCOMES",
+    "TOKEN_KINDS",
     "UNVERIFIED",
     "KeyInfo",
     "KeyMeta",
     "KeyStore",
+    "LedgerRow",
     "Outcome",
     "StoreError",
     "StoreOptions",
@@ -35,6 +38,12 @@ __all__ = [
 ]
 
 KEY_STATUSES = ("ok", "unverified", "invalid", "no_credit")
+
+TOKEN_KINDS = ("input", "output", "cache_read", "cache_write", "reasoning")
+"""The tokens a usage record counts, each as the provider reported it (its `<kind>_tokens`
+field here and in `UsageStats`): OpenAI's input includes its cache reads and its output its
+reasoning; Anthropic's input leaves out cache reads and writes; Gemini's output leaves out its
+thoughts (`reasoning`). docs/api.md, "Usage records", has the table."""
 
 
 class Outcome(enum.StrEnum):
@@ -142,6 +151,9 @@ class UsageRecord:
     outcome: str = Outcome.COMPLETED
     """How the exchange ended, one of `OUTCOMES`; the record of an exchange cut short carries the
     tokens counted until then."""
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +171,29 @@ class UsageStats:
     input_tokens: int
     output_tokens: int
     outcomes: dict[str, int] = dataclasses.field(default_factory=dict)
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    """outcome -> number of records, for the outcomes that occur."""
+
+
+LEDGER_GROUPS = ("day", "app", "provider", "model")
+"""What `usage_ledger` groups a user's records by: the UTC day they were made, their app, their
+provider, their model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerRow:
+    """The usage records of one group."""
+
+    key: str | None
+    """The day (`YYYY-MM-DD`, UTC), app, provider or model; None for records of no known model."""
+    requests: int
+    errors: int
+    """Requests answered with a status of 400 or more."""
+    tokens: dict[str, int]
+    """Each of `TOKEN_KINDS` -> its sum."""
+    outcomes: dict[str, int]
     """outcome -> number of records, for the outcomes that occur."""
 
 
@@ -254,6 +289,14 @@ class KeyStore(abc.ABC):
         """Totals over the usage records of one user, or of one app (exactly one of the two);
         `last_7d` and `last_30d` count back from `now` (epoch ms). Records of deleted users are
         gone (`delete_user` erases them)."""
+
+    @abc.abstractmethod
+    async def usage_ledger(
+        self, user_id: str, start: int, end: int, group_by: str
+    ) -> list[LedgerRow]:
+        """The user's own usage records made in `[start, end)` (epoch ms), summed per group of
+        `group_by` (one of `LEDGER_GROUPS`; anything else raises `ValueError`), sorted by key,
+        None last. `[]` for a missing user or an empty span. One round trip."""
 
     @abc.abstractmethod
     async def count_users(self, app_id: str) -> int:

@@ -27,6 +27,7 @@ from .base import (
     KeyInfo,
     KeyMeta,
     KeyStore,
+    LedgerRow,
     StoreError,
     StoreUnavailable,
     UsageRecord,
@@ -169,6 +170,12 @@ class BreakerStore(KeyStore):
     ) -> UsageStats:
         with self.breaker:
             return await self.store.usage_stats(now, user_id=user_id, app_id=app_id)
+
+    async def usage_ledger(
+        self, user_id: str, start: int, end: int, group_by: str
+    ) -> list[LedgerRow]:
+        with self.breaker:
+            return await self.store.usage_ledger(user_id, start, end, group_by)
 
     async def count_users(self, app_id: str) -> int:
         with self.breaker:

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
-from .base import UNVERIFIED, KeyInfo, KeyMeta, KeyStore, UsageRecord, UsageStats, User
+from .base import UNVERIFIED, KeyInfo, KeyMeta, KeyStore, LedgerRow, UsageRecord, UsageStats, User
 
 __all__ = ["CachedStore"]
 
@@ -183,6 +183,11 @@ class CachedStore(KeyStore):
         self, now: int, *, user_id: str | None = None, app_id: str | None = None
     ) -> UsageStats:
         return await self.store.usage_stats(now, user_id=user_id, app_id=app_id)
+
+    async def usage_ledger(
+        self, user_id: str, start: int, end: int, group_by: str
+    ) -> list[LedgerRow]:
+        return await self.store.usage_ledger(user_id, start, end, group_by)
 
     async def count_users(self, app_id: str) -> int:
         return await self.store.count_users(app_id)

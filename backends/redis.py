@@ -26,6 +26,7 @@ from .base import (
     KeyInfo,
     KeyMeta,
     KeyStore,
+    LedgerRow,
     StoreError,
     StoreOptions,
     StoreUnavailable,
@@ -33,12 +34,14 @@ from .base import (
     UsageStats,
     User,
 )
+from .ledger import check_group, rows_of
 from .redis_layout import (
     ENTRY,
     RECORD_VERSION,
     info_field,
     info_fields,
     key_info,
+    ledger_part,
     meta_fields,
     redis_key,
     text,
@@ -260,6 +263,18 @@ class RedisStore(KeyStore):
                 lists = await pipe.execute()
         records = [json.loads(raw) for raw_list in lists for raw in raw_list]
         return usage_stats_of(records, now)
+
+    async def usage_ledger(
+        self, user_id: str, start: int, end: int, group_by: str
+    ) -> list[LedgerRow]:
+        check_group(group_by)
+        async with self._call("usage_ledger"):
+            raw = await self._redis.lrange(self._key("usage", user_id), 0, -1)
+        records = (json.loads(entry) for entry in raw)
+        return rows_of(
+            (ledger_part(r, group_by) for r in records if start <= r["created_at"] < end),
+            group_by,
+        )
 
     async def count_users(self, app_id: str) -> int:
         async with self._call("count_users"):

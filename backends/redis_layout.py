@@ -7,8 +7,9 @@ Layout, for namespace `ns` (every name built by `redis_key`):
     ns:user:<user id>         the user's token digest, to reach the record above by id
     ns:keys:<user id>         hash: provider -> key entry
     ns:keyinfo:<user id>      hash: "<provider>:<field>" -> value, for each of `INFO_FIELDS`
-    ns:usage:<user id>        list of usage records (JSON, "v": 1; "outcome" only in those
-                              written since it exists), the newest 10 000 kept
+    ns:usage:<user id>        list of usage records (JSON, "v": 1; "outcome" and the token
+                              kinds beyond input and output only in those written since
+                              they exist), the newest 10 000 kept
     ns:app:<app id>           set of the app's user ids
     ns:limits:<limit key>     the rate limits' counters (`relay.server.redislimits`)
 
@@ -25,7 +26,8 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from .base import UNVERIFIED, KeyInfo, KeyMeta, StoreError, UsageStats, User
+from .base import TOKEN_KINDS, UNVERIFIED, KeyInfo, KeyMeta, StoreError, UsageStats, User
+from .ledger import DAY_MS, GROUP_FIELDS, Part
 
 __all__ = [
     "ENTRY",
@@ -34,6 +36,7 @@ __all__ = [
     "info_field",
     "info_fields",
     "key_info",
+    "ledger_part",
     "meta_fields",
     "redis_key",
     "text",
@@ -44,7 +47,7 @@ __all__ = [
 
 RECORD_VERSION: Final = 1
 ENTRY: Final = struct.Struct(">BQQ")
-_DAY_MS: Final = 86_400_000
+_DAY_MS: Final = DAY_MS
 # The ending of a record written before outcomes were stored, as the SQL migration 0004 reads it.
 _OUTCOME_OF_STATUS: Final = {
     499: "client_cancelled",
@@ -147,6 +150,24 @@ def user_from_hash(data: dict[str, str]) -> User:
     )
 
 
+def ledger_part(record: dict[str, Any], group_by: str) -> Part:
+    """One stored usage record as its ledger group's part."""
+    group = record["created_at"] // DAY_MS if group_by == "day" else record[GROUP_FIELDS[group_by]]
+    return Part(
+        group,
+        _outcome_of(record),
+        1,
+        int(record["status"] >= 400),
+        tuple(record.get(f"{kind}_tokens") or 0 for kind in TOKEN_KINDS),
+    )
+
+
+def _outcome_of(record: dict[str, Any]) -> str:
+    # Records written before outcomes existed read as the SQL migration backfilled them.
+    outcome = record.get("outcome")
+    return str(outcome or _OUTCOME_OF_STATUS.get(record["status"], "completed"))
+
+
 def usage_stats_of(records: Sequence[dict[str, Any]], now: int) -> UsageStats:
     """The totals `usage_stats` reports, from usage records as stored."""
     errors = [r for r in records if r["status"] >= 400]
@@ -159,8 +180,7 @@ def usage_stats_of(records: Sequence[dict[str, Any]], now: int) -> UsageStats:
         counts["errors"] += r["status"] >= 400
         if r["model"] is not None:
             models[r["model"]] += 1
-        outcome = r.get("outcome")
-        outcomes[outcome or _OUTCOME_OF_STATUS.get(r["status"], "completed")] += 1
+        outcomes[_outcome_of(r)] += 1
     return UsageStats(
         total=len(records),
         last_7d=sum(r["created_at"] >= now - 7 * _DAY_MS for r in records),
@@ -169,7 +189,10 @@ def usage_stats_of(records: Sequence[dict[str, Any]], now: int) -> UsageStats:
         providers=providers,
         top_models=sorted(models.items(), key=lambda item: (-item[1], item[0]))[:10],
         last_request=max((r["created_at"] for r in records), default=None),
-        input_tokens=sum(r["input_tokens"] or 0 for r in records),
-        output_tokens=sum(r["output_tokens"] or 0 for r in records),
         outcomes=dict(outcomes),
+        # Records written before a kind was counted lack it.
+        **{
+            f"{kind}_tokens": sum(r.get(f"{kind}_tokens") or 0 for r in records)
+            for kind in TOKEN_KINDS
+        },
     )

@@ -42,10 +42,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql import ColumnElement, Executable
 
 from .base import (
+    TOKEN_KINDS,
     UNVERIFIED,
     KeyInfo,
     KeyMeta,
     KeyStore,
+    LedgerRow,
     StoreError,
     StoreOptions,
     StoreUnavailable,
@@ -53,13 +55,14 @@ from .base import (
     UsageStats,
     User,
 )
+from .ledger import DAY_MS, GROUP_FIELDS, Part, check_group, rows_of
 from .pgparams import translate
 from .schemes import SCHEMES, url_scheme
 from .tables import keys, usage, users
 
 __all__ = ["SQLStore", "async_url", "engine_url", "ensure_sqlite_directory"]
 
-_DAY_MS = 86_400_000
+_DAY_MS = DAY_MS
 _USAGE_FIELDS = tuple(field.name for field in dataclasses.fields(UsageRecord))
 _TOKENS_PER_QUERY: Final = 500
 _USER_COLUMNS = (
@@ -409,8 +412,7 @@ class SQLStore(KeyStore):
             func.sum(case((usage.c.created_at >= now - 30 * _DAY_MS, 1), else_=0)),
             func.sum(error),
             func.max(usage.c.created_at),
-            func.sum(usage.c.input_tokens),
-            func.sum(usage.c.output_tokens),
+            *(func.sum(usage.c[f"{kind}_tokens"]) for kind in TOKEN_KINDS),
         ).where(scope)
         by_provider_and_outcome = (
             select(usage.c.provider, usage.c.outcome, func.count(), func.sum(error))
@@ -425,9 +427,7 @@ class SQLStore(KeyStore):
             .limit(10)
         )
         async with self._call("usage_stats"), self._reader.connect() as conn:
-            total, week, month, errors, last, tokens_in, tokens_out = (
-                await conn.execute(totals)
-            ).one()
+            total, week, month, errors, last, *tokens = (await conn.execute(totals)).one()
             groups = (await conn.execute(by_provider_and_outcome)).all()
             models = (await conn.execute(by_model)).all()
         providers: dict[str, dict[str, int]] = {}
@@ -445,10 +445,38 @@ class SQLStore(KeyStore):
             providers=providers,
             top_models=[(m, n) for m, n in models],
             last_request=last,
-            input_tokens=int(tokens_in or 0),
-            output_tokens=int(tokens_out or 0),
             outcomes=outcomes,
+            **{f"{kind}_tokens": int(n or 0) for kind, n in zip(TOKEN_KINDS, tokens, strict=True)},
         )
+
+    async def usage_ledger(
+        self, user_id: str, start: int, end: int, group_by: str
+    ) -> list[LedgerRow]:
+        check_group(group_by)
+        day = group_by == "day"
+        # Integer division on both dialects: the columns are integers.
+        group = usage.c.created_at / DAY_MS if day else usage.c[GROUP_FIELDS[group_by]]
+        query = (
+            select(
+                group,
+                usage.c.outcome,
+                func.count(),
+                func.sum(case((usage.c.status >= 400, 1), else_=0)),
+                *(func.coalesce(func.sum(usage.c[f"{kind}_tokens"]), 0) for kind in TOKEN_KINDS),
+            )
+            .where(
+                usage.c.user_id == user_id,
+                usage.c.created_at >= start,
+                usage.c.created_at < end,
+            )
+            .group_by(group, usage.c.outcome)
+        )
+        parts = []
+        for row in await self._rows("usage_ledger", query):
+            key, outcome, requests, errors, *tokens = tuple(row)
+            group_key = int(key) if day else key
+            parts.append(Part(group_key, outcome, requests, int(errors), tuple(map(int, tokens))))
+        return rows_of(parts, group_by)
 
     async def count_users(self, app_id: str) -> int:
         query = select(func.count()).select_from(users).where(users.c.app_id == app_id)

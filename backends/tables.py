@@ -75,6 +75,9 @@ usage = Table(
     Column("output_tokens", BigInteger, nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("outcome", String(16), nullable=False, server_default="completed"),
+    Column("cache_read_tokens", BigInteger, nullable=True),
+    Column("cache_write_tokens", BigInteger, nullable=True),
+    Column("reasoning_tokens", BigInteger, nullable=True),
 )
 
 Index("ix_users_app_id", users.c.app_id)

@@ -18,7 +18,18 @@ from starlette.types import ASGIApp
 
 from backends import KeyStore, StoreError, StoreUnavailable
 from relay import __version__
-from relay.api import accounts, agents, discovery, health, keys, metrics, openapi, probes, stats
+from relay.api import (
+    accounts,
+    agents,
+    discovery,
+    health,
+    keys,
+    ledger,
+    metrics,
+    openapi,
+    probes,
+    stats,
+)
 from relay.config import Settings
 from relay.errors import RelayError, error_body
 from relay.providers.allowlist import ModelPolicy
@@ -181,6 +192,8 @@ def create_app(
         Route("/keys", keys.list_keys, methods=["GET"]),
         Route("/stats", stats.user_stats, methods=["GET"]),
         Route("/stats/{app_id}", stats.app_stats, methods=["GET"]),
+        Route("/usage", ledger.ledger_json, methods=["GET"]),
+        Route("/usage.csv", ledger.ledger_csv, methods=["GET"]),
         Route("/keys/{provider}", keys.store_key, methods=["POST"]),
         Route("/keys/{provider}/rotate", keys.rotate_key, methods=["POST"]),
         Route("/keys/{provider}", keys.delete_key, methods=["DELETE"]),

@@ -66,9 +66,12 @@ from urllib.parse import parse_qs
 import uvicorn
 
 __all__ = [
+    "ANTHROPIC_USAGE",
     "AUDIO_BYTES",
+    "GEMINI_USAGE",
     "IMAGE_BYTES",
     "KEY_MARKERS",
+    "OPENAI_USAGE",
     "SCENARIOS",
     "MockApp",
     "MockProvider",
@@ -444,7 +447,20 @@ class _Ctx:
 
 # ---- OpenAI -------------------------------------------------------------------------------
 
-_OPENAI_USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+# Each provider's usage in its own shape, every token kind the relay counts among it.
+OPENAI_USAGE = {
+    "prompt_tokens": 11,
+    "completion_tokens": 7,
+    "total_tokens": 18,
+    "prompt_tokens_details": {"cached_tokens": 3, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 2, "audio_tokens": 0},
+}
+ANTHROPIC_USAGE = {
+    "input_tokens": 12,
+    "output_tokens": 6,
+    "cache_creation_input_tokens": 4,
+    "cache_read_input_tokens": 5,
+}
 
 
 def _openai_chat(ctx: _Ctx) -> dict[str, Any]:
@@ -462,7 +478,7 @@ def _openai_chat(ctx: _Ctx) -> dict[str, Any]:
                 "finish_reason": "stop",
             }
         ],
-        "usage": dict(_OPENAI_USAGE),
+        "usage": dict(OPENAI_USAGE),
     }
 
 
@@ -492,7 +508,7 @@ def _openai_chat_stream(ctx: _Ctx) -> _Reply:
 
     tail = [chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}])]
     if include_usage:
-        tail.append(chunk([], dict(_OPENAI_USAGE)))
+        tail.append(chunk([], dict(OPENAI_USAGE)))
     tail.append(_sse("[DONE]"))
     return _Reply(200, _SSE_OPENAI, item=item, count=ctx.chunks, tail=tail, chunked=True)
 
@@ -504,7 +520,7 @@ def _openai_completion(ctx: _Ctx) -> dict[str, Any]:
         "created": ctx.created,
         "model": ctx.model,
         "choices": [{"text": MOCK_TEXT, "index": 0, "logprobs": None, "finish_reason": "stop"}],
-        "usage": dict(_OPENAI_USAGE),
+        "usage": dict(OPENAI_USAGE),
     }
 
 
@@ -602,9 +618,9 @@ def _response_obj(ctx: _Ctx, rid: str, text: str, completed: bool) -> dict[str, 
         "usage": (
             {
                 "input_tokens": 11,
-                "input_tokens_details": {"cached_tokens": 0},
+                "input_tokens_details": {"cached_tokens": 3},
                 "output_tokens": 7,
-                "output_tokens_details": {"reasoning_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 2},
                 "total_tokens": 18,
             }
             if completed
@@ -676,7 +692,7 @@ def _anthropic_message(ctx: _Ctx) -> dict[str, Any]:
         "content": [{"type": "text", "text": MOCK_TEXT}],
         "stop_reason": "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": 12, "output_tokens": 6},
+        "usage": dict(ANTHROPIC_USAGE),
     }
 
 
@@ -689,7 +705,7 @@ def _anthropic_stream(ctx: _Ctx) -> _Reply:
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": {"input_tokens": 12, "output_tokens": 1},
+        "usage": {**ANTHROPIC_USAGE, "output_tokens": 1},
     }
     head = [
         _sse({"type": "message_start", "message": message}, event="message_start"),
@@ -737,7 +753,13 @@ def _anthropic_models() -> dict[str, Any]:
 
 # ---- Gemini -------------------------------------------------------------------------------
 
-_GEMINI_USAGE = {"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15}
+GEMINI_USAGE = {
+    "promptTokenCount": 10,
+    "candidatesTokenCount": 5,
+    "totalTokenCount": 18,
+    "cachedContentTokenCount": 2,
+    "thoughtsTokenCount": 3,
+}
 
 
 def _gemini_response(ctx: _Ctx, text: str, final: bool) -> dict[str, Any]:
@@ -748,7 +770,7 @@ def _gemini_response(ctx: _Ctx, text: str, final: bool) -> dict[str, Any]:
     obj: dict[str, Any] = {"candidates": [candidate], "modelVersion": ctx.model}
     if final:
         candidate["finishReason"] = "STOP"
-        obj["usageMetadata"] = dict(_GEMINI_USAGE)
+        obj["usageMetadata"] = dict(GEMINI_USAGE)
     return obj
 
 

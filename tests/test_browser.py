@@ -346,6 +346,13 @@ def test_the_demo_page_connects_adds_a_key_and_chats(
     ui.wait_for_function("document.getElementById('answer').getAttribute('aria-busy') === 'false'")
     assert answer.inner_text() == "tok0 tok1 tok2 tok3 tok4 "
     ui.get_by_role("row", name="Requests 1").wait_for()
+    # The ledger's row for the provider that answered (the mock's stream reports no usage
+    # unless asked to).
+    ledger = ui.get_by_role("row", name="With openai (30 days)")
+    assert ledger.inner_text().split("\t") == [
+        "With openai (30 days)",
+        "1 requests; tokens none reported",
+    ]
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     ui.screenshot(path=SCREENSHOTS / "demo.png", full_page=True)
     context.close()

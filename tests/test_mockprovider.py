@@ -207,5 +207,9 @@ def test_gemini_sse_uses_crlf(client: httpx.Client) -> None:
     assert frames[-1] == b""
     last = json.loads(frames[-2].removeprefix(b"data: "))
     assert last["candidates"][0]["finishReason"] == "STOP"
-    assert last["usageMetadata"]["totalTokenCount"] == 15
+    usage = last["usageMetadata"]
+    # Gemini's total counts the thoughts too, which candidatesTokenCount leaves out.
+    assert usage["totalTokenCount"] == (
+        usage["promptTokenCount"] + usage["candidatesTokenCount"] + usage["thoughtsTokenCount"]
+    )
     assert len(frames) == 4

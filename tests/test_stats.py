@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from tests.conftest import RelayFactory
+from tests.mockprovider import ANTHROPIC_USAGE, GEMINI_USAGE, OPENAI_USAGE
 from tests.relayserver import RelayServer, register, store_key
 
 pytestmark = pytest.mark.sqlite
@@ -69,9 +70,22 @@ def test_stats_add_up_what_providers_reported(server: RelayServer) -> None:
         "anthropic": {"total": 1, "errors": 0},
         "google": {"total": 1, "errors": 0},
     }
-    # OpenAI JSON 11 + 7; Anthropic SSE 12 in message_start + 6 in message_delta;
-    # Gemini SSE usageMetadata 10 + 5.
-    assert stats["tokens"] == {"input": 11 + 12 + 10, "output": 7 + 6 + 5}
+    # OpenAI JSON; Anthropic SSE, input and cache in message_start, output in message_delta;
+    # Gemini SSE usageMetadata. Each kind as the provider reported it.
+    openai, anthropic, gemini = OPENAI_USAGE, ANTHROPIC_USAGE, GEMINI_USAGE
+    assert stats["tokens"] == {
+        "input": openai["prompt_tokens"] + anthropic["input_tokens"] + gemini["promptTokenCount"],
+        "output": openai["completion_tokens"]
+        + anthropic["output_tokens"]
+        + gemini["candidatesTokenCount"],
+        "cache_read": openai["prompt_tokens_details"]["cached_tokens"]
+        + anthropic["cache_read_input_tokens"]
+        + gemini["cachedContentTokenCount"],
+        "cache_write": anthropic["cache_creation_input_tokens"],
+        "reasoning": openai["completion_tokens_details"]["reasoning_tokens"]
+        + gemini["thoughtsTokenCount"],
+    }
+    assert all(n > 0 for n in stats["tokens"].values()), "the mock reports every kind"
     models = {m["model"]: m["total"] for m in stats["top_models"]}
     assert models["gemini-1.5-flash"] == 1
     assert models["gpt-4o-mini"] >= 1

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import backends
 from backends import (
+    TOKEN_KINDS,
     KeyInfo,
     KeyMeta,
     KeyStore,
@@ -708,6 +709,81 @@ async def test_usage_stats_add_up(store: KeyStore) -> None:
     assert empty.outcomes == {}
 
 
+async def test_every_token_kind_is_summed_apart_and_none_counts_nothing(store: KeyStore) -> None:
+    await add_user(store, "user-1")
+    await add_user(store, "user-2")
+    kinds = {"cache_read_tokens": 3, "cache_write_tokens": 4, "reasoning_tokens": 5}
+    await store.record_usage(
+        [
+            usage("user-1", **kinds),
+            usage("user-1", provider="anthropic", cache_write_tokens=40, reasoning_tokens=None),
+            usage("user-1", input_tokens=None, output_tokens=None),
+            usage("user-2", **kinds),
+        ]
+    )
+    mine = await store.usage_stats(T0, user_id="user-1")
+    assert {kind: getattr(mine, f"{kind}_tokens") for kind in TOKEN_KINDS} == {
+        "input": 22,
+        "output": 14,
+        "cache_read": 3,
+        "cache_write": 44,
+        "reasoning": 5,
+    }
+    app = await store.usage_stats(T0, app_id="app-1")
+    assert (app.cache_read_tokens, app.cache_write_tokens, app.reasoning_tokens) == (6, 48, 10)
+
+
+async def test_the_ledger_sums_a_users_own_records_in_the_span_by_group(
+    store: KeyStore,
+) -> None:
+    await add_user(store, "user-1")
+    await add_user(store, "user-2")
+    day = 86_400_000
+    t0 = 1_704_067_200_000  # 2024-01-01t00:00:00Z
+    await store.record_usage(
+        [
+            usage("user-1", created_at=t0, cache_read_tokens=3),
+            usage("user-1", created_at=t0 + day - 1, status=429, outcome=Outcome.COMPLETED),
+            usage("user-1", created_at=t0 + day, provider="anthropic", model="claude-3",
+                  app_id="app-2", cache_write_tokens=4, outcome=Outcome.CLIENT_CANCELLED),
+            usage("user-1", created_at=t0 + 2 * day, model=None, input_tokens=None),
+            usage("user-1", created_at=t0 + 3 * day),  # past the span's end
+            usage("user-2", created_at=t0),  # someone else's
+        ]
+    )  # fmt: skip
+    end = t0 + 3 * day
+
+    by_day = await store.usage_ledger("user-1", t0, end, "day")
+    assert [(r.key, r.requests, r.errors) for r in by_day] == [
+        ("2024-01-01", 2, 1),
+        ("2024-01-02", 1, 0),
+        ("2024-01-03", 1, 0),
+    ]
+    first = by_day[0]
+    assert first.tokens == {
+        "input": 22, "output": 14, "cache_read": 3, "cache_write": 0, "reasoning": 0
+    }  # fmt: skip
+    assert first.outcomes == {"completed": 2}
+    assert by_day[1].outcomes == {"client_cancelled": 1}
+    assert by_day[2].tokens["input"] == 0
+
+    by_model = await store.usage_ledger("user-1", t0, end, "model")
+    assert [(r.key, r.requests) for r in by_model] == [
+        ("claude-3", 1), ("gpt-4o", 2), (None, 1)
+    ]  # fmt: skip
+    by_app = await store.usage_ledger("user-1", t0, end, "app")
+    assert [(r.key, r.requests) for r in by_app] == [("app-1", 3), ("app-2", 1)]
+    by_provider = await store.usage_ledger("user-1", t0, end, "provider")
+    assert [(r.key, r.tokens["cache_write"]) for r in by_provider] == [
+        ("anthropic", 4), ("openai", 0)
+    ]  # fmt: skip
+
+    assert await store.usage_ledger("user-1", t0 + day, t0 + day, "day") == []
+    assert await store.usage_ledger("nobody", t0, end, "day") == []
+    with pytest.raises(ValueError, match="group_by"):
+        await store.usage_ledger("user-1", t0, end, "token")
+
+
 async def test_top_models_are_the_ten_most_used(store: KeyStore) -> None:
     await add_user(store)
     records = [usage("user-1", model=f"m{i:02d}") for i in range(12) for _ in range(i + 1)]
@@ -813,6 +889,18 @@ async def test_records_written_before_outcomes_count_by_their_status() -> None:
         "upstream_error": 1,
         "revoked": 1,
     }
+
+
+async def test_records_written_before_the_token_kinds_count_none_of_them() -> None:
+    """Redis records written before cache and reasoning tokens were counted (the SQL migration
+    leaves those columns NULL for older rows)."""
+    old = dataclasses.asdict(usage("user-1"))
+    for kind in ("cache_read", "cache_write", "reasoning"):
+        del old[f"{kind}_tokens"]
+    newer = dataclasses.asdict(usage("user-1", cache_read_tokens=2, reasoning_tokens=1))
+    stats = usage_stats_of([old, newer], T0)
+    assert (stats.input_tokens, stats.cache_read_tokens, stats.reasoning_tokens) == (22, 2, 1)
+    assert stats.cache_write_tokens == 0
 
 
 async def test_close_is_idempotent(store: KeyStore) -> None:

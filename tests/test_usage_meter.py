@@ -3,6 +3,7 @@ compressed or mangled, in bounded memory and without ever raising."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import itertools
 import json
@@ -25,6 +26,7 @@ from relay.usage.meter import (
     Usage,
     UsageMeter,
 )
+from tests import mockprovider
 
 pytestmark = pytest.mark.sqlite
 
@@ -218,6 +220,22 @@ def groq_sse() -> bytes:
 OPENAI = Usage(11, 7, "gpt-4o-mini")
 ANTHROPIC = Usage(12, 6, "claude-3-5-haiku-20241022")
 GEMINI = Usage(10, 5, "gemini-2.0-flash")
+# What the mock provider reports: every token kind, each in its provider's own place.
+MOCK_OPENAI = dataclasses.replace(
+    OPENAI,
+    cache_read_tokens=mockprovider.OPENAI_USAGE["prompt_tokens_details"]["cached_tokens"],
+    reasoning_tokens=mockprovider.OPENAI_USAGE["completion_tokens_details"]["reasoning_tokens"],
+)
+MOCK_ANTHROPIC = dataclasses.replace(
+    ANTHROPIC,
+    cache_read_tokens=mockprovider.ANTHROPIC_USAGE["cache_read_input_tokens"],
+    cache_write_tokens=mockprovider.ANTHROPIC_USAGE["cache_creation_input_tokens"],
+)
+MOCK_GEMINI = dataclasses.replace(
+    GEMINI,
+    cache_read_tokens=mockprovider.GEMINI_USAGE["cachedContentTokenCount"],
+    reasoning_tokens=mockprovider.GEMINI_USAGE["thoughtsTokenCount"],
+)
 
 CASES: dict[str, tuple[str, bytes, Usage]] = {
     "openai-json": (JSON, openai_chat_json(), OPENAI),
@@ -738,28 +756,28 @@ def mock_replies() -> Iterator[tuple[str, str, list[bytes], Usage]]:
     from tests import mockprovider as mp
 
     requests = [
-        ("/v1/chat/completions", b"", {"model": "gpt-4o-mini"}, OPENAI),
+        ("/v1/chat/completions", b"", {"model": "gpt-4o-mini"}, MOCK_OPENAI),
         (
             "/v1/chat/completions",
             b"",
             {"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True}},
-            OPENAI,
+            MOCK_OPENAI,
         ),
-        ("/openai/v1/chat/completions", b"", {"model": "gpt-4o-mini"}, OPENAI),
-        ("/v1/completions", b"", {"model": "gpt-4o-mini"}, OPENAI),
+        ("/openai/v1/chat/completions", b"", {"model": "gpt-4o-mini"}, MOCK_OPENAI),
+        ("/v1/completions", b"", {"model": "gpt-4o-mini"}, MOCK_OPENAI),
         (
             "/v1/embeddings",
             b"",
             {"model": "gpt-4o-mini", "input": "x"},
             Usage(5, None, OPENAI.model),
         ),
-        ("/v1/responses", b"", {"model": "gpt-4o-mini"}, OPENAI),
-        ("/v1/responses", b"", {"model": "gpt-4o-mini", "stream": True}, OPENAI),
-        ("/v1/messages", b"", {"model": ANTHROPIC.model}, ANTHROPIC),
-        ("/v1/messages", b"", {"model": ANTHROPIC.model, "stream": True}, ANTHROPIC),
-        ("/v1beta/models/gemini-2.0-flash:generateContent", b"", {}, GEMINI),
-        ("/v1beta/models/gemini-2.0-flash:streamGenerateContent", b"alt=sse", {}, GEMINI),
-        ("/v1beta/models/gemini-2.0-flash:streamGenerateContent", b"", {}, GEMINI),
+        ("/v1/responses", b"", {"model": "gpt-4o-mini"}, MOCK_OPENAI),
+        ("/v1/responses", b"", {"model": "gpt-4o-mini", "stream": True}, MOCK_OPENAI),
+        ("/v1/messages", b"", {"model": ANTHROPIC.model}, MOCK_ANTHROPIC),
+        ("/v1/messages", b"", {"model": ANTHROPIC.model, "stream": True}, MOCK_ANTHROPIC),
+        ("/v1beta/models/gemini-2.0-flash:generateContent", b"", {}, MOCK_GEMINI),
+        ("/v1beta/models/gemini-2.0-flash:streamGenerateContent", b"alt=sse", {}, MOCK_GEMINI),
+        ("/v1beta/models/gemini-2.0-flash:streamGenerateContent", b"", {}, MOCK_GEMINI),
     ]
     for path, query, payload, expected in requests:
         body = dumps(payload)
@@ -778,3 +796,45 @@ def test_the_mock_providers_own_answers() -> None:
         assert measure(content_type, pieces) == expected, name
         whole = b"".join(pieces)
         assert measure(content_type, [gzip.compress(whole)], "gzip") == expected, name
+
+
+# ---- token kinds ----------------------------------------------------------------------------
+
+SSE_TYPE = "text/event-stream"
+
+
+def test_anthropic_cache_tokens_are_read_and_a_later_report_of_each_wins() -> None:
+    start = {"type": "message_start", "message": {"model": "claude-x", "usage": {
+        "input_tokens": 3, "output_tokens": 1, "cache_creation_input_tokens": 100,
+        "cache_read_input_tokens": 2000}}}  # fmt: skip
+    # Newer API versions repeat the input figures in message_delta, cumulatively.
+    delta = {
+        "type": "message_delta",
+        "usage": {"output_tokens": 42, "cache_read_input_tokens": 2001},
+    }
+    result = measure(SSE_TYPE, [sse(start, "message_start"), sse(delta, "message_delta")])
+    assert result == Usage(3, 42, "claude-x", cache_read_tokens=2001, cache_write_tokens=100)
+
+
+def test_openai_responses_and_gemini_report_cache_reads_and_reasoning() -> None:
+    completed = {"type": "response.completed", "response": {"model": "o4-mini", "usage": {
+        "input_tokens": 50, "input_tokens_details": {"cached_tokens": 32}, "output_tokens": 9,
+        "output_tokens_details": {"reasoning_tokens": 6}}}}  # fmt: skip
+    assert measure(SSE_TYPE, [sse(completed)]) == Usage(
+        50, 9, "o4-mini", cache_read_tokens=32, reasoning_tokens=6
+    )
+    gemini = {"modelVersion": "gemini-2.5-flash", "usageMetadata": {"promptTokenCount": 8,
+        "candidatesTokenCount": 4, "cachedContentTokenCount": 5,
+        "thoughtsTokenCount": 30}}  # fmt: skip
+    assert measure("application/json", [dumps(gemini)]) == Usage(
+        8, 4, "gemini-2.5-flash", cache_read_tokens=5, reasoning_tokens=30
+    )
+
+
+def test_a_token_kind_that_is_not_a_plausible_count_is_not_reported() -> None:
+    body = {"usage": {"prompt_tokens": 5, "completion_tokens": 1,
+        "prompt_tokens_details": {"cached_tokens": -1},
+        "completion_tokens_details": "reasoning: 3"}}  # fmt: skip
+    assert measure("application/json", [dumps(body)]) == Usage(5, 1)
+    nested = {"usage": {"prompt_tokens_details": [{"cached_tokens": 4}]}}
+    assert measure("application/json", [dumps(nested)]) == Usage()

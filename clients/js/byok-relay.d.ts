@@ -78,9 +78,41 @@ export interface Stats {
   providers: Record<string, { total: number; errors: number }>;
   top_models: { model: string; total: number }[];
   last_request: number | null;
-  tokens: { input: number; output: number };
+  /** By kind, each as the provider reported it (docs/api.md, "Usage records"). */
+  tokens: TokenCounts;
   /** Requests by how they ended: completed, client_cancelled, upstream_failed, ... */
   outcomes: Record<string, number>;
+}
+
+export interface TokenCounts {
+  input: number;
+  output: number;
+  cache_read: number;
+  cache_write: number;
+  reasoning: number;
+}
+
+export interface LedgerEntry {
+  /** The day (YYYY-MM-DD, UTC), app, provider or model; null: no known model. */
+  key: string | null;
+  requests: number;
+  errors: number;
+  tokens: TokenCounts;
+  outcomes: Record<string, number>;
+}
+
+export interface Ledger {
+  from: number;
+  to: number;
+  group_by: "day" | "app" | "provider" | "model";
+  rows: LedgerEntry[];
+  total: LedgerEntry;
+}
+
+export interface UsageOptions {
+  from?: Date | number | string;
+  to?: Date | number | string;
+  groupBy?: "day" | "app" | "provider" | "model";
 }
 
 export interface Models {
@@ -119,6 +151,8 @@ export declare class Relay {
     options?: RequestOptions): Promise<Answer>;
   models(): Promise<Models>;
   stats(): Promise<Stats>;
+  /** The user's own ledger (`GET /usage`); by default by day over the last 30 days. */
+  usage(options?: UsageOptions): Promise<Ledger>;
   revoke(): Promise<{ ok: true; message: string }>;
   erase(): Promise<{ ok: true; message: string }>;
   forget(): Promise<void>;

@@ -238,6 +238,19 @@ export class Relay {
     return this.#json("GET", "/stats");
   }
 
+  /**
+   * The user's own ledger: requests, tokens by kind and outcomes, summed by `groupBy` ("day",
+   * "app", "provider" or "model") from `from` to `to` (Dates, epoch ms or ISO strings;
+   * by default the last 30 days).
+   */
+  usage({ from, to, groupBy = "day" } = {}) {
+    const query = new URLSearchParams({ group_by: groupBy });
+    const instant = (value) => (value instanceof Date ? value.toISOString() : String(value));
+    if (from !== undefined) query.set("from", instant(from));
+    if (to !== undefined) query.set("to", instant(to));
+    return this.#json("GET", `/usage?${query}`);
+  }
+
   /** Ends the token on every instance of the relay and forgets it here. Keys stay stored. */
   async revoke() {
     const answer = await this.#json("POST", "/tokens/revoke");

@@ -16,7 +16,8 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from relay.api import accounts, discovery, health, keys, probes, stats
+from backends import LEDGER_GROUPS
+from relay.api import accounts, discovery, health, keys, ledger, probes, stats
 from relay.api.shapes import PROVIDER_NAME_REF, AppId
 from relay.providers.table import PROVIDERS
 
@@ -102,6 +103,7 @@ NAMED_SCHEMAS: Final[JSON] = {
     "Unhealthy": {"anyOf": [{"$ref": _SCHEMA_REF.format(name=n)} for n in ("Health", "Error")]},
     "PrometheusText": {"type": "string", "description": "The Prometheus text format."},
     "Markdown": {"type": "string", "description": "Markdown text."},
+    "Csv": {"type": "string", "description": "CSV (RFC 4180), with a header row."},
     **{
         name: {"type": "string", "description": what}
         for name, what in (
@@ -269,6 +271,21 @@ OPERATIONS: Final = (
     Operation("GET", "/stats", "userStats", "usage", "token",
               "The caller's usage: requests, errors, providers, models, tokens",
               {200: ("Totals.", stats.UsageStats)}, _USER),
+    Operation("GET", "/usage", "usageLedger", "usage", "token",
+              "The caller's own ledger: requests, tokens by kind and outcomes, summed by day, "
+              "app, provider or model over a span",
+              {200: ("The groups, sorted by key, and their total.", ledger.Ledger)},
+              (400, *_USER), parameters=("LedgerFrom", "LedgerTo", "LedgerGroup"),
+              description="Only the caller's own records. `from` defaults to 30 days before "
+              "`to`, `to` to now; a span covers 400 days at most."),
+    Operation("GET", "/usage.csv", "usageLedgerCsv", "usage", "token",
+              "The same ledger as CSV, one row per group",
+              {200: ("A header row, then one row per group.", "Csv")},
+              (400, *_USER), parameters=("LedgerFrom", "LedgerTo", "LedgerGroup"),
+              media_type="text/csv",
+              description="Columns: the group, `requests`, `errors`, `<kind>_tokens` of each "
+              "token kind, then each outcome. A cell that would start a spreadsheet formula "
+              "(`=`, `+`, `-`, `@`) is prefixed with `'`."),
     Operation("GET", "/stats/{app_id}", "appStats", "usage", "operator",
               "A whole app's usage, for the operator (`Authorization: Bearer <APP_SECRET>`)",
               {200: ("Totals, with the app's user count.", stats.AppUsageStats)}, _USER),
@@ -322,6 +339,14 @@ PARAMETERS: Final[Mapping[str, JSON]] = {
     "ProbeProvider": _parameter("query", "provider",
         "With `deep`: a provider with a fixed base URL; otherwise 400.",
         {"type": "string", "enum": [n for n, p in PROVIDERS.items() if p.base_url]}),
+    "LedgerFrom": _parameter("query", "from",
+        "Epoch milliseconds, a date (`YYYY-MM-DD`, its start, UTC) or an ISO 8601 time; "
+        "included."),
+    "LedgerTo": _parameter("query", "to",
+        "Epoch milliseconds, a date (`YYYY-MM-DD`: the end of that day, UTC) or an ISO 8601 "
+        "time; excluded."),
+    "LedgerGroup": _parameter("query", "group_by", "What the records are summed by.",
+        {"type": "string", "enum": list(LEDGER_GROUPS), "default": "day"}),
     "Verify": _parameter("query", "verify",
         "`true`: check the key's shape and ask the provider before storing."),
     "RelayBaseUrl": _parameter("header", "x-relay-base-url",

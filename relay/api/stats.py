@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 import backends
-from backends import OUTCOMES
+from backends import OUTCOMES, TOKEN_KINDS
 from relay.api.shapes import Count, answer
 from relay.errors import ServiceUnavailable
 from relay.security.auth import authenticate, check_app_secret, now_ms
@@ -32,8 +32,13 @@ class ModelTotal(msgspec.Struct):
 
 
 class Tokens(msgspec.Struct):
+    """Each of `backends.TOKEN_KINDS`, summed as the providers reported them."""
+
     input: Count
     output: Count
+    cache_read: Count
+    cache_write: Count
+    reasoning: Count
 
 
 class UsageStats(msgspec.Struct):
@@ -73,7 +78,7 @@ def _usage(stats: backends.UsageStats, shape: type[U], **more: Any) -> U:
         providers={p: ProviderTotals(t["total"], t["errors"]) for p, t in stats.providers.items()},
         top_models=[ModelTotal(model, total) for model, total in stats.top_models],
         last_request=stats.last_request,
-        tokens=Tokens(stats.input_tokens, stats.output_tokens),
+        tokens=Tokens(**{kind: getattr(stats, f"{kind}_tokens") for kind in TOKEN_KINDS}),
         outcomes={outcome: stats.outcomes.get(outcome, 0) for outcome in OUTCOMES},
         **more,
     )

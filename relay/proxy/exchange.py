@@ -335,10 +335,9 @@ class Exchange:
                 status=self.status,
                 latency_ms=round((time.monotonic() - self.started) * 1000),
                 streamed=self.streamed,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
                 created_at=now_ms(),
                 outcome=self.outcome,
+                **usage.counts(),
             )
         )
 

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Final, Protocol
 
+from backends import TOKEN_KINDS
+
 __all__ = [
     "MAX_DECODED_BYTES",
     "MAX_EVENT_BYTES",
@@ -56,11 +58,19 @@ MAX_MODEL_CHARS: Final = 256
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Usage:
-    """What the provider reported: None for whatever it did not (or the meter could not read)."""
+    """What the provider reported: None for whatever it did not (or the meter could not read).
+    The counts are `backends.TOKEN_KINDS`, each as the provider reported it."""
 
     input_tokens: int | None = None
     output_tokens: int | None = None
     model: str | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    def counts(self) -> dict[str, int | None]:
+        """`<kind>_tokens` of each kind: the token fields of a `backends.UsageRecord`."""
+        return {f"{kind}_tokens": getattr(self, f"{kind}_tokens") for kind in TOKEN_KINDS}
 
 
 NO_USAGE: Final = Usage()
@@ -69,12 +79,24 @@ NO_USAGE: Final = Usage()
 
 # ---- What a provider reports, where -------------------------------------------------------
 
-_COUNTS: Final = (
-    # (object holding the counts, input key, output key)
-    ("usage", "prompt_tokens", "completion_tokens"),  # OpenAI chat, completions; compatibles
-    ("usage", "input_tokens", "output_tokens"),  # Anthropic; OpenAI Responses
-    ("usageMetadata", "promptTokenCount", "candidatesTokenCount"),  # Gemini
-)
+_COUNTS: Final[tuple[tuple[str, dict[str, tuple[str, ...]]], ...]] = (
+    # (object holding the counts, {token kind: where in it}); a kind a row does not find keeps
+    # what another found
+    # OpenAI chat and completions; the OpenAI-compatible providers
+    ("usage", {"input": ("prompt_tokens",), "output": ("completion_tokens",),
+               "cache_read": ("prompt_tokens_details", "cached_tokens"),
+               "reasoning": ("completion_tokens_details", "reasoning_tokens")}),
+    # Anthropic; OpenAI Responses
+    ("usage", {"input": ("input_tokens",), "output": ("output_tokens",),
+               "cache_read": ("cache_read_input_tokens",),
+               "cache_write": ("cache_creation_input_tokens",)}),
+    ("usage", {"cache_read": ("input_tokens_details", "cached_tokens"),
+               "reasoning": ("output_tokens_details", "reasoning_tokens")}),
+    # Gemini
+    ("usageMetadata", {"input": ("promptTokenCount",), "output": ("candidatesTokenCount",),
+                       "cache_read": ("cachedContentTokenCount",),
+                       "reasoning": ("thoughtsTokenCount",)}),
+)  # fmt: skip
 _MODEL_KEYS: Final = ("model", "modelVersion")  # OpenAI, Anthropic; Gemini
 _WRAPPERS: Final = ("message", "response", "x_groq")
 """Keys under which an event nests the object that reports: Anthropic's `message_start`, OpenAI
@@ -85,11 +107,10 @@ class _Tally:
     """The figures reported so far: a later report of a figure replaces the earlier one (so
     Anthropic's cumulative `message_delta` and Gemini's last `usageMetadata` win)."""
 
-    __slots__ = ("input", "model", "output")
+    __slots__ = ("counts", "model")
 
     def __init__(self) -> None:
-        self.input: int | None = None
-        self.output: int | None = None
+        self.counts: dict[str, int | None] = dict.fromkeys(TOKEN_KINDS)
         self.model: str | None = None
 
     def absorb(self, obj: object) -> None:
@@ -101,15 +122,24 @@ class _Tally:
             if isinstance(node, dict):
                 nodes.append(node)
         for node in nodes:
-            for holder, input_key, output_key in _COUNTS:
+            for holder, places in _COUNTS:
                 counts = node.get(holder)
                 if isinstance(counts, dict):
-                    self.input = _count(counts.get(input_key), self.input)
-                    self.output = _count(counts.get(output_key), self.output)
+                    for kind, path in places.items():
+                        self.counts[kind] = _count(_at(counts, path), self.counts[kind])
             for key in _MODEL_KEYS:
                 model = node.get(key)
                 if isinstance(model, str) and 0 < len(model) <= MAX_MODEL_CHARS:
                     self.model = model
+
+
+def _at(obj: dict[str, object], path: tuple[str, ...]) -> object:
+    value: object = obj
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
 
 
 def _count(value: object, previous: int | None) -> int | None:
@@ -411,7 +441,9 @@ class UsageMeter:
                 if body is not None:
                     body.finish()
                 tally = self._tally
-                self._result = Usage(tally.input, tally.output, tally.model)
+                self._result = Usage(
+                    model=tally.model, **{f"{k}_tokens": n for k, n in tally.counts.items()}
+                )
             except Exception:
                 self._result = NO_USAGE
         return self._result

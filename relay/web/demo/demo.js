@@ -114,8 +114,9 @@ async function chat(event) {
 async function showUsage() {
   if (!relay) return;
   let stats;
+  let ledger;
   try {
-    stats = await relay.stats();
+    [stats, ledger] = await Promise.all([relay.stats(), relay.usage({ groupBy: "provider" })]);
   } catch (error) {
     say("usage-status", describe(error), true);
     return;
@@ -126,7 +127,11 @@ async function showUsage() {
     ["In the last 7 days", stats.last_7d],
     ["Errors", `${stats.error_count} (${Math.round(stats.error_rate * 100)}%)`],
     ["Tokens in / out", `${stats.tokens.input} / ${stats.tokens.output}`],
-    ...Object.entries(stats.providers).map(([name, p]) => [`With ${name}`, p.total]),
+    // The last 30 days, from the ledger: every token kind the provider reported.
+    ...ledger.rows.map((row) => [`With ${row.key} (30 days)`,
+      `${row.requests} requests; tokens ${Object.entries(row.tokens)
+        .filter(([, n]) => n > 0).map(([kind, n]) => `${kind.replace("_", " ")} ${n}`)
+        .join(", ") || "none reported"}`]),
   ];
   $("usage").tBodies[0].replaceChildren(...rows.map(([label, value]) => {
     const row = document.createElement("tr");

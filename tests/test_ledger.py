@@ -1,0 +1,145 @@
+"""`GET /usage` and `GET /usage.csv`: the key owner's ledger, through a real relay.
+
+The stores' side of it (grouping, spans, other users' records) is the contract test's
+`test_the_ledger_sums_...`, on every store; this is the HTTP side: the sums equal what the mock
+provider reported, the span and grouping parameters, the CSV, and bad input.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+
+import httpx
+import pytest
+
+from backends import OUTCOMES, TOKEN_KINDS
+from tests.conftest import RelayFactory
+from tests.mockprovider import ANTHROPIC_USAGE, GEMINI_USAGE, OPENAI_USAGE
+from tests.relayserver import RelayServer, register, store_key
+from tests.test_stats import APP_SECRET, relay_all, user
+
+pytestmark = pytest.mark.sqlite
+
+
+@pytest.fixture
+def server(make_relay: RelayFactory) -> RelayServer:
+    return make_relay(APP_SECRET=APP_SECRET)
+
+
+def ledger(client: httpx.Client, token: str, path: str = "/usage", **query: str) -> httpx.Response:
+    return client.get(path, params=query, headers={"x-relay-token": token})
+
+
+def test_the_ledger_by_provider_equals_what_each_provider_reported(server: RelayServer) -> None:
+    with server.client() as client:
+        token = user(client, "ledger-app")
+        relay_all(client, token)
+        other = user(client, "ledger-app")
+        relay_all(client, other)
+        response = ledger(client, token, group_by="provider")
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    rows = {row["key"]: row for row in body["rows"]}
+    assert list(rows) == ["anthropic", "google", "openai"]
+    assert rows["anthropic"]["tokens"] == {
+        "input": ANTHROPIC_USAGE["input_tokens"],
+        "output": ANTHROPIC_USAGE["output_tokens"],
+        "cache_read": ANTHROPIC_USAGE["cache_read_input_tokens"],
+        "cache_write": ANTHROPIC_USAGE["cache_creation_input_tokens"],
+        "reasoning": 0,
+    }
+    assert rows["google"]["tokens"]["reasoning"] == GEMINI_USAGE["thoughtsTokenCount"]
+    # OpenAI: one answered chat, one 429 (no usage reported).
+    assert rows["openai"]["requests"] == 2
+    assert rows["openai"]["errors"] == 1
+    assert (
+        rows["openai"]["tokens"]["cache_read"]
+        == (OPENAI_USAGE["prompt_tokens_details"]["cached_tokens"])
+    )
+    assert set(rows["openai"]["outcomes"]) == set(OUTCOMES)
+    total = body["total"]
+    assert total["requests"] == 4  # the caller's own, not the other user's
+    assert total["tokens"] == {
+        kind: sum(row["tokens"][kind] for row in rows.values()) for kind in TOKEN_KINDS
+    }
+    assert body["group_by"] == "provider"
+    assert body["to"] - body["from"] == 30 * 86_400_000
+
+
+def test_the_ledger_by_day_and_the_span_parameters(server: RelayServer) -> None:
+    today = datetime.datetime.now(datetime.UTC).date()
+    with server.client() as client:
+        token = user(client, "ledger-days")
+        relay_all(client, token)
+        by_day = ledger(client, token).json()
+        week_ago = (today - datetime.timedelta(days=7)).isoformat()
+        through_today = ledger(client, token, to=today.isoformat(), **{"from": week_ago})
+        yesterday = (today - datetime.timedelta(days=1)).isoformat()
+        before = ledger(client, token, to=yesterday)
+        iso = ledger(client, token, **{"from": f"{today.isoformat()}T00:00:00+00:00"})
+    assert [(row["key"], row["requests"]) for row in by_day["rows"]] == [(today.isoformat(), 4)]
+    assert through_today.status_code == 200
+    assert through_today.json()["total"]["requests"] == 4
+    start = datetime.datetime.combine(today, datetime.time(), datetime.UTC)
+    assert through_today.json()["to"] == int(start.timestamp() * 1000) + 86_400_000
+    assert before.json()["rows"] == []
+    assert iso.json()["total"]["requests"] == 4
+
+
+def test_the_csv_has_a_header_a_row_per_group_and_never_a_formula(server: RelayServer) -> None:
+    with server.client() as client:
+        token = user(client, "ledger-csv")
+        headers = {"x-relay-token": token}
+        for model in ('=HYPERLINK("https://evil.example")', "gpt-4o-mini", "@sum"):
+            chat = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            reply = client.post("/relay/openai/v1/chat/completions", json=chat, headers=headers)
+            assert reply.status_code == 200
+        response = ledger(client, token, "/usage.csv", group_by="model")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/csv; charset=utf-8"
+    assert response.headers["content-disposition"].startswith(
+        'attachment; filename="usage-by-model-'
+    )
+    table = list(csv.reader(io.StringIO(response.text)))
+    assert table[0] == [
+        "model", "requests", "errors", *(f"{kind}_tokens" for kind in TOKEN_KINDS), *OUTCOMES
+    ]  # fmt: skip
+    models = [row[0] for row in table[1:]]
+    assert models == ['\'=HYPERLINK("https://evil.example")', "'@sum", "gpt-4o-mini"]
+    assert all(row[1] == "1" for row in table[1:])
+    assert table[1][3] == str(OPENAI_USAGE["prompt_tokens"])
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ({"group_by": "token"}, "group_by must be one of: day, app, provider, model"),
+        ({"from": "yesterday"}, "from must be epoch milliseconds"),
+        ({"to": "2026-13-01"}, "to must be epoch milliseconds"),
+        ({"from": "2026-06-02", "to": "2026-06-01"}, "from must be before to"),
+        ({"from": "2020-01-01", "to": "2026-01-01"}, "A span may cover 400 days at most"),
+        ({"from": "9" * 40}, "from must be epoch milliseconds"),
+    ],
+)
+def test_bad_ledger_queries_are_400s_that_say_why(
+    client: httpx.Client, query: dict[str, str], message: str
+) -> None:
+    token = register(client)
+    for path in ("/usage", "/usage.csv"):
+        response = ledger(client, token, path, **query)
+        assert response.status_code == 400, response.text
+        assert response.json()["code"] == "invalid_query"
+        assert response.json()["error"].startswith(message)
+
+
+def test_the_ledger_needs_a_token(client: httpx.Client) -> None:
+    for path in ("/usage", "/usage.csv"):
+        response = client.get(path)
+        assert response.status_code == 401
+        assert response.json()["code"] == "token_required"
+    token = register(client)
+    store_key(client, token, "openai", "test-openai-key-ledger-check")
+    assert ledger(client, token).json()["rows"] == []
