@@ -29,6 +29,9 @@ class UsageRecorder:
         self._queue: list[UsageRecord] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # One flush at a time: a flush that finds another writing waits for it, so that what was
+        # queued before it began is stored when it returns, whoever wrote it.
+        self._writing = asyncio.Lock()
 
     def add(self, record: UsageRecord) -> None:
         if len(self._queue) >= MAX_QUEUED:  # the store has been down a long while
@@ -52,15 +55,17 @@ class UsageRecorder:
         await self.flush()
 
     async def flush(self) -> None:
-        """Write what is queued now; records added meanwhile wait for the next round, so that
-        steady traffic is written in full batches, not a few records per write."""
-        queued, self._queue = self._queue, []
-        for start in range(0, len(queued), BATCH):
-            batch = queued[start : start + BATCH]
-            try:
-                await self._store.record_usage(batch)
-            except StoreError as exc:
-                logger.warning("usage records dropped: %s", exc, extra={"records": len(batch)})
+        """Write what is queued now, and return once it, and any write under way, is stored;
+        records added meanwhile wait for the next round, so that steady traffic is written in
+        full batches, not a few records per write."""
+        async with self._writing:
+            queued, self._queue = self._queue, []
+            for start in range(0, len(queued), BATCH):
+                batch = queued[start : start + BATCH]
+                try:
+                    await self._store.record_usage(batch)
+                except StoreError as exc:
+                    logger.warning("usage records dropped: %s", exc, extra={"records": len(batch)})
 
     async def _run(self) -> None:
         while True:

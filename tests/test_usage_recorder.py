@@ -1,0 +1,42 @@
+"""The usage recorder: what a flush promises the endpoint that asks for it (`GET /stats` and
+`GET /usage` flush first, so that the caller's latest request is counted)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+import backends
+from backends import UsageRecord, User
+from backends.migrate import upgrade
+from relay.usage.recorder import UsageRecorder
+
+pytestmark = [pytest.mark.sqlite, pytest.mark.anyio]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_a_flush_returns_only_once_a_write_under_way_is_stored(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'usage.db'}"
+    await anyio.to_thread.run_sync(upgrade, url)
+    store = backends.open_store(url)
+    now = int(time.time() * 1000)
+    await store.create_user(User("u1", "app", now), "0" * 64)
+    recorder = UsageRecorder(store)
+    record = UsageRecord("u1", "app", "openai", "gpt-4o", 200, 5, False, 1, 1, now)
+    for _ in range(3):
+        recorder.add(record)
+    # The background round takes the queue and starts writing; a request's flush comes next.
+    background = asyncio.get_running_loop().create_task(recorder.flush())
+    await asyncio.sleep(0)
+    await recorder.flush()
+    assert (await store.usage_stats(now, user_id="u1")).total == 3
+    await background
+    await store.close()
