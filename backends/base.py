@@ -299,6 +299,13 @@ class KeyStore(abc.ABC):
         None last. `[]` for a missing user or an empty span. One round trip."""
 
     @abc.abstractmethod
+    async def prune_usage(self, before: int) -> int:
+        """Delete the usage records of every user made before `before` (epoch ms), in batches
+        that never hold a lock for long; how many were deleted. Every instance may call this at
+        once. Records are kept in the order they were written, so one written after a newer one
+        (instances' batches interleave by seconds) may outlive it until the next call."""
+
+    @abc.abstractmethod
     async def count_users(self, app_id: str) -> int:
         """How many users registered under `app_id` (revoked or expired ones included)."""
 

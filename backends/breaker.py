@@ -177,6 +177,10 @@ class BreakerStore(KeyStore):
         with self.breaker:
             return await self.store.usage_ledger(user_id, start, end, group_by)
 
+    async def prune_usage(self, before: int) -> int:
+        with self.breaker:
+            return await self.store.prune_usage(before)
+
     async def count_users(self, app_id: str) -> int:
         with self.breaker:
             return await self.store.count_users(app_id)

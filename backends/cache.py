@@ -189,6 +189,9 @@ class CachedStore(KeyStore):
     ) -> list[LedgerRow]:
         return await self.store.usage_ledger(user_id, start, end, group_by)
 
+    async def prune_usage(self, before: int) -> int:
+        return await self.store.prune_usage(before)
+
     async def count_users(self, app_id: str) -> int:
         return await self.store.count_users(app_id)
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
@@ -54,6 +55,7 @@ __all__ = ["RedisStore", "connect", "redis_key"]
 
 _USAGE_KEPT: Final = 10_000
 _USAGE_PER_CALL: Final = 1_000  # a bound on how long one script holds the server
+_PRUNED_PER_CALL: Final = 1_000
 
 
 def connect(url: str, options: StoreOptions) -> aioredis.Redis:
@@ -98,6 +100,7 @@ class RedisStore(KeyStore):
         self._set_status = client.register_script(scripts.SET_STATUS)
         self._touch = client.register_script(scripts.TOUCH)
         self._record_usage = client.register_script(scripts.RECORD_USAGE)
+        self._prune_usage = client.register_script(scripts.PRUNE_USAGE)
 
     @classmethod
     def from_url(cls, url: str, options: StoreOptions | None = None) -> RedisStore:
@@ -275,6 +278,27 @@ class RedisStore(KeyStore):
             (ledger_part(r, group_by) for r in records if start <= r["created_at"] < end),
             group_by,
         )
+
+    async def prune_usage(self, before: int) -> int:
+        deleted = 0
+        cursor: int = 0
+        # SCAN's MATCH is a glob: the namespace is matched as it is written.
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self._key("usage", "")) + "*"
+        while True:
+            async with self._call("prune_usage"):
+                cursor, names = await self._redis.scan(cursor, match=pattern, count=500)
+            for name in names:
+                # A list at a time, a bounded number of pops a call: no call holds the server.
+                while True:
+                    async with self._call("prune_usage"):
+                        popped = int(
+                            await self._prune_usage(keys=[name], args=[before, _PRUNED_PER_CALL])
+                        )
+                    deleted += popped
+                    if popped < _PRUNED_PER_CALL:
+                        break
+            if cursor == 0:
+                return deleted
 
     async def count_users(self, app_id: str) -> int:
         async with self._call("count_users"):

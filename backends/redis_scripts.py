@@ -14,6 +14,7 @@ __all__ = [
     "CREATE_USER",
     "DELETE_KEY",
     "DELETE_USER",
+    "PRUNE_USAGE",
     "PUT_KEY",
     "RECORD_USAGE",
     "REPLACE_KEY",
@@ -55,6 +56,20 @@ return 1
 # KEYS: per user, the user key then the usage list. ARGV: records kept a list, then per user the
 # number of its records and the records. A user's records land only while their user key exists:
 # the delete-user script removes it with the list, so nothing lands after an erasure.
+# KEYS: a usage list. ARGV: before (epoch ms), most to pop. Records are appended as they are
+# written: the old ones are at the head. Returns how many were popped.
+PRUNE_USAGE: Final = """
+local before = tonumber(ARGV[1])
+local n = 0
+while n < tonumber(ARGV[2]) do
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  if not head or cjson.decode(head)['created_at'] >= before then break end
+  redis.call('LPOP', KEYS[1])
+  n = n + 1
+end
+return n
+"""
+
 RECORD_USAGE: Final = """
 local at = 2
 for i = 1, #KEYS, 2 do

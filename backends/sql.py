@@ -63,6 +63,8 @@ from .tables import keys, usage, users
 __all__ = ["SQLStore", "async_url", "engine_url", "ensure_sqlite_directory"]
 
 _DAY_MS = DAY_MS
+# Rows one pruning statement deletes: each is its own short transaction.
+_PRUNED_PER_STATEMENT: Final = 5000
 _USAGE_FIELDS = tuple(field.name for field in dataclasses.fields(UsageRecord))
 _TOKENS_PER_QUERY: Final = 500
 _USER_COLUMNS = (
@@ -477,6 +479,22 @@ class SQLStore(KeyStore):
             group_key = int(key) if day else key
             parts.append(Part(group_key, outcome, requests, int(errors), tuple(map(int, tokens))))
         return rows_of(parts, group_by)
+
+    async def prune_usage(self, before: int) -> int:
+        oldest = (
+            select(usage.c.id)
+            .where(usage.c.created_at < before)
+            .order_by(usage.c.id)
+            .limit(_PRUNED_PER_STATEMENT)
+        )
+        statement = usage.delete().where(usage.c.id.in_(oldest.scalar_subquery()))
+        deleted = 0
+        while True:
+            async with self._begin("prune_usage") as conn:
+                count = (await conn.execute(statement)).rowcount
+            deleted += count
+            if count < _PRUNED_PER_STATEMENT:
+                return deleted
 
     async def count_users(self, app_id: str) -> int:
         query = select(func.count()).select_from(users).where(users.c.app_id == app_id)

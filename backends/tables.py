@@ -83,3 +83,4 @@ usage = Table(
 Index("ix_users_app_id", users.c.app_id)
 Index("ix_usage_user_id_created_at", usage.c.user_id, usage.c.created_at)
 Index("ix_usage_app_id_created_at", usage.c.app_id, usage.c.created_at)
+Index("ix_usage_created_at", usage.c.created_at)  # pruning by age

@@ -109,6 +109,8 @@ class Settings:
     cache_ttl: float = 1.0
     forwarded_allow_ips: tuple[str, ...] = ()
     token_expiry_days: float = 90
+    usage_retention_days: float = 90
+    """Usage records older than this are pruned in the background; 0 keeps them for ever."""
     request_body_limit: int = 10 * 1024 * 1024
     parse_limit: int = 10 * 1024 * 1024
     body_memory_limit: int = 256 * 1024 * 1024
@@ -303,6 +305,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         cache_ttl=_number(get, "CACHE_TTL", 1, minimum=0, maximum=1),
         forwarded_allow_ips=_csv(get("FORWARDED_ALLOW_IPS")),
         token_expiry_days=_number(get, "TOKEN_EXPIRY_DAYS", 90, minimum=0, maximum=36_500),
+        usage_retention_days=_number(get, "USAGE_RETENTION_DAYS", 90, minimum=0, maximum=36_500),
         request_body_limit=body_limit,
         parse_limit=int(
             min(body_limit, _number(get, "RELAY_PARSE_LIMIT_BYTES", body_limit, minimum=1))

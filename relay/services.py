@@ -32,6 +32,7 @@ from relay.upstream.transport import HTTPTransport
 from relay.usage.background import Background
 from relay.usage.keyhealth import KeyHealth
 from relay.usage.recorder import UsageRecorder
+from relay.usage.retention import Retention
 
 if TYPE_CHECKING:  # imported only when traces are configured
     from relay.telemetry.traces import Tracer
@@ -183,6 +184,11 @@ async def open_services(
         usage = UsageRecorder(store)
         await usage.start()
         stack.push_async_callback(usage.close)
+        if settings.usage_retention_days > 0:
+            pruning = asyncio.get_running_loop().create_task(
+                Retention(store, settings.usage_retention_days).run()
+            )
+            stack.callback(pruning.cancel)
         inflight = InFlight(store, settings.cache_ttl or TOKEN_CHECK_FLOOR)
         await inflight.start()
         stack.push_async_callback(inflight.close)

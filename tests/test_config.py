@@ -50,6 +50,7 @@ def test_defaults_match_the_contract() -> None:
     assert s.rate_limit_relay == "20/minute"
     assert s.rate_limit_register == "10/hour"
     assert s.token_expiry_days == 90
+    assert s.usage_retention_days == 90
     assert s.request_body_limit == 10485760
     assert s.connect_timeout == 10
     assert s.upstream_timeout == 300
@@ -84,6 +85,7 @@ def test_values_are_read() -> None:
         RATE_LIMIT_RELAY="1/minute",
         RATE_LIMIT_REGISTER="2/day",
         TOKEN_EXPIRY_DAYS="0",
+        USAGE_RETENTION_DAYS="0",
         REQUEST_BODY_LIMIT_BYTES="1024",
         RELAY_CONNECT_TIMEOUT="2.5",
         RELAY_UPSTREAM_TIMEOUT="600",
@@ -95,6 +97,7 @@ def test_values_are_read() -> None:
         PORT="8080",
         LOG_LEVEL="DEBUG",
     )
+    assert s.usage_retention_days == 0
     assert s.encryption_salt == "my-salt"
     assert s.token_hmac_secret == Secret(HMAC_SECRET)
     assert s.app_secret == Secret(APP_SECRET)
@@ -319,6 +322,9 @@ def test_database_url_without_a_scheme(url: str) -> None:
         ("TOKEN_EXPIRY_DAYS", "-1"),
         ("TOKEN_EXPIRY_DAYS", "ninety"),
         ("TOKEN_EXPIRY_DAYS", "inf"),
+        ("USAGE_RETENTION_DAYS", "-1"),
+        ("USAGE_RETENTION_DAYS", "a quarter"),
+        ("USAGE_RETENTION_DAYS", "36501"),
         ("REQUEST_BODY_LIMIT_BYTES", "0"),
         ("REQUEST_BODY_LIMIT_BYTES", "-1"),
         ("REQUEST_BODY_LIMIT_BYTES", "10MB"),

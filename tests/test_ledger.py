@@ -8,13 +8,20 @@ provider reported, the span and grouping parameters, the CSV, and bad input.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime
 import io
+import time
+from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
-from backends import OUTCOMES, TOKEN_KINDS
+import backends
+from backends import OUTCOMES, TOKEN_KINDS, UsageRecord, User
+from backends.migrate import upgrade
+from relay.usage import retention
 from tests.conftest import RelayFactory
 from tests.mockprovider import ANTHROPIC_USAGE, GEMINI_USAGE, OPENAI_USAGE
 from tests.relayserver import RelayServer, register, store_key
@@ -143,3 +150,27 @@ def test_the_ledger_needs_a_token(client: httpx.Client) -> None:
     token = register(client)
     store_key(client, token, "openai", "test-openai-key-ledger-check")
     assert ledger(client, token).json()["rows"] == []
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_records_past_retention_are_pruned_soon_after_start(
+    make_relay: RelayFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retention, "FIRST_PRUNE_WITHIN", (0.0, 0.01))
+    url = f"sqlite:///{tmp_path / 'kept.db'}"
+    await anyio.to_thread.run_sync(upgrade, url)
+    store = backends.open_store(url)
+    now = int(time.time() * 1000)
+    await store.create_user(User("u1", "retention", now), "0" * 64)
+    record = UsageRecord("u1", "retention", "openai", "gpt-4o", 200, 5, False, 1, 1, now)
+    await store.record_usage([dataclasses.replace(record, created_at=now - 2 * 86_400_000), record])
+    await anyio.to_thread.run_sync(lambda: make_relay(USAGE_RETENTION_DAYS="1", DATABASE_URL=url))
+    with anyio.fail_after(10):
+        while (await store.usage_stats(now, app_id="retention")).total != 1:
+            await anyio.sleep(0.05)
+    await store.close()

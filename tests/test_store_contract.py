@@ -21,6 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import backends
+import backends.redis
+import backends.sql
 from backends import (
     TOKEN_KINDS,
     KeyInfo,
@@ -784,6 +786,26 @@ async def test_the_ledger_sums_a_users_own_records_in_the_span_by_group(
         await store.usage_ledger("user-1", t0, end, "token")
 
 
+async def test_pruning_deletes_every_users_records_before_a_time_in_batches(
+    store: KeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batches of two, so that the loop over batches is what deletes them.
+    monkeypatch.setattr(backends.sql, "_PRUNED_PER_STATEMENT", 2)
+    monkeypatch.setattr(backends.redis, "_PRUNED_PER_CALL", 2)
+    await add_user(store, "user-1")
+    await add_user(store, "user-2")
+    old = [usage(u, created_at=T0 + i) for u in ("user-1", "user-2") for i in range(5)]
+    kept = [usage(u, created_at=T0 + 100 + i) for u in ("user-1", "user-2") for i in range(3)]
+    await store.record_usage(old + kept)
+    assert await store.prune_usage(T0 + 100) == 10
+    assert (await store.usage_stats(T0, user_id="user-1")).total == 3
+    assert (await store.usage_stats(T0, app_id="app-1")).total == 6
+    assert await store.prune_usage(T0 + 100) == 0
+    assert await store.prune_usage(T0) == 0
+    assert await store.prune_usage(T0 + 200) == 6
+    assert (await store.usage_stats(T0, app_id="app-1")).total == 0
+
+
 async def test_top_models_are_the_ten_most_used(store: KeyStore) -> None:
     await add_user(store)
     records = [usage("user-1", model=f"m{i:02d}") for i in range(12) for _ in range(i + 1)]
@@ -911,3 +933,17 @@ async def test_close_is_idempotent(store: KeyStore) -> None:
 
 async def test_close_without_use(store: KeyStore) -> None:
     await store.close()
+
+
+@pytest.mark.redis
+async def test_redis_prunes_under_a_namespace_that_reads_as_a_glob(redis_url: str) -> None:
+    """SCAN's MATCH is a glob: the namespace must match itself, brackets and stars included."""
+    namespace = servers.new_namespace() + "[*]?"
+    store = backends.open_store(redis_url, backends.StoreOptions(namespace=namespace))
+    try:
+        await add_user(store)
+        await store.record_usage([usage("user-1", created_at=T0)])
+        assert await store.prune_usage(T0 + 1) == 1
+    finally:
+        await store.close()
+        await anyio.to_thread.run_sync(servers.drop_namespace, namespace)
