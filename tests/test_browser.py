@@ -357,3 +357,30 @@ def test_the_demo_page_connects_adds_a_key_and_chats(
     ui.screenshot(path=SCREENSHOTS / "demo.png", full_page=True)
     context.close()
     assert tab.errors == []
+
+
+def test_on_a_relay_with_an_app_secret_the_demo_takes_a_token_the_backend_issued(
+    browser: Any, mock: MockProvider, tmp_path: Path
+) -> None:
+    secret = "demo-backend-secret-0123456789"
+    relay = RelayProcess(tmp_path, relay_env(tmp_path / "relay.db", mock.url, APP_SECRET=secret))
+    context = browser.new_context()
+    try:
+        with relay.client() as http:
+            issued = http.post(
+                "/users", json={"app_id": "demo"}, headers={"authorization": f"Bearer {secret}"}
+            ).json()["token"]
+        tab = Page(context.new_page())
+        tab.open(relay.url + "/")
+        ui = tab.page
+        ui.get_by_role("button", name="Connect").click()
+        ui.get_by_text("Registration needs the app's backend on this relay.").wait_for()
+        ui.get_by_label("Relay token").fill(issued)
+        ui.get_by_role("button", name="Use this token").click()
+        ui.get_by_text("Connected.").wait_for()
+        assert ui.get_by_label("Relay token").input_value() == ""
+        ui.get_by_text("No key stored yet.").wait_for()
+        assert tab.errors == []
+    finally:
+        context.close()
+        relay.stop()

@@ -79,24 +79,30 @@ NO_USAGE: Final = Usage()
 
 # ---- What a provider reports, where -------------------------------------------------------
 
-_COUNTS: Final[tuple[tuple[str, dict[str, tuple[str, ...]]], ...]] = (
-    # (object holding the counts, {token kind: where in it}); a kind a row does not find keeps
-    # what another found
-    # OpenAI chat and completions; the OpenAI-compatible providers
-    ("usage", {"input": ("prompt_tokens",), "output": ("completion_tokens",),
-               "cache_read": ("prompt_tokens_details", "cached_tokens"),
-               "reasoning": ("completion_tokens_details", "reasoning_tokens")}),
-    # Anthropic; OpenAI Responses
-    ("usage", {"input": ("input_tokens",), "output": ("output_tokens",),
-               "cache_read": ("cache_read_input_tokens",),
-               "cache_write": ("cache_creation_input_tokens",)}),
-    ("usage", {"cache_read": ("input_tokens_details", "cached_tokens"),
-               "reasoning": ("output_tokens_details", "reasoning_tokens")}),
-    # Gemini
-    ("usageMetadata", {"input": ("promptTokenCount",), "output": ("candidatesTokenCount",),
-                       "cache_read": ("cachedContentTokenCount",),
-                       "reasoning": ("thoughtsTokenCount",)}),
-)  # fmt: skip
+_COUNTS: Final[dict[str, tuple[tuple[str, str, str | None], ...]]] = {
+    # object holding the counts -> (token kind, key, key within it); no provider's report holds
+    # two places of one kind
+    "usage": (
+        # OpenAI chat and completions; the OpenAI-compatible providers
+        ("input", "prompt_tokens", None),
+        ("output", "completion_tokens", None),
+        ("cache_read", "prompt_tokens_details", "cached_tokens"),
+        ("reasoning", "completion_tokens_details", "reasoning_tokens"),
+        # Anthropic; OpenAI Responses
+        ("input", "input_tokens", None),
+        ("output", "output_tokens", None),
+        ("cache_read", "cache_read_input_tokens", None),
+        ("cache_write", "cache_creation_input_tokens", None),
+        ("cache_read", "input_tokens_details", "cached_tokens"),
+        ("reasoning", "output_tokens_details", "reasoning_tokens"),
+    ),
+    "usageMetadata": (  # Gemini
+        ("input", "promptTokenCount", None),
+        ("output", "candidatesTokenCount", None),
+        ("cache_read", "cachedContentTokenCount", None),
+        ("reasoning", "thoughtsTokenCount", None),
+    ),
+}
 _MODEL_KEYS: Final = ("model", "modelVersion")  # OpenAI, Anthropic; Gemini
 _WRAPPERS: Final = ("message", "response", "x_groq")
 """Keys under which an event nests the object that reports: Anthropic's `message_start`, OpenAI
@@ -122,24 +128,26 @@ class _Tally:
             if isinstance(node, dict):
                 nodes.append(node)
         for node in nodes:
-            for holder, places in _COUNTS:
+            for holder, places in _COUNTS.items():
                 counts = node.get(holder)
                 if isinstance(counts, dict):
-                    for kind, path in places.items():
-                        self.counts[kind] = _count(_at(counts, path), self.counts[kind])
+                    self._read(counts, places)
             for key in _MODEL_KEYS:
                 model = node.get(key)
                 if isinstance(model, str) and 0 < len(model) <= MAX_MODEL_CHARS:
                     self.model = model
 
-
-def _at(obj: dict[str, object], path: tuple[str, ...]) -> object:
-    value: object = obj
-    for key in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
+    def _read(
+        self, counts: dict[str, object], places: tuple[tuple[str, str, str | None], ...]
+    ) -> None:
+        found = self.counts
+        for kind, key, inner in places:
+            value = counts.get(key)
+            if value is None:  # most places are another provider's
+                continue
+            if inner is not None:
+                value = value.get(inner) if isinstance(value, dict) else None
+            found[kind] = _count(value, found[kind])
 
 
 def _count(value: object, previous: int | None) -> int | None:
