@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 from .base import (
+    DAY_MS,
     KEY_STATUSES,
     LEDGER_GROUPS,
     OUTCOMES,
@@ -28,6 +29,7 @@ from .base import (
 from .schemes import SCHEMES, Scheme, UnknownScheme, scheme_of, url_scheme
 
 __all__ = [
+    "DAY_MS",
     "KEY_STATUSES",
     "LEDGER_GROUPS",
     "OUTCOMES",

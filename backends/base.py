@@ -19,6 +19,7 @@ import enum
 from collections.abc import AsyncIterator, Sequence
 
 __all__ = [
+    "DAY_MS",
     "KEY_STATUSES",
     "LEDGER_GROUPS",
     "OUTCOMES",
@@ -36,6 +37,9 @@ __all__ = [
     "UsageStats",
     "User",
 ]
+
+DAY_MS = 86_400_000
+"""A day in the epoch milliseconds every time here is given in."""
 
 KEY_STATUSES = ("ok", "unverified", "invalid", "no_credit")
 

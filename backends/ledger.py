@@ -7,11 +7,10 @@ import dataclasses
 import datetime
 from collections.abc import Iterable
 
-from .base import LEDGER_GROUPS, TOKEN_KINDS, LedgerRow
+from .base import DAY_MS, LEDGER_GROUPS, TOKEN_KINDS, LedgerRow
 
-__all__ = ["DAY_MS", "GROUP_FIELDS", "Part", "check_group", "rows_of"]
+__all__ = ["GROUP_FIELDS", "Part", "check_group", "rows_of"]
 
-DAY_MS = 86_400_000
 GROUP_FIELDS = {"app": "app_id", "provider": "provider", "model": "model"}
 """The usage record's field (and column) each group but the day is of."""
 
@@ -36,32 +35,30 @@ def check_group(group_by: str) -> None:
 
 def _key(group: str | int | None, group_by: str) -> str | None:
     if group_by == "day" and isinstance(group, int):
-        return datetime.datetime.fromtimestamp(group * 86_400, datetime.UTC).date().isoformat()
+        day = datetime.datetime.fromtimestamp(group * DAY_MS / 1000, datetime.UTC)
+        return day.date().isoformat()
     return None if group is None else str(group)
 
 
+@dataclasses.dataclass
+class _Sum:
+    requests: int = 0
+    errors: int = 0
+    tokens: list[int] = dataclasses.field(default_factory=lambda: [0] * len(TOKEN_KINDS))
+    outcomes: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
 def rows_of(parts: Iterable[Part], group_by: str) -> list[LedgerRow]:
-    requests: dict[str | None, int] = {}
-    errors: dict[str | None, int] = {}
-    tokens: dict[str | None, list[int]] = {}
-    outcomes: dict[str | None, dict[str, int]] = {}
+    sums: dict[str | None, _Sum] = {}
     for part in parts:
-        key = _key(part.group, group_by)
-        requests[key] = requests.get(key, 0) + part.requests
-        errors[key] = errors.get(key, 0) + part.errors
-        sums = tokens.setdefault(key, [0] * len(TOKEN_KINDS))
-        for i, n in enumerate(part.tokens):
-            sums[i] += n
-        counts = outcomes.setdefault(key, {})
-        counts[part.outcome] = counts.get(part.outcome, 0) + part.requests
-    order = sorted(requests, key=lambda key: (key is None, key or ""))
+        total = sums.setdefault(_key(part.group, group_by), _Sum())
+        total.requests += part.requests
+        total.errors += part.errors
+        total.tokens = [a + b for a, b in zip(total.tokens, part.tokens, strict=True)]
+        total.outcomes[part.outcome] = total.outcomes.get(part.outcome, 0) + part.requests
     return [
         LedgerRow(
-            key=key,
-            requests=requests[key],
-            errors=errors[key],
-            tokens=dict(zip(TOKEN_KINDS, tokens[key], strict=True)),
-            outcomes=outcomes[key],
+            key, t.requests, t.errors, dict(zip(TOKEN_KINDS, t.tokens, strict=True)), t.outcomes
         )
-        for key in order
+        for key, t in sorted(sums.items(), key=lambda item: (item[0] is None, item[0] or ""))
     ]

@@ -26,8 +26,8 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from .base import TOKEN_KINDS, UNVERIFIED, KeyInfo, KeyMeta, StoreError, UsageStats, User
-from .ledger import DAY_MS, GROUP_FIELDS, Part
+from .base import DAY_MS, TOKEN_KINDS, UNVERIFIED, KeyInfo, KeyMeta, StoreError, UsageStats, User
+from .ledger import GROUP_FIELDS, Part
 
 __all__ = [
     "ENTRY",
@@ -47,7 +47,6 @@ __all__ = [
 
 RECORD_VERSION: Final = 1
 ENTRY: Final = struct.Struct(">BQQ")
-_DAY_MS: Final = DAY_MS
 # The ending of a record written before outcomes were stored, as the SQL migration 0004 reads it.
 _OUTCOME_OF_STATUS: Final = {
     499: "client_cancelled",
@@ -183,8 +182,8 @@ def usage_stats_of(records: Sequence[dict[str, Any]], now: int) -> UsageStats:
         outcomes[_outcome_of(r)] += 1
     return UsageStats(
         total=len(records),
-        last_7d=sum(r["created_at"] >= now - 7 * _DAY_MS for r in records),
-        last_30d=sum(r["created_at"] >= now - 30 * _DAY_MS for r in records),
+        last_7d=sum(r["created_at"] >= now - 7 * DAY_MS for r in records),
+        last_30d=sum(r["created_at"] >= now - 30 * DAY_MS for r in records),
         error_count=len(errors),
         providers=providers,
         top_models=sorted(models.items(), key=lambda item: (-item[1], item[0]))[:10],

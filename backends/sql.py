@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql import ColumnElement, Executable
 
 from .base import (
+    DAY_MS,
     TOKEN_KINDS,
     UNVERIFIED,
     KeyInfo,
@@ -55,14 +56,13 @@ from .base import (
     UsageStats,
     User,
 )
-from .ledger import DAY_MS, GROUP_FIELDS, Part, check_group, rows_of
+from .ledger import GROUP_FIELDS, Part, check_group, rows_of
 from .pgparams import translate
 from .schemes import SCHEMES, url_scheme
 from .tables import keys, usage, users
 
 __all__ = ["SQLStore", "async_url", "engine_url", "ensure_sqlite_directory"]
 
-_DAY_MS = DAY_MS
 # Rows one pruning statement deletes: each is its own short transaction.
 _PRUNED_PER_STATEMENT: Final = 5000
 _USAGE_FIELDS = tuple(field.name for field in dataclasses.fields(UsageRecord))
@@ -410,8 +410,8 @@ class SQLStore(KeyStore):
         error = case((usage.c.status >= 400, 1), else_=0)
         totals = select(
             func.count(),
-            func.sum(case((usage.c.created_at >= now - 7 * _DAY_MS, 1), else_=0)),
-            func.sum(case((usage.c.created_at >= now - 30 * _DAY_MS, 1), else_=0)),
+            func.sum(case((usage.c.created_at >= now - 7 * DAY_MS, 1), else_=0)),
+            func.sum(case((usage.c.created_at >= now - 30 * DAY_MS, 1), else_=0)),
             func.sum(error),
             func.max(usage.c.created_at),
             *(func.sum(usage.c[f"{kind}_tokens"]) for kind in TOKEN_KINDS),

@@ -14,7 +14,7 @@ from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 
-from backends import LEDGER_GROUPS, OUTCOMES, TOKEN_KINDS, LedgerRow
+from backends import DAY_MS, LEDGER_GROUPS, OUTCOMES, TOKEN_KINDS, LedgerRow
 from relay.api.shapes import Count, answer
 from relay.api.stats import NO_STORE, Tokens
 from relay.errors import BadRequest
@@ -23,7 +23,6 @@ from relay.services import Services
 
 __all__ = ["Ledger", "LedgerEntry", "ledger_csv", "ledger_json", "span_of"]
 
-DAY_MS: Final = 86_400_000
 DEFAULT_SPAN_DAYS: Final = 30
 MAX_SPAN_DAYS: Final = 400
 # A cell a spreadsheet would run as a formula (a model or app name is anyone's text).

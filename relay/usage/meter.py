@@ -70,9 +70,10 @@ class Usage:
 
     def counts(self) -> dict[str, int | None]:
         """`<kind>_tokens` of each kind: the token fields of a `backends.UsageRecord`."""
-        return {f"{kind}_tokens": getattr(self, f"{kind}_tokens") for kind in TOKEN_KINDS}
+        return {field: getattr(self, field) for field in _TOKEN_FIELDS}
 
 
+_TOKEN_FIELDS: Final = tuple(f"{kind}_tokens" for kind in TOKEN_KINDS)
 NO_USAGE: Final = Usage()
 """Nothing reported."""
 
@@ -450,7 +451,8 @@ class UsageMeter:
                     body.finish()
                 tally = self._tally
                 self._result = Usage(
-                    model=tally.model, **{f"{k}_tokens": n for k, n in tally.counts.items()}
+                    model=tally.model,
+                    **dict(zip(_TOKEN_FIELDS, tally.counts.values(), strict=True)),
                 )
             except Exception:
                 self._result = NO_USAGE

@@ -13,7 +13,7 @@ import random
 import time
 from typing import Final
 
-from backends import KeyStore, StoreError
+from backends import DAY_MS, KeyStore, StoreError
 
 __all__ = ["PRUNE_EVERY", "Retention"]
 
@@ -21,7 +21,6 @@ logger = logging.getLogger("relay")
 
 PRUNE_EVERY: Final = 3600.0
 FIRST_PRUNE_WITHIN: Final = (1.0, 10.0)  # seconds after start
-_DAY_MS: Final = 86_400_000
 
 
 class Retention:
@@ -37,7 +36,7 @@ class Retention:
 
     async def prune_once(self) -> int:
         """Delete what is past retention now; how many records went."""
-        before = int(time.time() * 1000 - self.days * _DAY_MS)
+        before = int(time.time() * 1000 - self.days * DAY_MS)
         try:
             deleted = await self.store.prune_usage(before)
         except StoreError as exc:
