@@ -129,6 +129,7 @@ def test_the_csv_has_a_header_a_row_per_group_and_never_a_formula(server: RelayS
         ({"from": "2026-06-02", "to": "2026-06-01"}, "from must be before to"),
         ({"from": "2020-01-01", "to": "2026-01-01"}, "A span may cover 400 days at most"),
         ({"from": "9" * 40}, "from must be epoch milliseconds"),
+        ({"from": "²"}, "from must be epoch milliseconds"),  # a digit to str.isdigit, not int
     ],
 )
 def test_bad_ledger_queries_are_400s_that_say_why(

@@ -53,7 +53,7 @@ class Ledger(msgspec.Struct, kw_only=True):
 
 def _instant(name: str, value: str, *, end: bool) -> int:
     """Epoch ms, a date (`to`: the end of that day) or an ISO 8601 time (UTC unless it says)."""
-    if value.isdigit() and len(value) <= 15:
+    if value.isascii() and value.isdigit() and len(value) <= 15:
         return int(value)
     try:
         if len(value) == 10:
