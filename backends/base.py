@@ -25,6 +25,7 @@ __all__ = [
     "OUTCOMES",
     "TOKEN_KINDS",
     "UNVERIFIED",
+    "ChildToken",
     "KeyInfo",
     "KeyMeta",
     "KeyStore",
@@ -100,15 +101,34 @@ class StoreOptions:
 
 
 @dataclasses.dataclass(frozen=True)
+class ChildToken:
+    """A narrow token: a second token of an account, minted by its owner (or by another narrow
+    token of theirs), that the relay lets do less than the account's own."""
+
+    id: str
+    user_id: str
+    parent_id: str | None
+    """The narrow token it was minted with; None: the account's own token."""
+    name: str
+    limits: str
+    """What the token may do, as the relay wrote it (JSON text); stored and returned as given."""
+    created_at: int
+    expires_at: int | None = None
+    last_used_at: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class User:
     id: str
     app_id: str
     created_at: int
     """Epoch milliseconds."""
     expires_at: int | None = None
-    """Epoch milliseconds after which the token is refused; None: never."""
+    """Epoch milliseconds after which the account's token is refused; None: never."""
     revoked_at: int | None = None
-    """Epoch milliseconds at which the token was revoked; None: it was not."""
+    """Epoch milliseconds at which the account's token was revoked; None: it was not."""
+    child: ChildToken | None = None
+    """The narrow token the user was found by; None: the account's own token."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +232,8 @@ class KeyStore(abc.ABC):
 
     @abc.abstractmethod
     async def user_for_token(self, token_hash: str) -> User | None:
-        """The user whose token digest is `token_hash`, or None when there is none.
+        """The user whose token digest is `token_hash`, or None when there is none; found by a
+        narrow token, the user with that token as its `child`.
 
         Revoked and expired users are returned as stored; judging them is the caller's job.
         One round trip to the server.
@@ -230,13 +251,43 @@ class KeyStore(abc.ABC):
 
     @abc.abstractmethod
     async def revoke_token(self, user_id: str, at: int) -> None:
-        """Mark the user's token revoked at `at` (epoch ms). Revoking again keeps the first
-        time; a missing user is a no-op. Takes effect for every reader as soon as it returns."""
+        """Mark the account's own token revoked at `at` (epoch ms); its narrow tokens are
+        found with it, revoked too. Revoking again keeps the first time; a missing user is a
+        no-op. Takes effect for every reader as soon as it returns."""
 
     @abc.abstractmethod
     async def delete_user(self, user_id: str) -> None:
-        """Erase the user, every key record of theirs and every usage record about them,
+        """Erase the user, every key record, narrow token and usage record of theirs,
         atomically. A missing user is a no-op."""
+
+    @abc.abstractmethod
+    async def create_child_token(
+        self, child: ChildToken, token_hash: str, now: int, most: int
+    ) -> bool:
+        """Store a narrow token of `child.user_id`, reachable by `token_hash`.
+
+        First the account's narrow tokens expired by `now` (epoch ms) are deleted; then, when
+        `most` are left, nothing is stored and the answer is False. A missing user, a
+        `parent_id` that is not one of the account's narrow tokens, or a digest or id already
+        in use raises `StoreError` and stores nothing. A parent deleted meanwhile either
+        refuses the child or takes it with it: no narrow token outlives the one it came from.
+        """
+
+    @abc.abstractmethod
+    async def child_tokens(self, user_id: str) -> list[ChildToken]:
+        """Every narrow token of the user (expired ones until the next `create_child_token`),
+        oldest first; `[]` for a missing user."""
+
+    @abc.abstractmethod
+    async def delete_child_token(self, user_id: str, token_id: str) -> list[str]:
+        """Delete the user's narrow token `token_id` and every one minted from it, at any
+        depth, atomically; the ids deleted, `[]` when the user has no such token. Takes effect
+        for every reader as soon as it returns."""
+
+    @abc.abstractmethod
+    async def touch_child_token(self, user_id: str, token_id: str, at: int) -> None:
+        """Record that the narrow token was used at `at` (epoch ms); a missing one is a no-op.
+        Callers throttle this, as `touch_key`."""
 
     @abc.abstractmethod
     async def put_key(

@@ -24,6 +24,7 @@ from typing import Final
 
 from .base import (
     UNVERIFIED,
+    ChildToken,
     KeyInfo,
     KeyMeta,
     KeyStore,
@@ -132,6 +133,24 @@ class BreakerStore(KeyStore):
     async def delete_user(self, user_id: str) -> None:
         with self.breaker:
             await self.store.delete_user(user_id)
+
+    async def create_child_token(
+        self, child: ChildToken, token_hash: str, now: int, most: int
+    ) -> bool:
+        with self.breaker:
+            return await self.store.create_child_token(child, token_hash, now, most)
+
+    async def child_tokens(self, user_id: str) -> list[ChildToken]:
+        with self.breaker:
+            return await self.store.child_tokens(user_id)
+
+    async def delete_child_token(self, user_id: str, token_id: str) -> list[str]:
+        with self.breaker:
+            return await self.store.delete_child_token(user_id, token_id)
+
+    async def touch_child_token(self, user_id: str, token_id: str, at: int) -> None:
+        with self.breaker:
+            await self.store.touch_child_token(user_id, token_id, at)
 
     async def put_key(
         self, user_id: str, provider: str, record: bytes, at: int, meta: KeyMeta = UNVERIFIED

@@ -21,7 +21,17 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
-from .base import UNVERIFIED, KeyInfo, KeyMeta, KeyStore, LedgerRow, UsageRecord, UsageStats, User
+from .base import (
+    UNVERIFIED,
+    ChildToken,
+    KeyInfo,
+    KeyMeta,
+    KeyStore,
+    LedgerRow,
+    UsageRecord,
+    UsageStats,
+    User,
+)
 
 __all__ = ["CachedStore"]
 
@@ -136,6 +146,13 @@ class CachedStore(KeyStore):
         finally:
             self._forget_user(user_id)
 
+    async def delete_child_token(self, user_id: str, token_id: str) -> list[str]:
+        try:
+            return await self.store.delete_child_token(user_id, token_id)
+        finally:
+            # Every narrow token of the user's: a deleted one takes those minted from it.
+            self._users.drop_where(lambda _, user: user.id == user_id and user.child is not None)
+
     async def put_key(
         self, user_id: str, provider: str, record: bytes, at: int, meta: KeyMeta = UNVERIFIED
     ) -> bool:
@@ -164,6 +181,17 @@ class CachedStore(KeyStore):
 
     async def create_user(self, user: User, token_hash: str) -> None:
         await self.store.create_user(user, token_hash)
+
+    async def create_child_token(
+        self, child: ChildToken, token_hash: str, now: int, most: int
+    ) -> bool:
+        return await self.store.create_child_token(child, token_hash, now, most)
+
+    async def child_tokens(self, user_id: str) -> list[ChildToken]:
+        return await self.store.child_tokens(user_id)
+
+    async def touch_child_token(self, user_id: str, token_id: str, at: int) -> None:
+        await self.store.touch_child_token(user_id, token_id, at)
 
     async def list_keys(self, user_id: str) -> list[KeyInfo]:
         return await self.store.list_keys(user_id)

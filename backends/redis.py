@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import redis_scripts as scripts
 from .base import (
     UNVERIFIED,
+    ChildToken,
     KeyInfo,
     KeyMeta,
     KeyStore,
@@ -39,6 +40,9 @@ from .ledger import check_group, rows_of
 from .redis_layout import (
     ENTRY,
     RECORD_VERSION,
+    child_entry,
+    child_fields,
+    child_from_entry,
     info_field,
     info_fields,
     key_info,
@@ -48,7 +52,7 @@ from .redis_layout import (
     text,
     usage_stats_of,
     user_fields,
-    user_from_hash,
+    user_from_lookup,
 )
 
 __all__ = ["RedisStore", "connect", "redis_key"]
@@ -56,6 +60,7 @@ __all__ = ["RedisStore", "connect", "redis_key"]
 _USAGE_KEPT: Final = 10_000
 _USAGE_PER_CALL: Final = 1_000  # a bound on how long one script holds the server
 _PRUNED_PER_CALL: Final = 1_000
+_TOKENS_PER_CALL: Final = 500
 
 
 def connect(url: str, options: StoreOptions) -> aioredis.Redis:
@@ -101,6 +106,10 @@ class RedisStore(KeyStore):
         self._touch = client.register_script(scripts.TOUCH)
         self._record_usage = client.register_script(scripts.RECORD_USAGE)
         self._prune_usage = client.register_script(scripts.PRUNE_USAGE)
+        self._users_for_tokens = client.register_script(scripts.USERS_FOR_TOKENS)
+        self._create_child = client.register_script(scripts.CREATE_CHILD)
+        self._delete_child = client.register_script(scripts.DELETE_CHILD)
+        self._touch_child = client.register_script(scripts.TOUCH_CHILD)
 
     @classmethod
     def from_url(cls, url: str, options: StoreOptions | None = None) -> RedisStore:
@@ -144,26 +153,25 @@ class RedisStore(KeyStore):
         if not created:
             raise StoreError("create_user: user id or token digest already exists")
 
+    async def _lookup(self, operation: str, token_hashes: Sequence[str]) -> list[User | None]:
+        keys = [self._key("token", token_hash) for token_hash in token_hashes]
+        async with self._call(operation):
+            found = await self._users_for_tokens(
+                keys=keys, args=[self._key("token"), self._key("children")]
+            )
+        return [user_from_lookup(each) for each in found]
+
     async def user_for_token(self, token_hash: str) -> User | None:
-        async with self._call("user_for_token"):
-            raw = await self._redis.hgetall(self._key("token", token_hash))
-        return user_from_hash({text(k): text(v) for k, v in raw.items()}) if raw else None
+        return (await self._lookup("user_for_token", [token_hash]))[0]
 
     async def users_for_tokens(self, token_hashes: Sequence[str]) -> dict[str, User]:
-        if not token_hashes:
-            return {}
-        async with (
-            self._call("users_for_tokens"),
-            self._redis.pipeline(transaction=False) as pipe,
-        ):
-            for token_hash in token_hashes:
-                pipe.hgetall(self._key("token", token_hash))
-            found = await pipe.execute()
-        return {
-            token_hash: user_from_hash({text(k): text(v) for k, v in raw.items()})
-            for token_hash, raw in zip(token_hashes, found, strict=True)
-            if raw
-        }
+        found: dict[str, User] = {}
+        # A bounded script at a time: none holds the server for long.
+        for start in range(0, len(token_hashes), _TOKENS_PER_CALL):
+            chunk = token_hashes[start : start + _TOKENS_PER_CALL]
+            users = await self._lookup("users_for_tokens", chunk)
+            found.update((d, u) for d, u in zip(chunk, users, strict=True) if u is not None)
+        return found
 
     async def revoke_token(self, user_id: str, at: int) -> None:
         async with self._call("revoke_token"):
@@ -176,9 +184,68 @@ class RedisStore(KeyStore):
                     self._key("user", user_id),
                     *self._key_hashes(user_id),
                     self._key("usage", user_id),
+                    self._key("children", user_id),
                 ],
                 args=[self._key("token"), self._key("app"), user_id],
             )
+
+    async def create_child_token(
+        self, child: ChildToken, token_hash: str, now: int, most: int
+    ) -> bool:
+        user_key = self._key("user", child.user_id)
+        entry = child_entry(child, token_hash)
+        async with self._call("create_child_token"):
+            owner = await self._redis.get(user_key)
+            if owner is None:
+                raise StoreError("create_child_token: no such user")
+            # The script checks the user again: one erased since is refused there.
+            fields = child_fields(child, text(owner), entry)
+            result = await self._create_child(
+                keys=[
+                    user_key,
+                    self._key("children", child.user_id),
+                    self._key("token", token_hash),
+                ],
+                args=[
+                    self._key("token"),
+                    now,
+                    most,
+                    child.id,
+                    child.parent_id or "",
+                    entry,
+                    *fields,
+                ],
+            )
+        if result < 0:
+            raise StoreError(
+                "create_child_token: "
+                + {-1: "no such user", -2: "no such parent token"}.get(
+                    result, "id or digest in use"
+                )
+            )
+        return bool(result)
+
+    async def child_tokens(self, user_id: str) -> list[ChildToken]:
+        async with self._call("child_tokens"):
+            raw = await self._redis.hgetall(self._key("children", user_id))
+        fields = {text(k): text(v) for k, v in raw.items()}
+        found = [
+            child_from_entry(entry, fields.get(f"{name}:used"))
+            for name, entry in fields.items()
+            if ":" not in name
+        ]
+        return sorted(found, key=lambda child: (child.created_at, child.id))
+
+    async def delete_child_token(self, user_id: str, token_id: str) -> list[str]:
+        async with self._call("delete_child_token"):
+            deleted = await self._delete_child(
+                keys=[self._key("children", user_id)], args=[self._key("token"), token_id]
+            )
+        return [text(token_id) for token_id in deleted]
+
+    async def touch_child_token(self, user_id: str, token_id: str, at: int) -> None:
+        async with self._call("touch_child_token"):
+            await self._touch_child(keys=[self._key("children", user_id)], args=[token_id, at])
 
     async def put_key(
         self, user_id: str, provider: str, record: bytes, at: int, meta: KeyMeta = UNVERIFIED

@@ -10,6 +10,11 @@ Layout, for namespace `ns` (every name built by `redis_key`):
     ns:usage:<user id>        list of usage records (JSON, "v": 1; "outcome" and the token
                               kinds beyond input and output only in those written since
                               they exist), the newest 10 000 kept
+    ns:token:<narrow digest>  a narrow token (hash: v, owner: its account's token digest, user,
+                              child_id, child: its entry); found with its account's record
+                              and last use by one script
+    ns:children:<user id>     hash: narrow token id -> its entry (JSON, "v": 1, with its digest),
+                              "<id>:used" -> when it was last used
     ns:app:<app id>           set of the app's user ids
     ns:limits:<limit key>     the rate limits' counters (`relay.server.redislimits`)
 
@@ -21,18 +26,32 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import struct
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from .base import DAY_MS, TOKEN_KINDS, UNVERIFIED, KeyInfo, KeyMeta, StoreError, UsageStats, User
+from .base import (
+    DAY_MS,
+    TOKEN_KINDS,
+    UNVERIFIED,
+    ChildToken,
+    KeyInfo,
+    KeyMeta,
+    StoreError,
+    UsageStats,
+    User,
+)
 from .ledger import GROUP_FIELDS, Part
 
 __all__ = [
     "ENTRY",
     "INFO_FIELDS",
     "RECORD_VERSION",
+    "child_entry",
+    "child_fields",
+    "child_from_entry",
     "info_field",
     "info_fields",
     "key_info",
@@ -43,6 +62,7 @@ __all__ = [
     "usage_stats_of",
     "user_fields",
     "user_from_hash",
+    "user_from_lookup",
 ]
 
 RECORD_VERSION: Final = 1
@@ -147,6 +167,46 @@ def user_from_hash(data: dict[str, str]) -> User:
         expires_at=optional_int("expires_at"),
         revoked_at=optional_int("revoked_at"),
     )
+
+
+def child_entry(child: ChildToken, token_hash: str) -> str:
+    """The entry of a narrow token in its account's children hash (its last use kept apart)."""
+    fields = dataclasses.asdict(child)
+    del fields["last_used_at"]
+    return json.dumps({"v": RECORD_VERSION, **fields, "digest": token_hash})
+
+
+def child_fields(child: ChildToken, owner_digest: str, entry: str) -> list[str]:
+    """The field/values of a narrow token's own key (`entry` as `child_entry` made it)."""
+    return ["v", str(RECORD_VERSION), "owner", owner_digest, "user", child.user_id,
+            "child_id", child.id, "child", entry]  # fmt: skip
+
+
+def child_from_entry(entry: str, used: str | None) -> ChildToken:
+    fields = json.loads(entry)
+    if fields.pop("v", None) != RECORD_VERSION:
+        raise StoreError("narrow token of unknown format version")
+    del fields["digest"]
+    return ChildToken(**fields, last_used_at=int(used) if used else None)
+
+
+def user_from_lookup(found: Sequence[Any]) -> User | None:
+    """The user `USERS_FOR_TOKENS` found for one digest: the hash it read, then for a narrow
+    token its account's hash and last use; None for no token or an account gone."""
+    own = _as_hash(found[0])
+    if not own:
+        return None
+    if "owner" not in own:
+        return user_from_hash(own)
+    account = _as_hash(found[1])
+    if not account:
+        return None
+    child = child_from_entry(own["child"], text(found[2]))
+    return dataclasses.replace(user_from_hash(account), child=child)
+
+
+def _as_hash(flat: Sequence[bytes | str]) -> dict[str, str]:
+    return {text(k): text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
 
 
 def ledger_part(record: dict[str, Any], group_by: str) -> Part:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "CREATE_CHILD",
     "CREATE_USER",
+    "DELETE_CHILD",
     "DELETE_KEY",
     "DELETE_USER",
     "PRUNE_USAGE",
@@ -21,6 +23,8 @@ __all__ = [
     "REVOKE",
     "SET_STATUS",
     "TOUCH",
+    "TOUCH_CHILD",
+    "USERS_FOR_TOKENS",
 ]
 
 # KEYS: token key, user key, app set. ARGV: token digest, user id, the record's field/values.
@@ -39,8 +43,111 @@ if not digest then return 0 end
 return redis.call('HSETNX', ARGV[1] .. digest, 'revoked_at', ARGV[2])
 """
 
-# KEYS: user key, keys hash, key info hash, usage list. ARGV: token key prefix, app set
-# prefix, user id.
+# KEYS: token keys. ARGV: token key prefix, children hash prefix. Per key, its hash, and for a
+# narrow token its account's token hash and when it was last used ('' for never).
+USERS_FOR_TOKENS: Final = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local found = redis.call('HGETALL', key)
+  local owner, user, id
+  for j = 1, #found, 2 do
+    local f = found[j]
+    if f == 'owner' then owner = found[j + 1]
+    elseif f == 'user' then user = found[j + 1]
+    elseif f == 'child_id' then id = found[j + 1] end
+  end
+  if owner then
+    out[i] = {found, redis.call('HGETALL', ARGV[1] .. owner),
+              redis.call('HGET', ARGV[2] .. user, id .. ':used') or ''}
+  else
+    out[i] = {found}
+  end
+end
+return out
+"""
+
+# The narrow tokens of an account are one hash: "<id>" -> the token's entry (JSON, with its
+# digest), "<id>:used" -> last used. `gone` adds to `ids` (a set) every token whose parent is in it
+# or missing, at any depth, and deletes them all, token keys and fields.
+_CHILDREN: Final = """
+local function gone(children, prefix, ids)
+  local entries = {}
+  local all = redis.call('HGETALL', children)
+  for j = 1, #all, 2 do
+    if not string.find(all[j], ':', 1, true) then entries[all[j]] = cjson.decode(all[j + 1]) end
+  end
+  local more = true
+  while more do
+    more = false
+    for id, c in pairs(entries) do
+      local parent = c['parent_id']
+      if not ids[id] and parent ~= cjson.null and (ids[parent] or not entries[parent]) then
+        ids[id] = true
+        more = true
+      end
+    end
+  end
+  local deleted = {}
+  for id in pairs(ids) do
+    if entries[id] then
+      redis.call('DEL', prefix .. entries[id]['digest'])
+      redis.call('HDEL', children, id, id .. ':used')
+      deleted[#deleted + 1] = id
+      entries[id] = nil
+    end
+  end
+  return entries, deleted
+end
+"""
+
+# KEYS: user key, children hash, the new token key. ARGV: token key prefix, now, most, id,
+# parent id ('' for none), entry, then the token key's field/values. 1 stored, 0 too many, -1 no
+# user, -2 no parent, -3 id or digest in use.
+CREATE_CHILD: Final = (
+    _CHILDREN
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local now = tonumber(ARGV[2])
+local expired = {}
+local all = redis.call('HGETALL', KEYS[2])
+for j = 1, #all, 2 do
+  if not string.find(all[j], ':', 1, true) then
+    local at = cjson.decode(all[j + 1])['expires_at']
+    if at ~= cjson.null and at <= now then expired[all[j]] = true end
+  end
+end
+local entries = gone(KEYS[2], ARGV[1], expired)
+local live = 0
+for _ in pairs(entries) do live = live + 1 end
+if live >= tonumber(ARGV[3]) then return 0 end
+if ARGV[5] ~= '' and not entries[ARGV[5]] then return -2 end
+if entries[ARGV[4]] or redis.call('EXISTS', KEYS[3]) == 1 then return -3 end
+redis.call('HSET', KEYS[3], unpack(ARGV, 7))
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[6])
+return 1
+"""
+)
+
+# KEYS: children hash. ARGV: token key prefix, id. The ids deleted.
+DELETE_CHILD: Final = (
+    _CHILDREN
+    + """
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then return {} end
+local _, deleted = gone(KEYS[1], ARGV[1], {[ARGV[2]] = true})
+return deleted
+"""
+)
+
+# KEYS: children hash. ARGV: id, at.
+TOUCH_CHILD: Final = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1] .. ':used', ARGV[2])
+end
+return 1
+"""
+
+# KEYS: user key, keys hash, key info hash, usage list, children hash. ARGV: token key prefix,
+# app set prefix, user id.
 DELETE_USER: Final = """
 local digest = redis.call('GET', KEYS[1])
 if digest then
@@ -49,7 +156,13 @@ if digest then
   if app then redis.call('SREM', ARGV[2] .. app, ARGV[3]) end
   redis.call('DEL', token_key)
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+local children = redis.call('HGETALL', KEYS[5])
+for j = 1, #children, 2 do
+  if not string.find(children[j], ':', 1, true) then
+    redis.call('DEL', ARGV[1] .. cjson.decode(children[j + 1])['digest'])
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 return 1
 """
 

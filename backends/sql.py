@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import operator
 import os
 import sqlite3
@@ -27,9 +28,11 @@ from sqlalchemy import (
     event,
     func,
     literal,
+    null,
     select,
     text,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -39,12 +42,13 @@ from sqlalchemy.engine import URL, Dialect, Row, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.sql import ColumnElement, Executable
+from sqlalchemy.sql import ColumnElement, Executable, Select
 
 from .base import (
     DAY_MS,
     TOKEN_KINDS,
     UNVERIFIED,
+    ChildToken,
     KeyInfo,
     KeyMeta,
     KeyStore,
@@ -59,7 +63,7 @@ from .base import (
 from .ledger import GROUP_FIELDS, Part, check_group, rows_of
 from .pgparams import translate
 from .schemes import SCHEMES, url_scheme
-from .tables import keys, usage, users
+from .tables import keys, tokens, usage, users
 
 __all__ = ["SQLStore", "async_url", "engine_url", "ensure_sqlite_directory"]
 
@@ -74,6 +78,9 @@ _USER_COLUMNS = (
     users.c.expires_at,
     users.c.revoked_at,
 )
+# One column per field of ChildToken, named as the field; beside a user's, labelled `child_<name>`.
+_CHILD_COLUMNS = tuple(tokens.c[field.name] for field in dataclasses.fields(ChildToken))
+_CHILD_LABELS = tuple(f"child_{column.name}" for column in _CHILD_COLUMNS)
 # One column per field of KeyInfo, named as the field (a field without a column fails here).
 _INFO_COLUMNS = tuple(keys.c[field.name] for field in dataclasses.fields(KeyInfo))
 
@@ -177,7 +184,30 @@ class _UsageInsert:
 
 
 def _user(row: Row[Any]) -> User:
-    return User(row.id, row.app_id, row.created_at, row.expires_at, row.revoked_at)
+    child = None
+    if row.child_id is not None:
+        child = ChildToken(*(getattr(row, label) for label in _CHILD_LABELS))
+    return User(row.id, row.app_id, row.created_at, row.expires_at, row.revoked_at, child)
+
+
+def _lookup(
+    digests: Callable[[ColumnElement[str]], ColumnElement[bool]],
+) -> Select[Any]:
+    """Users by token digest (`digests` picks them from a digest column), with the digest:
+    those of the account's own token, then those of a narrow one, in one query."""
+    own = select(
+        users.c.token_hash, *_USER_COLUMNS, *(null().label(n) for n in _CHILD_LABELS)
+    ).where(digests(users.c.token_hash))
+    narrow = (
+        select(
+            tokens.c.token_hash,
+            *_USER_COLUMNS,
+            *(c.label(n) for c, n in zip(_CHILD_COLUMNS, _CHILD_LABELS, strict=True)),
+        )
+        .select_from(tokens.join(users, users.c.id == tokens.c.user_id))
+        .where(digests(tokens.c.token_hash))
+    )
+    return select(union_all(own, narrow).subquery())
 
 
 def _drop_at_once(dbapi_connection: Any, _record: Any, _exception: BaseException | None) -> None:
@@ -218,10 +248,10 @@ class SQLStore(KeyStore):
         )
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
         # Postgres takes the digests as one array: one prepared statement whatever their number.
-        self._token_in: Callable[[list[str]], ColumnElement[bool]] = (
-            (lambda digests: users.c.token_hash == any_(literal(digests, ARRAY(String))))
+        self._token_in: Callable[[ColumnElement[str], list[str]], ColumnElement[bool]] = (
+            (lambda column, digests: column == any_(literal(digests, ARRAY(String))))
             if engine.dialect.name == "postgresql"
-            else users.c.token_hash.in_
+            else (lambda column, digests: column.in_(digests))
         )
         self._usage = _UsageInsert(engine.dialect)
 
@@ -295,8 +325,11 @@ class SQLStore(KeyStore):
         except IntegrityError as exc:
             raise StoreError("create_user: user id or token digest already exists") from exc
 
+    def _token_in_chunk(self, chunk: list[str], column: ColumnElement[str]) -> ColumnElement[bool]:
+        return self._token_in(column, chunk)
+
     async def user_for_token(self, token_hash: str) -> User | None:
-        query = select(*_USER_COLUMNS).where(users.c.token_hash == token_hash)
+        query = _lookup(lambda column: column == token_hash)
         rows = await self._rows("user_for_token", query)
         return _user(rows[0]) if rows else None
 
@@ -304,7 +337,7 @@ class SQLStore(KeyStore):
         found: dict[str, User] = {}
         for start in range(0, len(token_hashes), _TOKENS_PER_QUERY):
             chunk = list(token_hashes[start : start + _TOKENS_PER_QUERY])
-            query = select(users.c.token_hash, *_USER_COLUMNS).where(self._token_in(chunk))
+            query = _lookup(functools.partial(self._token_in_chunk, chunk))
             for row in await self._rows("users_for_tokens", query):
                 found[row.token_hash] = _user(row)
         return found
@@ -322,7 +355,70 @@ class SQLStore(KeyStore):
         async with self._begin("delete_user") as conn:
             await conn.execute(delete(usage).where(usage.c.user_id == user_id))
             await conn.execute(delete(keys).where(keys.c.user_id == user_id))
+            await conn.execute(delete(tokens).where(tokens.c.user_id == user_id))
             await conn.execute(delete(users).where(users.c.id == user_id))
+
+    async def create_child_token(
+        self, child: ChildToken, token_hash: str, now: int, most: int
+    ) -> bool:
+        account = child.user_id
+        # The DELETE first: on SQLite it takes the write lock, so no other writer comes between
+        # the count and the insert. On Postgres the user's row lock does that for its minters.
+        expired = delete(tokens).where(tokens.c.user_id == account, tokens.c.expires_at <= now)
+        owner = select(users.c.id).where(users.c.id == account).with_for_update()
+        live = select(func.count()).select_from(tokens).where(tokens.c.user_id == account)
+        parent = select(tokens.c.id).where(
+            tokens.c.user_id == account, tokens.c.id == child.parent_id
+        )
+        taken = select(users.c.id).where(users.c.token_hash == token_hash)
+        try:
+            async with self._begin("create_child_token") as conn:
+                await conn.execute(expired)
+                if (await conn.execute(owner)).first() is None:
+                    raise StoreError("create_child_token: no such user")
+                if (await conn.execute(live)).scalar_one() >= most:
+                    return False
+                if child.parent_id is not None and (await conn.execute(parent)).first() is None:
+                    raise StoreError("create_child_token: no such parent token")
+                if (await conn.execute(taken)).first() is not None:
+                    raise StoreError("create_child_token: token digest already exists")
+                values = dataclasses.asdict(child)
+                await conn.execute(tokens.insert().values(token_hash=token_hash, **values))
+        except IntegrityError as exc:
+            # A parent deleted since it was read, or an id or digest already in use.
+            raise StoreError("create_child_token: parent gone, or id or digest in use") from exc
+        return True
+
+    async def child_tokens(self, user_id: str) -> list[ChildToken]:
+        query = (
+            select(*_CHILD_COLUMNS)
+            .where(tokens.c.user_id == user_id)
+            .order_by(tokens.c.created_at, tokens.c.id)
+        )
+        return [ChildToken(*tuple(row)) for row in await self._rows("child_tokens", query)]
+
+    async def delete_child_token(self, user_id: str, token_id: str) -> list[str]:
+        tree = (
+            select(tokens.c.id)
+            .where(tokens.c.user_id == user_id, tokens.c.id == token_id)
+            .cte("tree", recursive=True)
+        )
+        tree = tree.union_all(select(tokens.c.id).where(tokens.c.parent_id == tree.c.id))
+        async with self._begin("delete_child_token") as conn:
+            ids = list((await conn.execute(select(tree.c.id))).scalars())
+            if ids:
+                # The parent's cascade also takes a child minted since the tree was read.
+                await conn.execute(delete(tokens).where(tokens.c.id.in_(ids)))
+        return ids
+
+    async def touch_child_token(self, user_id: str, token_id: str, at: int) -> None:
+        statement = (
+            update(tokens)
+            .where(tokens.c.user_id == user_id, tokens.c.id == token_id)
+            .values(last_used_at=at)
+        )
+        async with self._begin("touch_child_token") as conn:
+            await conn.execute(statement)
 
     async def put_key(
         self, user_id: str, provider: str, record: bytes, at: int, meta: KeyMeta = UNVERIFIED

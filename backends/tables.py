@@ -13,9 +13,10 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 
-__all__ = ["keys", "metadata", "usage", "users"]
+__all__ = ["keys", "metadata", "tokens", "usage", "users"]
 
 metadata = MetaData(
     naming_convention={
@@ -57,6 +58,22 @@ keys = Table(
     Column("last_used_at", BigInteger, nullable=True),
 )
 
+# Narrow tokens. A child cascades with its parent: in Postgres the key's lock is also what makes a
+# child minted while its parent is deleted either fail or go with it.
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", String(64), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("parent_id", String(64), ForeignKey("tokens.id", ondelete="CASCADE"), nullable=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("name", String(128), nullable=False),
+    Column("limits", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=True),
+    Column("last_used_at", BigInteger, nullable=True),
+)
+
 usage = Table(
     "usage",
     metadata,
@@ -81,6 +98,8 @@ usage = Table(
 )
 
 Index("ix_users_app_id", users.c.app_id)
+Index("ix_tokens_user_id", tokens.c.user_id)
+Index("ix_tokens_parent_id", tokens.c.parent_id)  # the cascade from a parent
 Index("ix_usage_user_id_created_at", usage.c.user_id, usage.c.created_at)
 Index("ix_usage_app_id_created_at", usage.c.app_id, usage.c.created_at)
 Index("ix_usage_created_at", usage.c.created_at)  # pruning by age

@@ -29,6 +29,7 @@ from relay.api import (
     openapi,
     probes,
     stats,
+    tokens,
 )
 from relay.config import Settings
 from relay.errors import RelayError, error_body
@@ -189,6 +190,9 @@ def create_app(
         Route("/users", accounts.register, methods=["POST"]),
         Route("/users", accounts.delete_user, methods=["DELETE"]),
         Route("/tokens/revoke", accounts.revoke_token, methods=["POST"]),
+        Route("/tokens", tokens.mint_token, methods=["POST"]),
+        Route("/tokens", tokens.list_tokens, methods=["GET"]),
+        Route("/tokens/{token_id}", tokens.revoke_child, methods=["DELETE"]),
         Route("/keys", keys.list_keys, methods=["GET"]),
         Route("/stats", stats.user_stats, methods=["GET"]),
         Route("/stats/{app_id}", stats.app_stats, methods=["GET"]),

@@ -31,6 +31,7 @@ from relay.upstream.pool import ConnectionPool
 from relay.upstream.transport import HTTPTransport
 from relay.usage.background import Background
 from relay.usage.keyhealth import KeyHealth
+from relay.usage.lastuse import LastUse
 from relay.usage.recorder import UsageRecorder
 from relay.usage.retention import Retention
 
@@ -63,6 +64,8 @@ class Services:
     limiter: RateLimiter
     background: Background
     key_health: KeyHealth
+    token_use: LastUse
+    """When each narrow token was last used."""
     usage: UsageRecorder
     deadlines: IdleWheel
     """Where every open stream's idle deadline waits (one timer per bucket, not per stream)."""
@@ -205,6 +208,7 @@ async def open_services(
             limiter,
             background,
             key_health,
+            LastUse(background, "token use"),
             usage,
             IdleWheel(),
             inflight,

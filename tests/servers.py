@@ -27,6 +27,8 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
+from backends.tables import metadata
+
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -83,7 +85,8 @@ def drop_database(url: str) -> None:
 async def truncate(url: str) -> None:
     connection = await asyncpg.connect(_asyncpg_dsn(url), timeout=5)
     try:
-        await connection.execute("TRUNCATE keys, users, usage")
+        tables = ", ".join(table.name for table in metadata.sorted_tables)
+        await connection.execute(f"TRUNCATE {tables}")
     finally:
         await connection.close()
 

@@ -599,7 +599,7 @@ def test_delete_user(
         ("GET", "/nope"),
         ("POST", "/nope"),
         ("GET", "/keys/openai/extra"),
-        ("DELETE", "/tokens"),
+        ("DELETE", "/tokens/a/b"),
     ],
 )
 def test_unknown_route_is_404_json(client: httpx.Client, method: str, path: str) -> None:

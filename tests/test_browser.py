@@ -290,6 +290,27 @@ def test_leaving_a_stream_closes_it_at_the_provider(
     assert mock.wait_for_disconnect(timeout=5) is not None
 
 
+def test_a_narrow_token_works_only_from_the_page_it_was_minted_for(
+    page: Page, relay: RelayProcess, app_origin: str
+) -> None:
+    """The browser sets `Origin` itself: a page cannot claim another's."""
+    page.harness(relay.url)
+    out = page.run("narrowTokens", KEY)
+    assert out["listed"] == [["this page", [app_origin]], ["", ["https://elsewhere.example"]]]
+    assert out["here"]["text"] == "tok0 tok1 tok2 tok3 tok4 "
+    for name, limit in (("otherProvider", "providers"), ("elsewhere", "origins")):
+        error = out[name]["error"]
+        assert (error["status"], error["code"], error["limit"]) == (403, "token_limit", limit)
+        assert error["isRelayError"]
+        assert not error["fromProvider"]
+    assert len(out["revoked"]) == 1
+    assert (out["afterRevoke"]["error"]["status"], out["afterRevoke"]["error"]["code"]) == (
+        401,
+        "invalid_token",
+    )
+    assert out["own"]["text"] == "tok0 tok1 tok2 tok3 tok4 "
+
+
 def test_a_429_reads_as_a_relay_error_with_its_retry_after(
     page: Page, mock: MockProvider, app_origin: str, tmp_path: Path
 ) -> None:

@@ -528,6 +528,31 @@ def test_a_revoked_tokens_streams_end_on_every_instance(
     assert outcomes(first, app_id) == {"completed": 1, "revoked": 2}
 
 
+def test_a_revoked_narrow_tokens_streams_end_on_every_instance_and_the_accounts_go_on(
+    two_relays: tuple[RelayProcess, RelayProcess, dict[str, str]],
+) -> None:
+    first, second, _ = two_relays
+    app_id = f"narrow-{uuid.uuid4().hex[:8]}"
+    token = new_user(first, app_id)
+    with first.client() as client:
+        minted = client.post("/tokens", json={}, headers={"x-relay-token": token})
+        assert minted.status_code == 201, minted.text
+        narrow, narrow_id = minted.json()["token"], minted.json()["id"]
+        own = Stream(first, token)
+        here, there = Stream(first, narrow), Stream(second, narrow)
+        done = time.monotonic()
+        gone = client.delete(f"/tokens/{narrow_id}", headers={"x-relay-token": token})
+        assert gone.status_code == 200, gone.text
+    assert here.join(5) - done < 0.5, "the instance that revoked ends its streams at once"
+    assert there.join(5) - done < CACHE_TTL + 1.0
+    assert here.text.endswith(REVOKED)
+    assert there.text.endswith(REVOKED)
+    assert own.ended is None, "the account's own stream goes on"
+    with first.client() as client:
+        assert client.post("/tokens/revoke", headers={"x-relay-token": token}).status_code == 200
+    own.join(5)
+
+
 def test_records_queued_when_their_user_is_erased_are_never_written(
     two_relays: tuple[RelayProcess, RelayProcess, dict[str, str]],
 ) -> None:

@@ -109,6 +109,35 @@ def test_revoking_on_one_instance_is_refused_by_the_other_within_the_cache_ttl(
             assert refused.json()["error"] == "Invalid or expired token"
 
 
+def test_revoking_a_narrow_tokens_parent_on_one_instance_ends_its_children_on_the_other(
+    relays: tuple[RelayProcess, RelayProcess],
+) -> None:
+    first, second = relays
+    with first.client() as a, second.client() as b:
+        token = register(a)
+        stored = a.post(
+            "/keys/openai",
+            json={"key": "test-openai-key-narrow-inst"},
+            headers={"x-relay-token": token},
+        )
+        assert stored.status_code == 200, stored.text
+        parent = a.post("/tokens", json={"providers": ["openai"]}, headers={"x-relay-token": token})
+        assert parent.status_code == 201, parent.text
+        child = a.post("/tokens", json={}, headers={"x-relay-token": parent.json()["token"]})
+        assert child.status_code == 201, child.text
+        narrow = {"x-relay-token": child.json()["token"]}
+        url = "/relay/openai/v1/chat/completions"
+        assert b.post(url, json=CHAT, headers=narrow).status_code == 200  # b has it in memory
+        gone = a.delete(f"/tokens/{parent.json()['id']}", headers={"x-relay-token": token})
+        assert gone.status_code == 200, gone.text
+        revoked = time.monotonic()
+        assert a.post(url, json=CHAT, headers=narrow).status_code == 401  # the revoker: at once
+        after_the_cache_ttl(revoked)
+        refused = b.post(url, json=CHAT, headers=narrow)
+        assert refused.status_code == 401, refused.text
+        assert b.post(url, json=CHAT, headers={"x-relay-token": token}).status_code == 200
+
+
 def test_deleting_a_user_on_one_instance_erases_it_for_the_other(
     relays: tuple[RelayProcess, RelayProcess],
 ) -> None:

@@ -27,7 +27,7 @@ MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
     "relay.telemetry": frozenset(),
     "relay.web": frozenset(),
     "relay.providers": frozenset({"relay.errors"}),
-    "relay.security": frozenset({"relay.errors"}),
+    "relay.security": frozenset({"relay.errors", "relay.providers"}),
     "relay.server": frozenset(
         {
             "relay.errors",

@@ -159,7 +159,11 @@ def test_documented_statuses_per_endpoint(document: dict[str, Any]) -> None:
     assert statuses("/version", "get") == {"200"}
     assert statuses("/openapi.json", "get") == {"200"}
     assert statuses("/users", "post") == {"200", "400", "401", "413", "503"}
-    assert statuses("/keys/{provider}", "post") == {"200", "400", "401", "413", "422", "503"}
+    assert statuses("/keys/{provider}", "post") == {
+        *("200", "400", "401", "403", "413", "422", "503")
+    }
+    assert statuses("/tokens", "post") == {"201", "400", "401", "403", "409", "413", "503"}
+    assert statuses("/tokens/{token_id}", "delete") == {"200", "401", "404", "503"}
     assert statuses("/models", "get") == {"200"}
     assert statuses("/relay", "post") == {
         *("200", "400", "401", "403", "413", "502", "503", "504"),

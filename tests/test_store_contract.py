@@ -25,6 +25,7 @@ import backends.redis
 import backends.sql
 from backends import (
     TOKEN_KINDS,
+    ChildToken,
     KeyInfo,
     KeyMeta,
     KeyStore,
@@ -341,6 +342,172 @@ async def test_delete_user_twice_or_missing_is_a_no_op(store: KeyStore) -> None:
     await store.delete_user("user-1")
     assert await store.user_for_token(digest("t1")) is None
     assert await store.get_key("user-1", "openai") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Narrow tokens
+
+LIMITS = '{"providers":["openai"]}'
+
+
+def child(
+    token_id: str, parent_id: str | None = None, user_id: str = "user-1", **changes: object
+) -> ChildToken:
+    made = ChildToken(
+        id=token_id,
+        user_id=user_id,
+        parent_id=parent_id,
+        name=f"name of {token_id}",
+        limits=LIMITS,
+        created_at=T0 + len(token_id),
+        expires_at=T0 + 86_400_000,
+    )
+    return dataclasses.replace(made, **changes)
+
+
+async def mint(store: KeyStore, made: ChildToken, most: int = 100, now: int = T0) -> bool:
+    return await store.create_child_token(made, digest(f"child-{made.id}"), now, most)
+
+
+async def test_a_narrow_token_finds_its_account_with_itself_as_child(store: KeyStore) -> None:
+    user = await add_user(store)
+    made = child("c1", limits='{"models":["gpt-4o*"],"origins":["https://a.example"]}')
+    assert await mint(store, made)
+    assert await store.user_for_token(digest("child-c1")) == dataclasses.replace(user, child=made)
+    assert await store.users_for_tokens([digest("child-c1"), digest("user-1"), digest("x")]) == {
+        digest("child-c1"): dataclasses.replace(user, child=made),
+        digest("user-1"): user,
+    }
+    assert await store.child_tokens("user-1") == [made]
+    assert await store.child_tokens("nobody") == []
+
+
+@pytest.mark.parametrize("limits", ["{}", r'{"name":"\u00e9\ud83d\ude00 \"q\""}', "x" * 5000])
+async def test_narrow_tokens_round_trip_exactly(store: KeyStore, limits: str) -> None:
+    await add_user(store)
+    made = child("c1", name='ünïcødé 😀 "quoted"', limits=limits, expires_at=None)
+    assert await mint(store, made)
+    assert (await store.child_tokens("user-1")) == [made]
+    found = await store.user_for_token(digest("child-c1"))
+    assert found is not None
+    assert found.child == made
+
+
+async def test_revoking_the_account_revokes_its_narrow_tokens(store: KeyStore) -> None:
+    await add_user(store)
+    assert await mint(store, child("c1"))
+    await store.revoke_token("user-1", T0 + 5)
+    found = await store.user_for_token(digest("child-c1"))
+    assert found is not None
+    assert (found.revoked_at, found.child) == (T0 + 5, child("c1"))
+
+
+async def test_deleting_a_narrow_token_deletes_those_minted_from_it(store: KeyStore) -> None:
+    await add_user(store)
+    await add_user(store, "user-2")
+    for made in (child("a"), child("b", "a"), child("c", "b"), child("d", "a"), child("e")):
+        assert await mint(store, made)
+    assert await mint(store, child("f", user_id="user-2"))
+    assert sorted(await store.delete_child_token("user-1", "b")) == ["b", "c"]
+    assert [c.id for c in await store.child_tokens("user-1")] == ["a", "d", "e"]
+    assert sorted(await store.delete_child_token("user-1", "a")) == ["a", "d"]
+    assert await store.delete_child_token("user-1", "a") == []
+    assert await store.delete_child_token("user-1", "f") == []  # another account's
+    found = await store.users_for_tokens([digest(f"child-{c}") for c in "abcdef"])
+    assert sorted(found) == [digest("child-e"), digest("child-f")]
+    assert await store.user_for_token(digest("child-c")) is None
+
+
+async def test_a_refused_mint_stores_nothing(store: KeyStore) -> None:
+    await add_user(store)
+    await add_user(store, "user-2")
+    assert await mint(store, child("a"))
+    assert await mint(store, child("z", user_id="user-2"))
+    refused = [
+        child("b", user_id="nobody"),  # no such account
+        child("b", "missing"),  # no such parent
+        child("b", "z"),  # a parent of another account's
+        child("a"),  # an id in use
+    ]
+    for made in refused:
+        with pytest.raises(StoreError):
+            await mint(store, made)
+    for taken in (digest("user-1"), digest("child-a")):  # a digest in use
+        with pytest.raises(StoreError):
+            await store.create_child_token(child("b"), taken, T0, 100)
+    assert [c.id for c in await store.child_tokens("user-1")] == ["a"]
+    assert await mint(store, child("b", "a"))  # the store still works
+
+
+async def test_at_most_so_many_live_narrow_tokens_and_expired_ones_go(store: KeyStore) -> None:
+    await add_user(store)
+    assert await mint(store, child("old", expires_at=T0 + 10), most=3)
+    assert await mint(store, child("old-kid", "old", expires_at=T0 + 10), most=3)
+    assert await mint(store, child("a"), most=3)
+    assert not await mint(store, child("b"), most=3)  # three live ones
+    assert [c.id for c in await store.child_tokens("user-1")] == ["a", "old", "old-kid"]
+    # Past their expiry, the old ones (and what was minted from them) go at the next mint.
+    assert await mint(store, child("b"), most=3, now=T0 + 10)
+    assert await mint(store, child("c"), most=3, now=T0 + 10)
+    assert not await mint(store, child("d"), most=3, now=T0 + 10)
+    assert [c.id for c in await store.child_tokens("user-1")] == ["a", "b", "c"]
+    assert await store.user_for_token(digest("child-old-kid")) is None
+
+
+async def test_erasing_the_account_erases_its_narrow_tokens(store: KeyStore) -> None:
+    await add_user(store)
+    assert await mint(store, child("a"))
+    assert await mint(store, child("b", "a"))
+    await store.delete_user("user-1")
+    assert await store.child_tokens("user-1") == []
+    assert await store.users_for_tokens([digest("child-a"), digest("child-b")]) == {}
+    await add_user(store)  # the same id again starts with none
+    assert await store.child_tokens("user-1") == []
+
+
+async def test_touch_child_token(store: KeyStore) -> None:
+    await add_user(store)
+    assert await mint(store, child("a"))
+    await store.touch_child_token("user-1", "a", T0 + 7)
+    await store.touch_child_token("user-1", "missing", T0 + 8)
+    await store.touch_child_token("user-2", "a", T0 + 9)
+    assert [c.last_used_at for c in await store.child_tokens("user-1")] == [T0 + 7]
+    found = await store.users_for_tokens([digest("child-a")])
+    assert found[digest("child-a")].child == child("a", last_used_at=T0 + 7)
+
+
+async def test_concurrent_mints_never_pass_the_limit(store: KeyStore) -> None:
+    await add_user(store)
+    results: list[bool] = []
+
+    async def one(i: int) -> None:
+        results.append(await mint(store, child(f"c{i:02d}"), most=5))
+
+    async with anyio.create_task_group() as group:
+        for i in range(20):
+            group.start_soon(one, i)
+    assert sorted(results) == [False] * 15 + [True] * 5
+    assert len(await store.child_tokens("user-1")) == 5
+
+
+async def test_no_narrow_token_outlives_its_parent_deleted_meanwhile(store: KeyStore) -> None:
+    await add_user(store)
+    for round_ in range(10):
+        parent = f"p{round_}"
+        assert await mint(store, child(parent))
+        outcome: dict[str, object] = {}
+
+        async def minting(parent: str = parent, outcome: dict[str, object] = outcome) -> None:
+            try:
+                outcome["minted"] = await mint(store, child(f"{parent}-kid", parent))
+            except StoreError:
+                outcome["minted"] = False
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(minting)
+            group.start_soon(store.delete_child_token, "user-1", parent)
+        assert await store.user_for_token(digest(f"child-{parent}-kid")) is None
+        assert [c.id for c in await store.child_tokens("user-1")] == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -69,6 +69,44 @@ export interface Keys {
   remove(provider: string): Promise<{ ok: true }>;
 }
 
+export interface NarrowToken {
+  id: string;
+  name: string;
+  /** The narrow token it was minted with; null: the account's own. */
+  parent_id: string | null;
+  /** Each limit; null: not limited. */
+  providers: string[] | null;
+  models: string[] | null;
+  origins: string[] | null;
+  expires_at: number | null;
+  created_at: number;
+  last_used_at: number | null;
+}
+
+export interface MintedToken extends NarrowToken {
+  /** Shown once: keep it, or hand it to the page it is for. */
+  token: string;
+}
+
+export interface MintOptions {
+  name?: string;
+  providers?: string[];
+  /** Patterns: `*` any run, case-insensitive, `provider/` names allowed. */
+  models?: string[];
+  /** `scheme://host[:port]`: the pages the token may be used from. */
+  origins?: string[];
+  expiresIn?: number;
+  expiresAt?: Date | number;
+}
+
+export interface Tokens {
+  /** A limit left out is the minting token's own; one set must be inside it (403 otherwise). */
+  mint(options?: MintOptions): Promise<MintedToken>;
+  list(): Promise<NarrowToken[]>;
+  /** Revokes the token and every token minted from it. */
+  revoke(id: string): Promise<{ ok: true; revoked: string[] }>;
+}
+
 export interface Stats {
   total: number;
   last_7d: number;
@@ -139,6 +177,7 @@ export declare class Relay {
   /** The relay token: a credential for this user's keys, like a session cookie. */
   readonly token: string;
   readonly keys: Keys;
+  readonly tokens: Tokens;
   /**
    * `fetch` with the token added to requests for this relay, and to no other URL; those never
    * follow a redirect. Responses come back as they are (an error status does not throw).

@@ -183,6 +183,7 @@ export class Relay {
     this.#forget = forget;
     this.#fetch = fetchImpl ?? globalThis.fetch.bind(globalThis);
     this.keys = new Keys((method, path, body) => this.#json(method, path, body));
+    this.tokens = new Tokens((method, path, body) => this.#json(method, path, body));
     // Bound, so that it can be handed to an SDK as its `fetch`.
     this.fetch = this.fetch.bind(this);
   }
@@ -334,6 +335,37 @@ class Keys {
   /** Removes the key for `provider` (nothing happens if there is none). */
   remove(provider) {
     return this.#json("DELETE", `/keys/${encodeURIComponent(provider)}`);
+  }
+}
+
+/** Narrow tokens: limited second tokens of the account, for a page that should do less. */
+class Tokens {
+  #json;
+
+  constructor(json) {
+    this.#json = json;
+  }
+
+  /**
+   * Mints a token limited to `providers`, `models` (patterns, `*` any run), `origins` (the
+   * pages it may be used from) and an expiry (`expiresIn` seconds, or `expiresAt` a Date or
+   * epoch ms); a limit left out is this token's own. The answer holds `token`, shown once.
+   */
+  mint({ name, providers, models, origins, expiresIn, expiresAt } = {}) {
+    const at = expiresAt instanceof Date ? expiresAt.getTime() : expiresAt;
+    const body = { name, providers, models, origins, expires_in: expiresIn, expires_at: at };
+    for (const field of Object.keys(body)) if (body[field] === undefined) delete body[field];
+    return this.#json("POST", "/tokens", body);
+  }
+
+  /** The live tokens minted from this one, at any depth (never the tokens themselves). */
+  async list() {
+    return (await this.#json("GET", "/tokens")).tokens;
+  }
+
+  /** Revokes the token `id` and every token minted from it, everywhere at once. */
+  revoke(id) {
+    return this.#json("DELETE", `/tokens/${encodeURIComponent(id)}`);
   }
 }
 

@@ -1,4 +1,5 @@
-"""Users and their tokens: `POST /users`, `DELETE /users`, `POST /tokens/revoke`."""
+"""Users and their tokens: `POST /users`, `DELETE /users`, `POST /tokens/revoke` (the account's
+own token and every narrow one with it; a narrow token, itself and those minted from it)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.responses import Response
 from backends import User
 from relay.api.bodies import read_json
 from relay.api.shapes import AppId, answer, parse
+from relay.api.tokens import ended
 from relay.errors import BadRequest
 from relay.security.auth import authenticate, check_app_secret, now_ms
 from relay.security.tokens import new_token
@@ -68,7 +70,10 @@ async def register(request: Request) -> Response:
 
 async def revoke_token(request: Request) -> Response:
     services: Services = request.state.services
-    user = await authenticate(services.store, services.tokens, request.headers)
+    user = await authenticate(services.store, services.tokens, request.headers, narrow=True)
+    if user.child is not None:  # a narrow token, and those minted from it
+        ended(services, user, await services.store.delete_child_token(user.id, user.child.id))
+        return answer(OkMessage(True, "Token revoked."))
     await services.store.revoke_token(user.id, now_ms())
     services.inflight.end_user(user.id)  # other instances end theirs within CACHE_TTL
     return answer(OkMessage(True, "Token revoked."))

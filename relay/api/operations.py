@@ -17,7 +17,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from backends import LEDGER_GROUPS
-from relay.api import accounts, discovery, health, keys, ledger, probes, stats
+from relay.api import accounts, discovery, health, keys, ledger, probes, stats, tokens
 from relay.api.shapes import PROVIDER_NAME_REF, AppId
 from relay.providers.table import PROVIDERS
 
@@ -45,9 +45,14 @@ Shape = type[msgspec.Struct] | str | None
 ERROR_RESPONSES: Final[Mapping[int, tuple[str, str]]] = {
     400: ("BadRequest", "Malformed JSON, a missing or invalid field, or an unsupported provider."),
     401: ("Unauthorized", "Missing, unknown, expired or revoked credentials."),
-    403: ("Forbidden", "Not an inference endpoint, or a model this relay does not allow."),
+    403: (
+        "Forbidden",
+        "Not an inference endpoint, a model this relay does not allow, or more "
+        "than a narrow token may do (`limit` names which).",
+    ),
     404: ("NotFound", "No such route."),
     405: ("MethodNotAllowed", "The route does not serve this method (see `Allow`)."),
+    409: ("Conflict", "The account already holds as many narrow tokens as it may."),
     413: ("PayloadTooLarge", "The request body is over `REQUEST_BODY_LIMIT_BYTES`."),
     422: ("KeyRejected", "The provider refused the new key; the stored key was not changed."),
     429: ("TooManyRequests", "A rate limit was reached; retry after `Retry-After` seconds."),
@@ -174,8 +179,9 @@ _RELAY_NOTE = (
     "the relay's own; any other status is the provider's, relayed unchanged."
 )
 _NO_PATH = "The relay without an upstream path: refused (403) once the token is checked"
-_KEYS: Final = (400, 401, 413, 422, 503)
-_USER: Final = (401, 503)
+_KEYS: Final = (400, 401, 403, 413, 422, 503)
+_USER: Final = (401, 403, 503)  # 403: a narrow token, where only the account's own will do
+_ANY_TOKEN: Final = (401, 503)
 
 # A table reads by row: the formatter would give every cell a line of its own.
 # fmt: off
@@ -255,7 +261,22 @@ OPERATIONS: Final = (
               {200: ("Deleted.", accounts.OkMessage)}, _USER),
     Operation("POST", "/tokens/revoke", "revokeToken", "accounts", "token",
               "Revoke the caller's token, at once and everywhere",
-              {200: ("Revoked.", accounts.OkMessage)}, _USER),
+              {200: ("Revoked.", accounts.OkMessage)}, _ANY_TOKEN,
+              description="The account's own token takes every narrow token with it; a narrow "
+              "token, those minted from it."),
+    Operation("POST", "/tokens", "mintToken", "tokens", "token",
+              "Mint a narrow token: limited to some providers, models, origins, an expiry",
+              {201: ("The new token; keep it, it is shown once.", tokens.Minted)},
+              (400, 401, 403, 409, 413, 503), tokens.MintBody,
+              description="Any token may mint one, never broader than itself (403 "
+              "`token_limit`, naming the limit); a limit left out is the minter's."),
+    Operation("GET", "/tokens", "listTokens", "tokens", "token",
+              "The narrow tokens minted from the caller's token, at any depth (never a token)",
+              {200: ("Live tokens, oldest first.", tokens.TokenList)}, _ANY_TOKEN),
+    Operation("DELETE", "/tokens/{token_id}", "revokeNarrowToken", "tokens", "token",
+              "Revoke a narrow token and every token minted from it",
+              {200: ("Revoked.", tokens.Revoked)}, (401, 404, 503),
+              description="A narrow token may revoke itself and those minted from it."),
     Operation("GET", "/keys", "listKeys", "keys", "token",
               "The providers the caller has a key stored for (never a key)",
               {200: ("Provider names.", keys.KeyList)}, _USER),
@@ -288,7 +309,8 @@ OPERATIONS: Final = (
               "(`=`, `+`, `-`, `@`) is prefixed with `'`."),
     Operation("GET", "/stats/{app_id}", "appStats", "usage", "operator",
               "A whole app's usage, for the operator (`Authorization: Bearer <APP_SECRET>`)",
-              {200: ("Totals, with the app's user count.", stats.AppUsageStats)}, _USER),
+              {200: ("Totals, with the app's user count.", stats.AppUsageStats)},
+              _ANY_TOKEN),
     Operation("DELETE", "/keys/{provider}", "deleteKey", "keys", "token",
               "Delete the caller's key for a provider (idempotent)",
               {200: ("Deleted, or there was none.", keys.Ok)}, (400, *_USER)),
@@ -300,7 +322,7 @@ OPERATIONS: Final = (
               "The models of every provider the caller holds a key for (`models.list` at "
               "`/relay/v1`)",
               {200: ("An OpenAI-format list; ids are `provider/id`.", "ModelList")},
-              (401, 503),
+              (401, 403, 503),
               description="Each provider with an OpenAI-compatible listing and a stored key is "
               "asked with that key; one that fails is left out and named in `unavailable`."),
     Operation("POST", "/relay/v1/chat/completions", "relayChatByModel", "relay", "token",
@@ -329,6 +351,7 @@ OPERATIONS: Final = (
 PARAMETERS: Final[Mapping[str, JSON]] = {
     "Provider": _parameter("path", "provider", schema={"$ref": PROVIDER_NAME_REF}),
     "AppId": _parameter("path", "app_id", schema=msgspec.json.schema(AppId)),
+    "TokenId": _parameter("path", "token_id", "A narrow token's id (`GET /tokens`)."),
     "UpstreamPath": _parameter("path", "path",
         "The provider's path (it may contain `/`). Decoded once and dot-resolved, it must "
         "equal or continue one of the provider's inference prefixes; otherwise 403.",
@@ -357,5 +380,10 @@ PARAMETERS: Final[Mapping[str, JSON]] = {
        for name in _FORWARDED},
 }
 # The path's own `{names}`: their parameters come first, in the path's order.
-PATH_PARAMETERS: Final = {"provider": "Provider", "path": "UpstreamPath", "app_id": "AppId"}
+PATH_PARAMETERS: Final = {
+    "provider": "Provider",
+    "path": "UpstreamPath",
+    "app_id": "AppId",
+    "token_id": "TokenId",
+}
 # fmt: on

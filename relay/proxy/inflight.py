@@ -60,6 +60,19 @@ class InFlight:
             exchange.end(outcome)
         return len(ending)
 
+    def end_children(self, user_id: str, token_ids: frozenset[str]) -> int:
+        """End every exchange of `user_id` made with one of the narrow tokens `token_ids`."""
+        ending = [
+            exchange
+            for exchange in self._open
+            if exchange.user.id == user_id
+            and exchange.user.child is not None
+            and exchange.user.child.id in token_ids
+        ]
+        for exchange in ending:
+            exchange.end(Outcome.REVOKED)
+        return len(ending)
+
     def end_all(self, outcome: Outcome) -> int:
         ending = list(self._open)
         for exchange in ending:

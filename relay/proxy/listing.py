@@ -6,7 +6,8 @@ caller's is asked its own listing, concurrently, with that key; every id comes b
 `provider/id`, which `/relay/v1/chat/completions` routes to the same provider. A provider that
 fails (no answer in time, an error, an answer that is not a listing, a key that cannot be
 decrypted) is left out and named in `unavailable`: one provider's trouble never fails the list.
-Listings are free and name no model, so nothing is metered and `ALLOWED_MODELS` is not asked.
+Listings are free and name no model, so nothing is metered and `ALLOWED_MODELS` is not asked;
+a narrow token sees only the providers and models it may use.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from backends import User
 from relay.errors import RelayError
 from relay.providers.table import PROVIDERS, forwarded_request_headers
 from relay.proxy.prepare import caller, stored_key
+from relay.security.grants import grant_of
 from relay.services import Services
 
 __all__ = ["LISTINGS", "list_models"]
@@ -44,10 +46,17 @@ class _Listing(msgspec.Struct):
 async def list_models(request: Request) -> Response:
     services: Services = request.state.services
     user, _ = await caller(services, request.headers)
+    grant = grant_of(user)
     held = [info.provider for info in await services.store.list_keys(user.id)]
-    asked = [name for name in LISTINGS if name in held]
+    asked = [name for name in LISTINGS if name in held and grant.may_use(name)]
     answers = await asyncio.gather(*(_listing(services, user, name) for name in asked))
-    data = [model for models in answers if models is not None for model in models]
+    data = [
+        model
+        for models in answers
+        if models is not None
+        for model in models
+        if grant.may_use(model["owned_by"], model["id"].partition("/")[2])
+    ]
     unavailable = [name for name, models in zip(asked, answers, strict=True) if models is None]
     body = {"object": "list", "data": data, "unavailable": unavailable}
     return Response(msgspec.json.encode(body), media_type="application/json")

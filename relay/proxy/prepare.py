@@ -43,6 +43,7 @@ from relay.proxy.paths import encode_path, normalize_path
 from relay.proxy.ssrf import Upstream, UpstreamPolicy
 from relay.security.auth import authenticate_digest
 from relay.security.crypto import DecryptionError
+from relay.security.grants import grant_of
 from relay.services import Services
 from relay.telemetry.access import ACCESS, Access, short_user
 
@@ -174,6 +175,8 @@ class ProviderRelay(_Relay):
             raise unsupported_provider()
         headers = Headers(scope=scope)
         user, token = await caller(services, headers)
+        grant = grant_of(user)
+        grant.check_provider(provider.name)
 
         raw = _upstream_path(scope.get("raw_path") or scope["path"].encode())
         path = normalize_path(raw)
@@ -190,8 +193,9 @@ class ProviderRelay(_Relay):
         settings = services.settings
         body = model = None
         held = 0
-        if self._models.enabled and method == "POST":
-            # Only a model allowlist makes the relay read a body it otherwise only streams.
+        if (self._models.enabled or grant.reads_model) and method == "POST":
+            # Only a model allowlist (the relay's or the token's) makes the relay read a body
+            # it otherwise only streams.
             declared = declared_length(headers, settings.parse_limit, TOO_LARGE_TO_READ)
             try:
                 body = await read_whole(
@@ -203,7 +207,9 @@ class ProviderRelay(_Relay):
             try:
                 content_type = headers.get("content-type", "")
                 model = model_of(provider, path, scope["query_string"], content_type, body)
-                self._models.check(model, provider.name)
+                if self._models.enabled:
+                    self._models.check(model, provider.name)
+                grant.check_model(model, provider.name)
             except BaseException:
                 services.bodies.give(held)
                 raise
@@ -238,6 +244,9 @@ class ModelRelay(_Relay):
         held = len(raw)
         try:
             provider, routed = self._route(raw)
+            grant = grant_of(user)
+            grant.check_provider(provider.name)
+            grant.check_model(routed.model, provider.name)
         except BaseException:
             services.bodies.give(held)
             raise
@@ -301,9 +310,16 @@ def _query(provider: Provider, path: str, query_string: bytes) -> str:
 
 
 async def caller(services: Services, headers: Headers) -> tuple[User, str]:
-    """The caller and their token's digest."""
+    """The caller and their token's digest; a narrow token used from an origin it may not be."""
     user, token_digest = await authenticate_digest(services.store, services.tokens, headers)
     await services.limiter.check("relay", token_digest)
+    child = user.child
+    if child is not None:
+        grant_of(user).check_origin(headers.get("origin"))
+        store = services.store
+        services.token_use.note(
+            child.id, lambda at: store.touch_child_token(child.user_id, child.id, at)
+        )
     return user, token_digest
 
 

@@ -15,7 +15,8 @@ from typing import Final
 from starlette.datastructures import Headers
 
 from backends import KeyStore, User
-from relay.errors import Unauthorized
+from relay.errors import Forbidden, Unauthorized
+from relay.security.grants import check_live
 from relay.security.tokens import MAX_TOKEN_LENGTH, TokenHasher
 
 __all__ = ["authenticate", "authenticate_digest", "check_app_secret", "now_ms"]
@@ -30,10 +31,18 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def authenticate(store: KeyStore, tokens: TokenHasher, headers: Headers) -> User:
+async def authenticate(
+    store: KeyStore, tokens: TokenHasher, headers: Headers, *, narrow: bool = False
+) -> User:
     """The user whose live token is in the request, looked up in `store` by its digest under
-    `tokens`; 401 otherwise."""
+    `tokens`; 401 otherwise. A narrow token is refused (403) unless `narrow`: only the
+    account's own token manages the account (its keys, its erasure, its records)."""
     user, _ = await authenticate_digest(store, tokens, headers)
+    if user.child is not None and not narrow:
+        raise Forbidden(
+            "A narrow token cannot manage the account; use the account's own token.",
+            code="account_token_required",
+        )
     return user
 
 
@@ -67,6 +76,7 @@ async def authenticate_digest(
         or (user.expires_at is not None and user.expires_at <= now_ms())
     ):
         raise Unauthorized("Invalid or expired token", code="invalid_token")
+    check_live(user)
     return user, digest
 
 

@@ -137,6 +137,32 @@ window.harness = {
     return { deltas, error: null };
   },
 
+  // A narrow token for this page, one for another page, and what each may do from here.
+  async narrowTokens(key) {
+    const relay = await newUser({ openai: key });
+    const here = await relay.tokens.mint({
+      name: "this page", providers: ["openai"], origins: [location.origin], expiresIn: 600,
+    });
+    const elsewhere = await relay.tokens.mint({ origins: ["https://elsewhere.example"] });
+    const attempt = async (token, body = { model: "gpt-4o-mini", messages }) => {
+      try {
+        return { text: await (await new client.Relay(relay.url, token).chat(body)).text() };
+      } catch (error) {
+        return { error: { ...failure(error), limit: error.body?.limit } };
+      }
+    };
+    const out = {
+      listed: (await relay.tokens.list()).map((t) => [t.name, t.origins]),
+      here: await attempt(here.token),
+      otherProvider: await attempt(here.token, { model: "claude-3-5-haiku-latest", messages }),
+      elsewhere: await attempt(elsewhere.token),
+    };
+    out.revoked = (await relay.tokens.revoke(here.id)).revoked;
+    out.afterRevoke = await attempt(here.token);
+    out.own = await attempt(relay.token);
+    return out;
+  },
+
   async tooMany(key, model, attempts) {
     const relay = await newUser({ openai: key });
     for (let i = 0; i < attempts; i++) {
