@@ -178,6 +178,10 @@ class UsageRecord:
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
+    cost_micros: int | None = None
+    """What the request cost, estimated in micro-dollars (millionths of a US dollar) from the
+    price table `price_version`; None when that table had no price for its model."""
+    price_version: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,10 +199,15 @@ class UsageStats:
     input_tokens: int
     output_tokens: int
     outcomes: dict[str, int] = dataclasses.field(default_factory=dict)
+    """outcome -> number of records, for the outcomes that occur."""
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
-    """outcome -> number of records, for the outcomes that occur."""
+    cost_micros: int = 0
+    """The estimated cost of the records priced."""
+    unpriced: int = 0
+    """Records that counted input or output tokens but have no cost: their model had no price
+    (or they were made before costs were kept)."""
 
 
 LEDGER_GROUPS = ("day", "app", "provider", "model")
@@ -219,6 +228,10 @@ class LedgerRow:
     """Each of `TOKEN_KINDS` -> its sum."""
     outcomes: dict[str, int]
     """outcome -> number of records, for the outcomes that occur."""
+    cost_micros: int = 0
+    """The estimated cost of the records priced."""
+    unpriced: int = 0
+    """Records with tokens but no price."""
 
 
 class KeyStore(abc.ABC):

@@ -26,6 +26,8 @@ class Part:
     errors: int
     tokens: tuple[int, ...]
     """One sum per kind of `TOKEN_KINDS`, in its order."""
+    cost_micros: int = 0
+    unpriced: int = 0
 
 
 def check_group(group_by: str) -> None:
@@ -46,6 +48,8 @@ class _Sum:
     errors: int = 0
     tokens: list[int] = dataclasses.field(default_factory=lambda: [0] * len(TOKEN_KINDS))
     outcomes: dict[str, int] = dataclasses.field(default_factory=dict)
+    cost_micros: int = 0
+    unpriced: int = 0
 
 
 def rows_of(parts: Iterable[Part], group_by: str) -> list[LedgerRow]:
@@ -56,9 +60,17 @@ def rows_of(parts: Iterable[Part], group_by: str) -> list[LedgerRow]:
         total.errors += part.errors
         total.tokens = [a + b for a, b in zip(total.tokens, part.tokens, strict=True)]
         total.outcomes[part.outcome] = total.outcomes.get(part.outcome, 0) + part.requests
+        total.cost_micros += part.cost_micros
+        total.unpriced += part.unpriced
     return [
         LedgerRow(
-            key, t.requests, t.errors, dict(zip(TOKEN_KINDS, t.tokens, strict=True)), t.outcomes
+            key,
+            t.requests,
+            t.errors,
+            dict(zip(TOKEN_KINDS, t.tokens, strict=True)),
+            t.outcomes,
+            t.cost_micros,
+            t.unpriced,
         )
         for key, t in sorted(sums.items(), key=lambda item: (item[0] is None, item[0] or ""))
     ]

@@ -218,6 +218,15 @@ def ledger_part(record: dict[str, Any], group_by: str) -> Part:
         1,
         int(record["status"] >= 400),
         tuple(record.get(f"{kind}_tokens") or 0 for kind in TOKEN_KINDS),
+        record.get("cost_micros") or 0,
+        int(_unpriced(record)),
+    )
+
+
+def _unpriced(record: dict[str, Any]) -> bool:
+    # `UsageStats.unpriced`'s, of a record as stored (one written before costs lacks the field).
+    return record.get("cost_micros") is None and bool(
+        record.get("input_tokens") or record.get("output_tokens")
     )
 
 
@@ -249,6 +258,8 @@ def usage_stats_of(records: Sequence[dict[str, Any]], now: int) -> UsageStats:
         top_models=sorted(models.items(), key=lambda item: (-item[1], item[0]))[:10],
         last_request=max((r["created_at"] for r in records), default=None),
         outcomes=dict(outcomes),
+        cost_micros=sum(r.get("cost_micros") or 0 for r in records),
+        unpriced=sum(_unpriced(r) for r in records),
         # Records written before a kind was counted lack it.
         **{
             f"{kind}_tokens": sum(r.get(f"{kind}_tokens") or 0 for r in records)

@@ -78,6 +78,26 @@ _USER_COLUMNS = (
     users.c.expires_at,
     users.c.revoked_at,
 )
+# The priced records' cost, and how many had tokens but no price (`UsageStats.unpriced`).
+_COST_SUMS = (
+    func.coalesce(func.sum(usage.c.cost_micros), 0),
+    func.coalesce(
+        func.sum(
+            case(
+                (
+                    usage.c.cost_micros.is_(None)
+                    & (
+                        (func.coalesce(usage.c.input_tokens, 0) > 0)
+                        | (func.coalesce(usage.c.output_tokens, 0) > 0)
+                    ),
+                    1,
+                ),
+                else_=0,
+            )
+        ),
+        0,
+    ),
+)
 # One column per field of ChildToken, named as the field; beside a user's, labelled `child_<name>`.
 _CHILD_COLUMNS = tuple(tokens.c[field.name] for field in dataclasses.fields(ChildToken))
 _CHILD_LABELS = tuple(f"child_{column.name}" for column in _CHILD_COLUMNS)
@@ -510,6 +530,7 @@ class SQLStore(KeyStore):
             func.sum(case((usage.c.created_at >= now - 30 * DAY_MS, 1), else_=0)),
             func.sum(error),
             func.max(usage.c.created_at),
+            *_COST_SUMS,
             *(func.sum(usage.c[f"{kind}_tokens"]) for kind in TOKEN_KINDS),
         ).where(scope)
         by_provider_and_outcome = (
@@ -525,7 +546,9 @@ class SQLStore(KeyStore):
             .limit(10)
         )
         async with self._call("usage_stats"), self._reader.connect() as conn:
-            total, week, month, errors, last, *tokens = (await conn.execute(totals)).one()
+            total, week, month, errors, last, cost, unpriced, *tokens = (
+                await conn.execute(totals)
+            ).one()
             groups = (await conn.execute(by_provider_and_outcome)).all()
             models = (await conn.execute(by_model)).all()
         providers: dict[str, dict[str, int]] = {}
@@ -544,6 +567,8 @@ class SQLStore(KeyStore):
             top_models=[(m, n) for m, n in models],
             last_request=last,
             outcomes=outcomes,
+            cost_micros=int(cost or 0),
+            unpriced=int(unpriced or 0),
             **{f"{kind}_tokens": int(n or 0) for kind, n in zip(TOKEN_KINDS, tokens, strict=True)},
         )
 
@@ -560,6 +585,7 @@ class SQLStore(KeyStore):
                 usage.c.outcome,
                 func.count(),
                 func.sum(case((usage.c.status >= 400, 1), else_=0)),
+                *_COST_SUMS,
                 *(func.coalesce(func.sum(usage.c[f"{kind}_tokens"]), 0) for kind in TOKEN_KINDS),
             )
             .where(
@@ -571,9 +597,12 @@ class SQLStore(KeyStore):
         )
         parts = []
         for row in await self._rows("usage_ledger", query):
-            key, outcome, requests, errors, *tokens = tuple(row)
+            key, outcome, requests, errors, cost, unpriced, *tokens = tuple(row)
             group_key = int(key) if day else key
-            parts.append(Part(group_key, outcome, requests, int(errors), tuple(map(int, tokens))))
+            counts = tuple(map(int, tokens))
+            parts.append(
+                Part(group_key, outcome, requests, int(errors), counts, int(cost), int(unpriced))
+            )
         return rows_of(parts, group_by)
 
     async def prune_usage(self, before: int) -> int:

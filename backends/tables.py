@@ -95,6 +95,8 @@ usage = Table(
     Column("cache_read_tokens", BigInteger, nullable=True),
     Column("cache_write_tokens", BigInteger, nullable=True),
     Column("reasoning_tokens", BigInteger, nullable=True),
+    Column("cost_micros", BigInteger, nullable=True),
+    Column("price_version", String(32), nullable=True),
 )
 
 Index("ix_users_app_id", users.c.app_id)

@@ -17,6 +17,7 @@ from backends.breaker import Breaker, BreakerStore
 from backends.cache import CachedStore
 from relay.api.bodies import BodyBudget
 from relay.config import Settings
+from relay.pricing.table import PriceTable, bundled_prices
 from relay.proxy.idle import IdleWheel
 from relay.proxy.inflight import InFlight
 from relay.security.crypto import KeyCipher
@@ -64,6 +65,8 @@ class Services:
     limiter: RateLimiter
     background: Background
     key_health: KeyHealth
+    prices: PriceTable
+    """What each relayed request cost (`relay.pricing`)."""
     token_use: LastUse
     """When each narrow token was last used."""
     usage: UsageRecorder
@@ -208,6 +211,7 @@ async def open_services(
             limiter,
             background,
             key_health,
+            bundled_prices(),
             LastUse(background, "token use"),
             usage,
             IdleWheel(),

@@ -372,7 +372,7 @@ def test_the_demo_page_connects_adds_a_key_and_chats(
     ledger = ui.get_by_role("row", name="With openai (30 days)")
     assert ledger.inner_text().split("\t") == [
         "With openai (30 days)",
-        "1 requests; tokens none reported",
+        "1 requests; tokens none reported; $0.000000",
     ]
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     ui.screenshot(path=SCREENSHOTS / "demo.png", full_page=True)

@@ -26,6 +26,7 @@ MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
     "relay.usage": frozenset(),
     "relay.telemetry": frozenset(),
     "relay.web": frozenset(),
+    "relay.pricing": frozenset(),
     "relay.providers": frozenset({"relay.errors"}),
     "relay.security": frozenset({"relay.errors", "relay.providers"}),
     "relay.server": frozenset(
@@ -57,6 +58,7 @@ MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
             "relay.providers",
             "relay.upstream",
             "relay.usage",
+            "relay.pricing",
             "relay.api.bodies",
             "relay.server.ratelimit",
             "relay.server.edge",

@@ -12,9 +12,11 @@ import dataclasses
 import datetime
 import io
 import time
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import anyio
+import genai_prices
 import httpx
 import pytest
 
@@ -76,6 +78,57 @@ def test_the_ledger_by_provider_equals_what_each_provider_reported(server: Relay
     assert body["to"] - body["from"] == 30 * 86_400_000
 
 
+def _oracle(provider: str, model: str, usage: genai_prices.Usage) -> int:
+    """What `genai-prices` itself says, in micro-dollars (the relay's table is its snapshot)."""
+    found = genai_prices.calc_price(usage, model, provider_id=provider)
+    return int((found.total_price * 1_000_000).quantize(Decimal(1), ROUND_HALF_UP))
+
+
+def test_each_models_cost_is_the_price_tables_for_what_its_provider_reported(
+    server: RelayServer,
+) -> None:
+    with server.client() as client:
+        token = user(client, "ledger-cost")
+        relay_all(client, token)
+        rows = ledger(client, token, group_by="model").json()["rows"]
+    by_model = {row["key"]: row for row in rows}
+    # Each provider's report in the table's terms: inputs with their cache, outputs with their
+    # reasoning (Anthropic reports its cache apart from its input, Gemini its thoughts apart).
+    a, g, o = ANTHROPIC_USAGE, GEMINI_USAGE, OPENAI_USAGE
+    reported = {
+        "openai": genai_prices.Usage(
+            input_tokens=o["prompt_tokens"],
+            cache_read_tokens=o["prompt_tokens_details"]["cached_tokens"],
+            output_tokens=o["completion_tokens"],
+        ),
+        "anthropic": genai_prices.Usage(
+            input_tokens=(
+                a["input_tokens"] + a["cache_read_input_tokens"] + a["cache_creation_input_tokens"]
+            ),
+            cache_read_tokens=a["cache_read_input_tokens"],
+            cache_write_tokens=a["cache_creation_input_tokens"],
+            output_tokens=a["output_tokens"],
+        ),
+        "google": genai_prices.Usage(
+            input_tokens=g["promptTokenCount"],
+            cache_read_tokens=g["cachedContentTokenCount"],
+            output_tokens=g["candidatesTokenCount"] + g["thoughtsTokenCount"],
+        ),
+    }
+    prefixes = {"gpt-": "openai", "claude-": "anthropic", "gemini-": "google"}
+    priced = 0
+    assert by_model[None]["cost"] == {"micro_usd": 0, "usd": "0.000000", "unpriced": 0}  # the 429
+    for model, row in by_model.items():
+        if model is None:
+            continue
+        provider = next(p for prefix, p in prefixes.items() if model.startswith(prefix))
+        expected = _oracle(provider, model, reported[provider])
+        assert row["cost"]["micro_usd"] == expected, (model, row)
+        assert expected > 0
+        priced += 1
+    assert priced == 3
+
+
 def test_the_ledger_by_day_and_the_span_parameters(server: RelayServer) -> None:
     today = datetime.datetime.now(datetime.UTC).date()
     with server.client() as client:
@@ -112,12 +165,15 @@ def test_the_csv_has_a_header_a_row_per_group_and_never_a_formula(server: RelayS
     )
     table = list(csv.reader(io.StringIO(response.text)))
     assert table[0] == [
-        "model", "requests", "errors", *(f"{kind}_tokens" for kind in TOKEN_KINDS), *OUTCOMES
+        "model", "requests", "errors", *(f"{kind}_tokens" for kind in TOKEN_KINDS),
+        "cost_usd", "unpriced", *OUTCOMES,
     ]  # fmt: skip
     models = [row[0] for row in table[1:]]
     assert models == ['\'=HYPERLINK("https://evil.example")', "'@sum", "gpt-4o-mini"]
     assert all(row[1] == "1" for row in table[1:])
     assert table[1][3] == str(OPENAI_USAGE["prompt_tokens"])
+    # No price for a made-up model; gpt-4o-mini's, in dollars.
+    assert [row[8:10] for row in table[1:]] == [["0.000000", "1"]] * 2 + [["0.000006", "0"]]
 
 
 @pytest.mark.parametrize(

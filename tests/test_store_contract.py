@@ -820,7 +820,10 @@ DAY = 86_400_000
 
 
 def usage(user_id: str, app_id: str = "app-1", **changes: object) -> UsageRecord:
-    record = UsageRecord(user_id, app_id, "openai", "gpt-4o", 200, 120, False, 11, 7, T0)
+    record = UsageRecord(
+        user_id, app_id, "openai", "gpt-4o", 200, 120, False, 11, 7, T0,
+        cost_micros=83, price_version="test-prices-1",
+    )  # fmt: skip
     return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
 
 
@@ -841,8 +844,19 @@ async def test_usage_stats_add_up(store: KeyStore) -> None:
                 output_tokens=3,
                 streamed=True,
                 outcome=Outcome.CLIENT_CANCELLED,
+                cost_micros=None,  # tokens of a model with no price
+                price_version=None,
             ),
-            usage("user-1", created_at=now - 31 * DAY, status=502, model=None, outcome="revoked"),
+            usage(
+                "user-1",
+                created_at=now - 31 * DAY,
+                status=502,
+                model=None,
+                outcome="revoked",
+                input_tokens=None,
+                output_tokens=None,
+                cost_micros=None,  # no tokens, nothing to price: not unpriced
+            ),
             usage("user-1", created_at=now - 3, outcome=Outcome.CLIENT_CANCELLED),
             usage(
                 "user-2",
@@ -862,13 +876,16 @@ async def test_usage_stats_add_up(store: KeyStore) -> None:
         providers={"openai": {"total": 4, "errors": 2}, "anthropic": {"total": 1, "errors": 0}},
         top_models=[("gpt-4o", 2), ("claude-3", 1), ("gpt-4o-mini", 1)],
         last_request=now - 1,
-        input_tokens=44,
-        output_tokens=31,
+        input_tokens=33,
+        output_tokens=24,
         outcomes={"completed": 2, "client_cancelled": 2, "revoked": 1},
+        cost_micros=3 * 83,
+        unpriced=1,
     )
     assert all(type(outcome) is str for outcome in stats.outcomes)
     app = await store.usage_stats(now, app_id="app-1")
     assert app.total == 6
+    assert (app.cost_micros, app.unpriced) == (4 * 83, 1)
     assert app.providers["google"] == {"total": 1, "errors": 0}
     assert app.outcomes == {"completed": 2, "client_cancelled": 2, "revoked": 1, "idle_timeout": 1}
     assert await store.count_users("app-1") == 2
@@ -915,7 +932,8 @@ async def test_the_ledger_sums_a_users_own_records_in_the_span_by_group(
             usage("user-1", created_at=t0 + day - 1, status=429, outcome=Outcome.COMPLETED),
             usage("user-1", created_at=t0 + day, provider="anthropic", model="claude-3",
                   app_id="app-2", cache_write_tokens=4, outcome=Outcome.CLIENT_CANCELLED),
-            usage("user-1", created_at=t0 + 2 * day, model=None, input_tokens=None),
+            usage("user-1", created_at=t0 + 2 * day, model=None, input_tokens=None,
+                  cost_micros=None),
             usage("user-1", created_at=t0 + 3 * day),  # past the span's end
             usage("user-2", created_at=t0),  # someone else's
         ]
@@ -933,6 +951,8 @@ async def test_the_ledger_sums_a_users_own_records_in_the_span_by_group(
         "input": 22, "output": 14, "cache_read": 3, "cache_write": 0, "reasoning": 0
     }  # fmt: skip
     assert first.outcomes == {"completed": 2}
+    assert (first.cost_micros, first.unpriced) == (2 * 83, 0)
+    assert (by_day[2].cost_micros, by_day[2].unpriced) == (0, 1)
     assert by_day[1].outcomes == {"client_cancelled": 1}
     assert by_day[2].tokens["input"] == 0
 

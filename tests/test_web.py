@@ -156,6 +156,8 @@ def test_an_installed_relay_serves_the_client_its_wheel_carries(tmp_path: Path) 
             assert archive.read(f"relay/sdk/{name}") == (CLIENT / name).read_bytes()
         for path in DEMO.iterdir():
             assert f"relay/web/demo/{path.name}" in names
+        prices = ROOT / "relay" / "pricing" / "prices.json"
+        assert archive.read("relay/pricing/prices.json") == prices.read_bytes()
         archive.extractall(tmp_path / "site")
     # Installed, `relay.web` finds the wheel's copy, not a checkout's folder.
     where = "from relay.web.assets import client_folder; print(client_folder())"

@@ -118,8 +118,19 @@ export interface Stats {
   last_request: number | null;
   /** By kind, each as the provider reported it (docs/api.md, "Usage records"). */
   tokens: TokenCounts;
+  cost: Cost;
   /** Requests by how they ended: completed, client_cancelled, upstream_failed, ... */
   outcomes: Record<string, number>;
+}
+
+/** What requests cost, estimated at the model's public price (docs/api.md, "Cost"). */
+export interface Cost {
+  /** Millionths of a US dollar: the exact sum. */
+  micro_usd: number;
+  /** The same in dollars, six decimals ("0.012500"). */
+  usd: string;
+  /** Requests whose tokens had no price (not in the sum). */
+  unpriced: number;
 }
 
 export interface TokenCounts {
@@ -136,6 +147,7 @@ export interface LedgerEntry {
   requests: number;
   errors: number;
   tokens: TokenCounts;
+  cost: Cost;
   outcomes: Record<string, number>;
 }
 

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from backends import DAY_MS, LEDGER_GROUPS, OUTCOMES, TOKEN_KINDS, LedgerRow
 from relay.api.shapes import Count, answer
-from relay.api.stats import NO_STORE, Tokens
+from relay.api.stats import NO_STORE, Cost, Tokens, cost_of
 from relay.errors import BadRequest
 from relay.security.auth import authenticate, now_ms
 from relay.services import Services
@@ -40,6 +40,7 @@ class LedgerEntry(msgspec.Struct):
     requests: Count
     errors: Count
     tokens: Tokens
+    cost: Cost
     outcomes: dict[str, Count]
 
 
@@ -97,6 +98,7 @@ def _entry(row: LedgerRow) -> LedgerEntry:
         requests=row.requests,
         errors=row.errors,
         tokens=Tokens(**row.tokens),
+        cost=cost_of(row.cost_micros, row.unpriced),
         outcomes={outcome: row.outcomes.get(outcome, 0) for outcome in OUTCOMES},
     )
 
@@ -108,6 +110,7 @@ def _total(rows: list[LedgerRow]) -> LedgerEntry:
         requests=sum(r.requests for r in rows),
         errors=sum(r.errors for r in rows),
         tokens=Tokens(**{kind: sum(r.tokens[kind] for r in rows) for kind in TOKEN_KINDS}),
+        cost=cost_of(sum(r.cost_micros for r in rows), sum(r.unpriced for r in rows)),
         outcomes=outcomes,
     )
 
@@ -143,7 +146,15 @@ async def ledger_csv(request: Request) -> Response:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(
-        [group_by, "requests", "errors", *(f"{k}_tokens" for k in TOKEN_KINDS), *OUTCOMES]
+        [
+            group_by,
+            "requests",
+            "errors",
+            *(f"{k}_tokens" for k in TOKEN_KINDS),
+            "cost_usd",
+            "unpriced",
+            *OUTCOMES,
+        ]
     )
     for row in rows:
         writer.writerow(
@@ -152,6 +163,8 @@ async def ledger_csv(request: Request) -> Response:
                 row.requests,
                 row.errors,
                 *(row.tokens[kind] for kind in TOKEN_KINDS),
+                cost_of(row.cost_micros, row.unpriced).usd,
+                row.unpriced,
                 *(row.outcomes.get(outcome, 0) for outcome in OUTCOMES),
             ]
         )

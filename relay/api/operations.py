@@ -290,11 +290,11 @@ OPERATIONS: Final = (
               {200: ("Replaced (or stored: `rotated` says whether a key existed).",
                      keys.KeyStored)}, _KEYS, keys.StoreKeyBody),
     Operation("GET", "/stats", "userStats", "usage", "token",
-              "The caller's usage: requests, errors, providers, models, tokens",
+              "The caller's usage: requests, errors, providers, models, tokens, cost",
               {200: ("Totals.", stats.UsageStats)}, _USER),
     Operation("GET", "/usage", "usageLedger", "usage", "token",
-              "The caller's own ledger: requests, tokens by kind and outcomes, summed by day, "
-              "app, provider or model over a span",
+              "The caller's own ledger: requests, tokens by kind, cost and outcomes, summed by "
+              "day, app, provider or model over a span",
               {200: ("The groups, sorted by key, and their total.", ledger.Ledger)},
               (400, *_USER), parameters=("LedgerFrom", "LedgerTo", "LedgerGroup"),
               description="Only the caller's own records. `from` defaults to 30 days before "
@@ -305,8 +305,8 @@ OPERATIONS: Final = (
               (400, *_USER), parameters=("LedgerFrom", "LedgerTo", "LedgerGroup"),
               media_type="text/csv",
               description="Columns: the group, `requests`, `errors`, `<kind>_tokens` of each "
-              "token kind, then each outcome. A cell that would start a spreadsheet formula "
-              "(`=`, `+`, `-`, `@`) is prefixed with `'`."),
+              "token kind, `cost_usd`, `unpriced`, then each outcome. A cell that would start a "
+              "spreadsheet formula (`=`, `+`, `-`, `@`) is prefixed with `'`."),
     Operation("GET", "/stats/{app_id}", "appStats", "usage", "operator",
               "A whole app's usage, for the operator (`Authorization: Bearer <APP_SECRET>`)",
               {200: ("Totals, with the app's user count.", stats.AppUsageStats)},

@@ -16,7 +16,7 @@ from relay.errors import ServiceUnavailable
 from relay.security.auth import authenticate, check_app_secret, now_ms
 from relay.services import Services
 
-__all__ = ["AppUsageStats", "UsageStats", "app_stats", "user_stats"]
+__all__ = ["AppUsageStats", "Cost", "UsageStats", "app_stats", "cost_of", "user_stats"]
 
 NO_STORE = {"cache-control": "no-store"}
 
@@ -41,6 +41,20 @@ class Tokens(msgspec.Struct):
     reasoning: Count
 
 
+class Cost(msgspec.Struct):
+    """What the records cost, estimated from the relay's price table (docs/api.md, "Cost")."""
+
+    micro_usd: Annotated[Count, Meta(description="Millionths of a US dollar: the exact sum.")]
+    usd: Annotated[str, Meta(description="The same in dollars, six decimals.", examples=["0.0125"])]
+    unpriced: Annotated[
+        Count, Meta(description="Records with tokens but no price (not in the sum).")
+    ]
+
+
+def cost_of(micros: int, unpriced: int) -> Cost:
+    return Cost(micros, f"{micros // 1_000_000}.{micros % 1_000_000:06d}", unpriced)
+
+
 class UsageStats(msgspec.Struct):
     total: Count
     last_7d: Count
@@ -51,6 +65,7 @@ class UsageStats(msgspec.Struct):
     top_models: list[ModelTotal]
     last_request: int | None
     tokens: Tokens
+    cost: Cost
     outcomes: Annotated[
         dict[str, Count],
         Meta(
@@ -79,6 +94,7 @@ def _usage(stats: backends.UsageStats, shape: type[U], **more: Any) -> U:
         top_models=[ModelTotal(model, total) for model, total in stats.top_models],
         last_request=stats.last_request,
         tokens=Tokens(**{kind: getattr(stats, f"{kind}_tokens") for kind in TOKEN_KINDS}),
+        cost=cost_of(stats.cost_micros, stats.unpriced),
         outcomes={outcome: stats.outcomes.get(outcome, 0) for outcome in OUTCOMES},
         **more,
     )

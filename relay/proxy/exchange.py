@@ -39,6 +39,7 @@ from relay.errors import (
     Unauthorized,
     UpstreamError,
 )
+from relay.pricing.table import Tokens
 from relay.providers.headers import response_headers
 from relay.providers.table import Provider
 from relay.proxy.failures import upstream_failure
@@ -320,6 +321,11 @@ class Exchange:
         self.recorded = True
         usage = self.meter.result() if self.meter is not None else NO_USAGE
         user = self.user
+        now = now_ms()
+        prices = self.services.prices
+        # The model that answered, as the provider names it (the one it bills), else the asked.
+        model = usage.model or self.model
+        cost = prices.cost(self.provider.name, model, Tokens(**usage.totals()), now)
         access = self.access
         if access is not None:
             access.model = self.model or usage.model
@@ -335,9 +341,15 @@ class Exchange:
                 status=self.status,
                 latency_ms=round((time.monotonic() - self.started) * 1000),
                 streamed=self.streamed,
-                created_at=now_ms(),
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                created_at=now,
                 outcome=self.outcome,
-                **usage.counts(),
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                cost_micros=cost,
+                price_version=prices.version if cost is not None else None,
             )
         )
 

@@ -67,41 +67,52 @@ class Usage:
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
+    apart: frozenset[str] = dataclasses.field(default=frozenset(), compare=False)
+    """The kinds this report counts apart from their total (Anthropic's cache reads and writes
+    beside its input, Gemini's thoughts beside its output); the others are within it."""
 
-    def counts(self) -> dict[str, int | None]:
-        """`<kind>_tokens` of each kind: the token fields of a `backends.UsageRecord`."""
-        return {field: getattr(self, field) for field in _TOKEN_FIELDS}
+    def totals(self) -> dict[str, int]:
+        """Each kind by the one convention prices are in: the input including the cache's
+        tokens, the output including the reasoning (None counted as 0)."""
+        found = {kind: getattr(self, field) or 0 for kind, field in _KIND_FIELDS}
+        for part, whole in _WITHIN:
+            if part in self.apart:
+                found[whole] += found[part]
+        return found
 
 
 _TOKEN_FIELDS: Final = tuple(f"{kind}_tokens" for kind in TOKEN_KINDS)
+_KIND_FIELDS: Final = tuple(zip(TOKEN_KINDS, _TOKEN_FIELDS, strict=True))
+_WITHIN: Final = (("cache_read", "input"), ("cache_write", "input"), ("reasoning", "output"))
 NO_USAGE: Final = Usage()
 """Nothing reported."""
 
 
 # ---- What a provider reports, where -------------------------------------------------------
 
-_COUNTS: Final[dict[str, tuple[tuple[str, str, str | None], ...]]] = {
-    # object holding the counts -> (token kind, key, key within it); no provider's report holds
-    # two places of one kind
+_COUNTS: Final[dict[str, tuple[tuple[str, str, str | None, bool], ...]]] = {
+    # object holding the counts -> (token kind, key, key within it, whether the count is apart
+    # from its total: cache reads and writes outside the input, reasoning outside the output);
+    # no provider's report holds two places of one kind
     "usage": (
         # OpenAI chat and completions; the OpenAI-compatible providers
-        ("input", "prompt_tokens", None),
-        ("output", "completion_tokens", None),
-        ("cache_read", "prompt_tokens_details", "cached_tokens"),
-        ("reasoning", "completion_tokens_details", "reasoning_tokens"),
+        ("input", "prompt_tokens", None, False),
+        ("output", "completion_tokens", None, False),
+        ("cache_read", "prompt_tokens_details", "cached_tokens", False),
+        ("reasoning", "completion_tokens_details", "reasoning_tokens", False),
         # Anthropic; OpenAI Responses
-        ("input", "input_tokens", None),
-        ("output", "output_tokens", None),
-        ("cache_read", "cache_read_input_tokens", None),
-        ("cache_write", "cache_creation_input_tokens", None),
-        ("cache_read", "input_tokens_details", "cached_tokens"),
-        ("reasoning", "output_tokens_details", "reasoning_tokens"),
+        ("input", "input_tokens", None, False),
+        ("output", "output_tokens", None, False),
+        ("cache_read", "cache_read_input_tokens", None, True),
+        ("cache_write", "cache_creation_input_tokens", None, True),
+        ("cache_read", "input_tokens_details", "cached_tokens", False),
+        ("reasoning", "output_tokens_details", "reasoning_tokens", False),
     ),
     "usageMetadata": (  # Gemini
-        ("input", "promptTokenCount", None),
-        ("output", "candidatesTokenCount", None),
-        ("cache_read", "cachedContentTokenCount", None),
-        ("reasoning", "thoughtsTokenCount", None),
+        ("input", "promptTokenCount", None, False),
+        ("output", "candidatesTokenCount", None, False),
+        ("cache_read", "cachedContentTokenCount", None, False),
+        ("reasoning", "thoughtsTokenCount", None, True),
     ),
 }
 _MODEL_KEYS: Final = ("model", "modelVersion")  # OpenAI, Anthropic; Gemini
@@ -114,10 +125,11 @@ class _Tally:
     """The figures reported so far: a later report of a figure replaces the earlier one (so
     Anthropic's cumulative `message_delta` and Gemini's last `usageMetadata` win)."""
 
-    __slots__ = ("counts", "model")
+    __slots__ = ("apart", "counts", "model")
 
     def __init__(self) -> None:
         self.counts: dict[str, int | None] = dict.fromkeys(TOKEN_KINDS)
+        self.apart: set[str] = set()
         self.model: str | None = None
 
     def absorb(self, obj: object) -> None:
@@ -139,16 +151,18 @@ class _Tally:
                     self.model = model
 
     def _read(
-        self, counts: dict[str, object], places: tuple[tuple[str, str, str | None], ...]
+        self, counts: dict[str, object], places: tuple[tuple[str, str, str | None, bool], ...]
     ) -> None:
         found = self.counts
-        for kind, key, inner in places:
+        for kind, key, inner, apart in places:
             value = counts.get(key)
             if value is None:  # most places are another provider's
                 continue
             if inner is not None:
                 value = value.get(inner) if isinstance(value, dict) else None
             found[kind] = _count(value, found[kind])
+            if apart:
+                self.apart.add(kind)
 
 
 def _count(value: object, previous: int | None) -> int | None:
@@ -452,6 +466,7 @@ class UsageMeter:
                 tally = self._tally
                 self._result = Usage(
                     model=tally.model,
+                    apart=frozenset(tally.apart),
                     **dict(zip(_TOKEN_FIELDS, tally.counts.values(), strict=True)),
                 )
             except Exception:

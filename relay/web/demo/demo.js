@@ -111,6 +111,12 @@ async function chat(event) {
   }
 }
 
+// The relay's estimate at the model's public price; what it could not price, said so.
+function costOf(cost) {
+  const unpriced = cost.unpriced ? ` (${cost.unpriced} requests of no known price)` : "";
+  return `$${cost.usd}${unpriced}`;
+}
+
 async function showUsage() {
   if (!relay) return;
   let stats;
@@ -127,11 +133,12 @@ async function showUsage() {
     ["In the last 7 days", stats.last_7d],
     ["Errors", `${stats.error_count} (${Math.round(stats.error_rate * 100)}%)`],
     ["Tokens in / out", `${stats.tokens.input} / ${stats.tokens.output}`],
+    ["Estimated cost", costOf(stats.cost)],
     // The last 30 days, from the ledger: every token kind the provider reported.
     ...ledger.rows.map((row) => [`With ${row.key} (30 days)`,
       `${row.requests} requests; tokens ${Object.entries(row.tokens)
         .filter(([, n]) => n > 0).map(([kind, n]) => `${kind.replace("_", " ")} ${n}`)
-        .join(", ") || "none reported"}`]),
+        .join(", ") || "none reported"}; ${costOf(row.cost)}`]),
   ];
   $("usage").tBodies[0].replaceChildren(...rows.map(([label, value]) => {
     const row = document.createElement("tr");
