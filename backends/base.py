@@ -25,6 +25,7 @@ __all__ = [
     "OUTCOMES",
     "TOKEN_KINDS",
     "UNVERIFIED",
+    "Charge",
     "ChildToken",
     "KeyInfo",
     "KeyMeta",
@@ -129,6 +130,22 @@ class User:
     """Epoch milliseconds at which the account's token was revoked; None: it was not."""
     child: ChildToken | None = None
     """The narrow token the user was found by; None: the account's own token."""
+    caps: str | None = None
+    """The spending caps the owner set (`set_caps`), as the relay wrote them; None: none."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Charge:
+    """One amount reserved against one counter of a user's (a cap in one period)."""
+
+    counter: str
+    """Names the cap and its period; at most 160 characters."""
+    amount: int
+    """At least 0."""
+    limit: int
+    """The counter may reach it, never pass it."""
+    expires_at: int
+    """Epoch ms at which the counter's period ends; it is kept until then, never after."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,7 +287,7 @@ class KeyStore(abc.ABC):
 
     @abc.abstractmethod
     async def delete_user(self, user_id: str) -> None:
-        """Erase the user, every key record, narrow token and usage record of theirs,
+        """Erase the user, every key record, narrow token, counter and usage record of theirs,
         atomically. A missing user is a no-op."""
 
     @abc.abstractmethod
@@ -301,6 +318,29 @@ class KeyStore(abc.ABC):
     async def touch_child_token(self, user_id: str, token_id: str, at: int) -> None:
         """Record that the narrow token was used at `at` (epoch ms); a missing one is a no-op.
         Callers throttle this, as `touch_key`."""
+
+    @abc.abstractmethod
+    async def set_caps(self, user_id: str, caps: str | None) -> None:
+        """Store `caps` (None: clear them) with the user, as given: `user_for_token` returns
+        them on the user from then on. A missing user is a no-op."""
+
+    @abc.abstractmethod
+    async def reserve(self, user_id: str, charges: Sequence[Charge], now: int) -> int | None:
+        """Add every charge's amount to its counter, atomically, unless one would pass its
+        limit: then nothing is added and the answer is that charge's index (the first such).
+        None: all were added. A counter starts at 0, and one whose `expires_at` has passed by
+        `now` (epoch ms) is gone. However many callers reserve at once, on however many
+        instances, no counter ever passes its limit. A missing user raises `StoreError`."""
+
+    @abc.abstractmethod
+    async def settle(self, user_id: str, changes: Sequence[tuple[str, int]]) -> None:
+        """Add each amount (negative ones too) to its counter, where the counter still exists;
+        a counter never goes below 0. How a reservation is put right once the real amount is
+        known; it may take a counter past its limit (the reservation was an estimate)."""
+
+    @abc.abstractmethod
+    async def spent(self, user_id: str, counters: Sequence[str], now: int) -> dict[str, int]:
+        """The amounts of those counters that exist and have not expired by `now`."""
 
     @abc.abstractmethod
     async def put_key(

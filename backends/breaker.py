@@ -24,6 +24,7 @@ from typing import Final
 
 from .base import (
     UNVERIFIED,
+    Charge,
     ChildToken,
     KeyInfo,
     KeyMeta,
@@ -151,6 +152,22 @@ class BreakerStore(KeyStore):
     async def touch_child_token(self, user_id: str, token_id: str, at: int) -> None:
         with self.breaker:
             await self.store.touch_child_token(user_id, token_id, at)
+
+    async def set_caps(self, user_id: str, caps: str | None) -> None:
+        with self.breaker:
+            await self.store.set_caps(user_id, caps)
+
+    async def reserve(self, user_id: str, charges: Sequence[Charge], now: int) -> int | None:
+        with self.breaker:
+            return await self.store.reserve(user_id, charges, now)
+
+    async def settle(self, user_id: str, changes: Sequence[tuple[str, int]]) -> None:
+        with self.breaker:
+            await self.store.settle(user_id, changes)
+
+    async def spent(self, user_id: str, counters: Sequence[str], now: int) -> dict[str, int]:
+        with self.breaker:
+            return await self.store.spent(user_id, counters, now)
 
     async def put_key(
         self, user_id: str, provider: str, record: bytes, at: int, meta: KeyMeta = UNVERIFIED

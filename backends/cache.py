@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 
 from .base import (
     UNVERIFIED,
+    Charge,
     ChildToken,
     KeyInfo,
     KeyMeta,
@@ -146,6 +147,12 @@ class CachedStore(KeyStore):
         finally:
             self._forget_user(user_id)
 
+    async def set_caps(self, user_id: str, caps: str | None) -> None:
+        try:
+            await self.store.set_caps(user_id, caps)
+        finally:
+            self._users.drop_where(lambda _, user: user.id == user_id)
+
     async def delete_child_token(self, user_id: str, token_id: str) -> list[str]:
         try:
             return await self.store.delete_child_token(user_id, token_id)
@@ -192,6 +199,15 @@ class CachedStore(KeyStore):
 
     async def touch_child_token(self, user_id: str, token_id: str, at: int) -> None:
         await self.store.touch_child_token(user_id, token_id, at)
+
+    async def reserve(self, user_id: str, charges: Sequence[Charge], now: int) -> int | None:
+        return await self.store.reserve(user_id, charges, now)
+
+    async def settle(self, user_id: str, changes: Sequence[tuple[str, int]]) -> None:
+        await self.store.settle(user_id, changes)
+
+    async def spent(self, user_id: str, counters: Sequence[str], now: int) -> dict[str, int]:
+        return await self.store.spent(user_id, counters, now)
 
     async def list_keys(self, user_id: str) -> list[KeyInfo]:
         return await self.store.list_keys(user_id)

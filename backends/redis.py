@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import redis_scripts as scripts
 from .base import (
     UNVERIFIED,
+    Charge,
     ChildToken,
     KeyInfo,
     KeyMeta,
@@ -110,6 +111,9 @@ class RedisStore(KeyStore):
         self._create_child = client.register_script(scripts.CREATE_CHILD)
         self._delete_child = client.register_script(scripts.DELETE_CHILD)
         self._touch_child = client.register_script(scripts.TOUCH_CHILD)
+        self._set_caps = client.register_script(scripts.SET_CAPS)
+        self._reserve = client.register_script(scripts.RESERVE)
+        self._settle = client.register_script(scripts.SETTLE)
 
     @classmethod
     def from_url(cls, url: str, options: StoreOptions | None = None) -> RedisStore:
@@ -185,9 +189,55 @@ class RedisStore(KeyStore):
                     *self._key_hashes(user_id),
                     self._key("usage", user_id),
                     self._key("children", user_id),
+                    *self._spend_keys(user_id),
                 ],
                 args=[self._key("token"), self._key("app"), user_id],
             )
+
+    def _spend_keys(self, user_id: str) -> list[str]:
+        return [self._key("spend", user_id), self._key("spendexp", user_id)]
+
+    async def set_caps(self, user_id: str, caps: str | None) -> None:
+        async with self._call("set_caps"):
+            await self._set_caps(
+                keys=[self._key("user", user_id)], args=[self._key("token"), caps or ""]
+            )
+
+    async def reserve(self, user_id: str, charges: Sequence[Charge], now: int) -> int | None:
+        if not charges:
+            return None
+        args: list[str | int] = [now, len(charges)]
+        for charge in charges:
+            args += [charge.counter, charge.amount, charge.limit, charge.expires_at]
+        async with self._call("reserve"):
+            result = int(
+                await self._reserve(
+                    keys=[self._key("user", user_id), *self._spend_keys(user_id)], args=args
+                )
+            )
+        if result == -1:
+            raise StoreError("reserve: no such user")
+        return None if result == -2 else result
+
+    async def settle(self, user_id: str, changes: Sequence[tuple[str, int]]) -> None:
+        args = [item for name, amount in changes if amount for item in (name, amount)]
+        if args:
+            async with self._call("settle"):
+                await self._settle(keys=[self._key("spend", user_id)], args=args)
+
+    async def spent(self, user_id: str, counters: Sequence[str], now: int) -> dict[str, int]:
+        if not counters:
+            return {}
+        amounts_key, expiries_key = self._spend_keys(user_id)
+        async with self._call("spent"), self._redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(amounts_key, list(counters))
+            pipe.hmget(expiries_key, list(counters))
+            amounts, expiries = await pipe.execute()
+        return {
+            name: int(amount)
+            for name, amount, at in zip(counters, amounts, expiries, strict=True)
+            if amount is not None and at is not None and int(at) > now
+        }
 
     async def create_child_token(
         self, child: ChildToken, token_hash: str, now: int, most: int

@@ -3,7 +3,7 @@
 Layout, for namespace `ns` (every name built by `redis_key`):
 
     ns:token:<token digest>   user record (hash: v, id, app_id, created_at, expires_at?,
-                              revoked_at?): found by its token in one HGETALL
+                              revoked_at?, caps?): found by its token in one HGETALL
     ns:user:<user id>         the user's token digest, to reach the record above by id
     ns:keys:<user id>         hash: provider -> key entry
     ns:keyinfo:<user id>      hash: "<provider>:<field>" -> value, for each of `INFO_FIELDS`
@@ -15,6 +15,8 @@ Layout, for namespace `ns` (every name built by `redis_key`):
                               and last use by one script
     ns:children:<user id>     hash: narrow token id -> its entry (JSON, "v": 1, with its digest),
                               "<id>:used" -> when it was last used
+    ns:spend:<user id>        hash: spending counter -> amount (`KeyStore.reserve`)
+    ns:spendexp:<user id>     hash: spending counter -> when its period ends (epoch ms)
     ns:app:<app id>           set of the app's user ids
     ns:limits:<limit key>     the rate limits' counters (`relay.server.redislimits`)
 
@@ -149,6 +151,8 @@ def user_fields(user: User) -> list[str | int]:
         fields += ["expires_at", user.expires_at]
     if user.revoked_at is not None:
         fields += ["revoked_at", user.revoked_at]
+    if user.caps is not None:
+        fields += ["caps", user.caps]
     return fields
 
 
@@ -166,6 +170,7 @@ def user_from_hash(data: dict[str, str]) -> User:
         created_at=int(data["created_at"]),
         expires_at=optional_int("expires_at"),
         revoked_at=optional_int("revoked_at"),
+        caps=data.get("caps"),
     )
 
 

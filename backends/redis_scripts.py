@@ -20,7 +20,10 @@ __all__ = [
     "PUT_KEY",
     "RECORD_USAGE",
     "REPLACE_KEY",
+    "RESERVE",
     "REVOKE",
+    "SETTLE",
+    "SET_CAPS",
     "SET_STATUS",
     "TOUCH",
     "TOUCH_CHILD",
@@ -33,6 +36,67 @@ if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[2])
+return 1
+"""
+
+# KEYS: user key. ARGV: token key prefix, caps ('' to clear them).
+SET_CAPS: Final = """
+local digest = redis.call('GET', KEYS[1])
+if not digest then return 0 end
+if ARGV[2] == '' then return redis.call('HDEL', ARGV[1] .. digest, 'caps') end
+return redis.call('HSET', ARGV[1] .. digest, 'caps', ARGV[2])
+"""
+
+# KEYS: user key, counters hash (counter -> amount), their expiries hash. ARGV: now, n, then n
+# times counter, amount, limit, expires_at. -2 all reserved, -1 no user, else the 0-based index
+# of the first charge that would pass its limit (nothing added). Expired counters go first; the
+# hashes live as long as their last counter.
+RESERVE: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local now = tonumber(ARGV[1])
+local last = 0
+local expiries = redis.call('HGETALL', KEYS[3])
+for j = 1, #expiries, 2 do
+  local at = tonumber(expiries[j + 1])
+  if at <= now then
+    redis.call('HDEL', KEYS[2], expiries[j])
+    redis.call('HDEL', KEYS[3], expiries[j])
+  elseif at > last then last = at end
+end
+local n = tonumber(ARGV[2])
+local sums = {}
+for i = 0, n - 1 do
+  local c = ARGV[3 + i * 4]
+  if sums[c] == nil then sums[c] = tonumber(redis.call('HGET', KEYS[2], c) or '0') end
+  sums[c] = sums[c] + tonumber(ARGV[4 + i * 4])
+  if sums[c] > tonumber(ARGV[5 + i * 4]) then return i end
+end
+for i = 0, n - 1 do
+  local c = ARGV[3 + i * 4]
+  local at = tonumber(ARGV[6 + i * 4])
+  redis.call('HINCRBY', KEYS[2], c, ARGV[4 + i * 4])
+  redis.call('HSET', KEYS[3], c, ARGV[6 + i * 4])
+  if at > last then last = at end
+end
+-- Redis expires by its own clock: only a period still to end there bounds the hashes' lives.
+local clock = redis.call('TIME')
+if last > tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) then
+  redis.call('PEXPIREAT', KEYS[2], last)
+  redis.call('PEXPIREAT', KEYS[3], last)
+end
+return -2
+"""
+
+# KEYS: counters hash. ARGV: pairs of counter, amount to add. Never below 0; a counter gone (its
+# period over) stays gone.
+SETTLE: Final = """
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+    if redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) < 0 then
+      redis.call('HSET', KEYS[1], ARGV[i], 0)
+    end
+  end
+end
 return 1
 """
 
@@ -146,8 +210,8 @@ end
 return 1
 """
 
-# KEYS: user key, keys hash, key info hash, usage list, children hash. ARGV: token key prefix,
-# app set prefix, user id.
+# KEYS: user key, keys hash, key info hash, usage list, children hash, counters hash, their
+# expiries hash. ARGV: token key prefix, app set prefix, user id.
 DELETE_USER: Final = """
 local digest = redis.call('GET', KEYS[1])
 if digest then
@@ -162,7 +226,7 @@ for j = 1, #children, 2 do
     redis.call('DEL', ARGV[1] .. cjson.decode(children[j + 1])['digest'])
   end
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
 return 1
 """
 

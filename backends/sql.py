@@ -48,6 +48,7 @@ from .base import (
     DAY_MS,
     TOKEN_KINDS,
     UNVERIFIED,
+    Charge,
     ChildToken,
     KeyInfo,
     KeyMeta,
@@ -63,7 +64,7 @@ from .base import (
 from .ledger import GROUP_FIELDS, Part, check_group, rows_of
 from .pgparams import translate
 from .schemes import SCHEMES, url_scheme
-from .tables import keys, tokens, usage, users
+from .tables import keys, spend, tokens, usage, users
 
 __all__ = ["SQLStore", "async_url", "engine_url", "ensure_sqlite_directory"]
 
@@ -77,6 +78,7 @@ _USER_COLUMNS = (
     users.c.created_at,
     users.c.expires_at,
     users.c.revoked_at,
+    users.c.caps,
 )
 # The priced records' cost, and how many had tokens but no price (`UsageStats.unpriced`).
 _COST_SUMS = (
@@ -207,7 +209,7 @@ def _user(row: Row[Any]) -> User:
     child = None
     if row.child_id is not None:
         child = ChildToken(*(getattr(row, label) for label in _CHILD_LABELS))
-    return User(row.id, row.app_id, row.created_at, row.expires_at, row.revoked_at, child)
+    return User(row.id, row.app_id, row.created_at, row.expires_at, row.revoked_at, child, row.caps)
 
 
 def _lookup(
@@ -340,6 +342,7 @@ class SQLStore(KeyStore):
                         created_at=user.created_at,
                         expires_at=user.expires_at,
                         revoked_at=user.revoked_at,
+                        caps=user.caps,
                     )
                 )
         except IntegrityError as exc:
@@ -376,7 +379,80 @@ class SQLStore(KeyStore):
             await conn.execute(delete(usage).where(usage.c.user_id == user_id))
             await conn.execute(delete(keys).where(keys.c.user_id == user_id))
             await conn.execute(delete(tokens).where(tokens.c.user_id == user_id))
+            await conn.execute(delete(spend).where(spend.c.user_id == user_id))
             await conn.execute(delete(users).where(users.c.id == user_id))
+
+    async def set_caps(self, user_id: str, caps: str | None) -> None:
+        async with self._begin("set_caps") as conn:
+            await conn.execute(update(users).where(users.c.id == user_id).values(caps=caps))
+
+    async def reserve(self, user_id: str, charges: Sequence[Charge], now: int) -> int | None:
+        if not charges:
+            return None
+        names = sorted({charge.counter for charge in charges})  # locked in one order: no deadlock
+        fresh = self._insert(spend).on_conflict_do_nothing(
+            index_elements=[spend.c.user_id, spend.c.counter]
+        )
+        held = (
+            select(spend.c.counter, spend.c.amount)
+            .where(spend.c.user_id == user_id, spend.c.counter.in_(names))
+            .order_by(spend.c.counter)
+            .with_for_update()
+        )
+        add = (
+            update(spend)
+            .where(spend.c.user_id == user_id, spend.c.counter == bindparam("name"))
+            .values(amount=spend.c.amount + bindparam("add"))
+        )
+        expiry = {charge.counter: charge.expires_at for charge in charges}
+        try:
+            async with self._begin("reserve") as conn:
+                # The DELETE first: on SQLite it takes the write lock for the whole reservation;
+                # on Postgres each counter's row lock (FOR UPDATE) serialises its reservers.
+                await conn.execute(
+                    delete(spend).where(spend.c.user_id == user_id, spend.c.expires_at <= now)
+                )
+                await conn.execute(
+                    fresh,
+                    [
+                        {"user_id": user_id, "counter": n, "amount": 0, "expires_at": expiry[n]}
+                        for n in names
+                    ],
+                )
+                amounts = dict(tuple(row) for row in await conn.execute(held))
+                for index, charge in enumerate(charges):
+                    amounts[charge.counter] += charge.amount
+                    if amounts[charge.counter] > charge.limit:
+                        return index
+                adding = [{"name": c.counter, "add": c.amount} for c in charges if c.amount]
+                if adding:
+                    await conn.execute(add, adding)
+        except IntegrityError as exc:
+            raise StoreError("reserve: no such user") from exc
+        return None
+
+    async def settle(self, user_id: str, changes: Sequence[tuple[str, int]]) -> None:
+        changed = [{"name": name, "add": amount} for name, amount in changes if amount]
+        if not changed:
+            return
+        total = spend.c.amount + bindparam("add")
+        statement = (
+            update(spend)
+            .where(spend.c.user_id == user_id, spend.c.counter == bindparam("name"))
+            .values(amount=case((total < 0, 0), else_=total))
+        )
+        async with self._begin("settle") as conn:
+            await conn.execute(statement, changed)
+
+    async def spent(self, user_id: str, counters: Sequence[str], now: int) -> dict[str, int]:
+        if not counters:
+            return {}
+        query = select(spend.c.counter, spend.c.amount).where(
+            spend.c.user_id == user_id,
+            spend.c.counter.in_(list(counters)),
+            spend.c.expires_at > now,
+        )
+        return {row.counter: int(row.amount) for row in await self._rows("spent", query)}
 
     async def create_child_token(
         self, child: ChildToken, token_hash: str, now: int, most: int

@@ -16,7 +16,7 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["keys", "metadata", "tokens", "usage", "users"]
+__all__ = ["keys", "metadata", "spend", "tokens", "usage", "users"]
 
 metadata = MetaData(
     naming_convention={
@@ -37,6 +37,7 @@ users = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=True),
     Column("revoked_at", BigInteger, nullable=True),
+    Column("caps", Text, nullable=True),
 )
 
 keys = Table(
@@ -72,6 +73,16 @@ tokens = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=True),
     Column("last_used_at", BigInteger, nullable=True),
+)
+
+# What a user's spending caps have counted, per cap and period.
+spend = Table(
+    "spend",
+    metadata,
+    Column("user_id", String(64), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("counter", String(160), primary_key=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
 )
 
 usage = Table(

@@ -3,6 +3,7 @@
     RelayError                 an error answered to the client: status, message, stable code
     ├── BadRequest             400
     ├── Unauthorized           401
+    ├── PaymentRequired        402: a spending cap of the key owner's (never worth a retry)
     ├── Forbidden              403
     ├── NotFound               404
     ├── MethodNotAllowed       405
@@ -28,6 +29,7 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
+    "PaymentRequired",
     "RelayError",
     "ServiceUnavailable",
     "Unauthorized",
@@ -71,6 +73,16 @@ class BadRequest(RelayError):
 class Unauthorized(RelayError):
     status = 401
     code = "unauthorized"
+
+
+class PaymentRequired(RelayError):
+    status = 402
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        # The official SDKs retry what this header does not forbid.
+        kwargs["headers"] = {"x-should-retry": "false", **kwargs.get("headers", {})}
+        super().__init__(message, **kwargs)
 
 
 class Forbidden(RelayError):

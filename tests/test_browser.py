@@ -374,6 +374,14 @@ def test_the_demo_page_connects_adds_a_key_and_chats(
         "With openai (30 days)",
         "1 requests; tokens none reported; $0.000000",
     ]
+    # A daily cap of a cent: the next chat could cost more (no max_tokens: the most OpenAI
+    # writes is reserved), so the relay refuses it before the provider hears of it.
+    ui.get_by_text("No spending cap.").wait_for()
+    ui.get_by_label("Daily spending cap, US dollars").fill("0.01")
+    ui.get_by_role("button", name="Set cap").click()
+    ui.get_by_text("Daily cap $0.010000: $0.000000 spent today.").wait_for()
+    ui.get_by_role("button", name="Send").click()
+    ui.get_by_text("(402 budget_exceeded)", exact=False).wait_for()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     ui.screenshot(path=SCREENSHOTS / "demo.png", full_page=True)
     context.close()

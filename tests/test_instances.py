@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.mockprovider import MockProvider
+from tests.mockprovider import OPENAI_USAGE, MockProvider
 from tests.relayprocess import RelayProcess
 from tests.relayserver import relay_env
 from tests.servers import create_database, drop_database, drop_namespace, in_thread, new_namespace
@@ -136,6 +136,59 @@ def test_revoking_a_narrow_tokens_parent_on_one_instance_ends_its_children_on_th
         refused = b.post(url, json=CHAT, headers=narrow)
         assert refused.status_code == 401, refused.text
         assert b.post(url, json=CHAT, headers={"x-relay-token": token}).status_code == 200
+
+
+RACERS = 200
+CAP_REQUESTS = 50
+CAP_TOKENS = 600  # fills before the requests cap: each reserves its body and 10 tokens
+
+
+async def _capped_race(urls: tuple[str, str], token: str) -> list[int]:
+    """RACERS chats at once, half through each instance; their statuses."""
+    limits = httpx.Limits(max_connections=RACERS, keepalive_expiry=KEEPALIVE)
+    async with (
+        httpx.AsyncClient(base_url=urls[0], timeout=60, limits=limits) as a,
+        httpx.AsyncClient(base_url=urls[1], timeout=60, limits=limits) as b,
+    ):
+        body = {**CHAT, "max_tokens": 10}
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    "/relay/openai/v1/chat/completions", json=body, headers={"x-relay-token": token}
+                )
+                for client, _ in zip(itertools.cycle((a, b)), range(RACERS))
+            )
+        )
+    return [response.status_code for response in responses]
+
+
+def test_two_instances_racing_a_cap_never_pass_it(
+    relays: tuple[RelayProcess, RelayProcess], mock: MockProvider
+) -> None:
+    first, second = relays
+    with first.client() as a:
+        token = register(a)
+        headers = {"x-relay-token": token}
+        stored = a.post("/keys/openai", json={"key": "test-openai-key-race-caps"}, headers=headers)
+        assert stored.status_code == 200, stored.text
+        caps = [
+            {"period": "day", "requests": CAP_REQUESTS},
+            {"period": "month", "tokens": CAP_TOKENS},
+        ]
+        assert a.put("/limits", json={"caps": caps}, headers=headers).status_code == 200
+        after_the_cache_ttl(time.monotonic())  # the other instance has read the caps
+        mock.clear()
+        statuses = asyncio.run(_capped_race((first.url, second.url), token))
+        assert set(statuses) == {200, 402}
+        passed = statuses.count(200)
+        assert len(mock.requests) == passed  # a refused request never reached the provider
+        time.sleep(1.0)  # the settling, off the request path
+        spent = [cap["spent"] for cap in a.get("/limits", headers=headers).json()["caps"]]
+    reported = OPENAI_USAGE["prompt_tokens"] + OPENAI_USAGE["completion_tokens"]
+    assert spent == [{"requests": passed}, {"tokens": passed * reported}]
+    assert passed * reported <= CAP_TOKENS
+    assert passed <= CAP_REQUESTS
+    assert passed > 1  # the cap was raced, not one request at a time
 
 
 def test_deleting_a_user_on_one_instance_erases_it_for_the_other(

@@ -46,6 +46,7 @@ MAY_IMPORT: Final[dict[str, frozenset[str]]] = {
             "relay.services",
             "relay.security",
             "relay.providers",
+            "relay.pricing",
             "relay.server.ratelimit",
             "relay.telemetry.metrics",
         }

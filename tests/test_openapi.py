@@ -166,12 +166,12 @@ def test_documented_statuses_per_endpoint(document: dict[str, Any]) -> None:
     assert statuses("/tokens/{token_id}", "delete") == {"200", "401", "404", "503"}
     assert statuses("/models", "get") == {"200"}
     assert statuses("/relay", "post") == {
-        *("200", "400", "401", "403", "413", "502", "503", "504"),
+        *("200", "400", "401", "402", "403", "413", "502", "503", "504"),
         "default",
     }
     for method in ("get", "post"):
         assert statuses("/relay/{provider}/{path}", method) == {
-            *("200", "400", "401", "403", "405", "413", "502", "503", "504"),
+            *("200", "400", "401", "402", "403", "405", "413", "502", "503", "504"),
             "default",
         }
 

@@ -24,7 +24,9 @@ import backends
 import backends.redis
 import backends.sql
 from backends import (
+    DAY_MS,
     TOKEN_KINDS,
+    Charge,
     ChildToken,
     KeyInfo,
     KeyMeta,
@@ -508,6 +510,88 @@ async def test_no_narrow_token_outlives_its_parent_deleted_meanwhile(store: KeyS
             group.start_soon(store.delete_child_token, "user-1", parent)
         assert await store.user_for_token(digest(f"child-{parent}-kid")) is None
         assert [c.id for c in await store.child_tokens("user-1")] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Spending caps
+
+
+def charge(counter: str, amount: int, limit: int, expires_at: int = T0 + DAY_MS) -> Charge:
+    return Charge(counter, amount, limit, expires_at)
+
+
+async def test_caps_are_stored_with_the_user(store: KeyStore) -> None:
+    user = await add_user(store)
+    assert await mint(store, child("c1"))
+    await store.set_caps("user-1", '{"caps":[]}')
+    assert await store.user_for_token(digest("user-1")) == dataclasses.replace(
+        user, caps='{"caps":[]}'
+    )
+    narrow = await store.user_for_token(digest("child-c1"))
+    assert narrow is not None
+    assert narrow.caps == '{"caps":[]}'  # a narrow token spends under its account's caps
+    await store.set_caps("user-1", None)
+    assert await store.user_for_token(digest("user-1")) == user
+    await store.set_caps("nobody", "{}")  # a no-op
+
+
+async def test_a_reservation_is_all_or_nothing(store: KeyStore) -> None:
+    await add_user(store)
+    assert await store.reserve("user-1", [charge("a", 3, 10), charge("b", 5, 5)], T0) is None
+    assert await store.spent("user-1", ["a", "b", "c"], T0) == {"a": 3, "b": 5}
+    # b is full: nothing is added to a either.
+    assert await store.reserve("user-1", [charge("a", 1, 10), charge("b", 1, 5)], T0) == 1
+    assert await store.spent("user-1", ["a", "b"], T0) == {"a": 3, "b": 5}
+    # Two charges on one counter add up.
+    assert await store.reserve("user-1", [charge("a", 4, 10), charge("a", 4, 10)], T0) == 1
+    assert await store.reserve("user-1", [charge("a", 7, 10), charge("b", 0, 5)], T0) is None
+    assert await store.spent("user-1", ["a", "b"], T0) == {"a": 10, "b": 5}
+    assert await store.reserve("user-1", [], T0) is None
+    with pytest.raises(StoreError):
+        await store.reserve("nobody", [charge("a", 1, 10)], T0)
+
+
+async def test_settling_corrects_a_reservation_never_below_zero(store: KeyStore) -> None:
+    await add_user(store)
+    assert await store.reserve("user-1", [charge("a", 8, 10), charge("b", 2, 10)], T0) is None
+    await store.settle("user-1", [("a", -5), ("b", -9), ("gone", 4)])
+    assert await store.spent("user-1", ["a", "b", "gone"], T0) == {"a": 3, "b": 0}
+    await store.settle("user-1", [("a", 20)])  # the real amount may pass the limit
+    assert await store.spent("user-1", ["a"], T0) == {"a": 23}
+    assert await store.reserve("user-1", [charge("a", 0, 10)], T0) == 0
+
+
+async def test_a_counter_ends_with_its_period(store: KeyStore) -> None:
+    await add_user(store)
+    assert await store.reserve("user-1", [charge("a", 10, 10, expires_at=T0 + 5)], T0) is None
+    assert await store.reserve("user-1", [charge("a", 1, 10, expires_at=T0 + 5)], T0 + 4) == 0
+    assert await store.spent("user-1", ["a"], T0 + 5) == {}
+    assert await store.reserve("user-1", [charge("a", 1, 10, expires_at=T0 + 9)], T0 + 5) is None
+    assert await store.spent("user-1", ["a"], T0 + 5) == {"a": 1}
+
+
+async def test_erasing_the_account_erases_its_counters(store: KeyStore) -> None:
+    await add_user(store)
+    assert await store.reserve("user-1", [charge("a", 4, 10)], T0) is None
+    await store.delete_user("user-1")
+    await add_user(store)
+    assert await store.spent("user-1", ["a"], T0) == {}
+
+
+async def test_concurrent_reservations_never_pass_a_limit(store: KeyStore) -> None:
+    await add_user(store)
+    results: list[int | None] = []
+
+    async def one() -> None:
+        results.append(
+            await store.reserve("user-1", [charge("day", 1, 100), charge("n", 3, 60)], T0)
+        )
+
+    async with anyio.create_task_group() as group:
+        for _ in range(60):
+            group.start_soon(one)
+    assert results.count(None) == 20  # 20 x 3 fills "n"
+    assert await store.spent("user-1", ["day", "n"], T0) == {"day": 20, "n": 60}
 
 
 # ---------------------------------------------------------------------------------------------

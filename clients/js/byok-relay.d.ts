@@ -107,6 +107,38 @@ export interface Tokens {
   revoke(id: string): Promise<{ ok: true; revoked: string[] }>;
 }
 
+export interface Cap {
+  period: "day" | "month";
+  requests?: number;
+  tokens?: number;
+  /** Dollars, estimated at the model's public price. */
+  costUsd?: string | number;
+  app?: string;
+  provider?: string;
+  model?: string;
+}
+
+export interface CapState {
+  period: "day" | "month";
+  requests?: number;
+  tokens?: number;
+  cost_usd?: string;
+  app?: string;
+  provider?: string;
+  model?: string;
+  /** What it has counted in this period, for each of its limits. */
+  spent: { requests?: number; tokens?: number; cost_usd?: string };
+  /** Epoch ms at which the period ends. */
+  resets_at: number;
+}
+
+export interface Limits {
+  get(): Promise<{ caps: CapState[]; allow_unpriced: boolean }>;
+  /** Replaces every cap. A request that could pass one is refused: RelayError 402. */
+  set(caps: Cap[], options?: { allowUnpriced?: boolean }): Promise<{ caps: CapState[]; allow_unpriced: boolean }>;
+  clear(): Promise<{ caps: CapState[]; allow_unpriced: boolean }>;
+}
+
 export interface Stats {
   total: number;
   last_7d: number;
@@ -190,6 +222,7 @@ export declare class Relay {
   readonly token: string;
   readonly keys: Keys;
   readonly tokens: Tokens;
+  readonly limits: Limits;
   /**
    * `fetch` with the token added to requests for this relay, and to no other URL; those never
    * follow a redirect. Responses come back as they are (an error status does not throw).

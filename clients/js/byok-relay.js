@@ -184,6 +184,7 @@ export class Relay {
     this.#fetch = fetchImpl ?? globalThis.fetch.bind(globalThis);
     this.keys = new Keys((method, path, body) => this.#json(method, path, body));
     this.tokens = new Tokens((method, path, body) => this.#json(method, path, body));
+    this.limits = new Limits((method, path, body) => this.#json(method, path, body));
     // Bound, so that it can be handed to an SDK as its `fetch`.
     this.fetch = this.fetch.bind(this);
   }
@@ -366,6 +367,35 @@ class Tokens {
   /** Revokes the token `id` and every token minted from it, everywhere at once. */
   revoke(id) {
     return this.#json("DELETE", `/tokens/${encodeURIComponent(id)}`);
+  }
+}
+
+/** The user's hard spending caps: a request that could pass one is refused (402). */
+class Limits {
+  #json;
+
+  constructor(json) {
+    this.#json = json;
+  }
+
+  /** The caps, each with what it has spent this period and when that resets. */
+  get() {
+    return this.#json("GET", "/limits");
+  }
+
+  /**
+   * Replaces every cap: `[{period: "day" | "month", requests?, tokens?, costUsd?, app?,
+   * provider?, model?}]`; `allowUnpriced` lets models of no known price through cost caps.
+   */
+  set(caps, { allowUnpriced = false } = {}) {
+    const wire = caps.map(({ costUsd, ...cap }) =>
+      costUsd === undefined ? cap : { ...cap, cost_usd: String(costUsd) });
+    return this.#json("PUT", "/limits", { caps: wire, allow_unpriced: allowUnpriced });
+  }
+
+  /** Removes every cap. */
+  clear() {
+    return this.#json("DELETE", "/limits");
   }
 }
 

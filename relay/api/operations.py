@@ -17,7 +17,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from backends import LEDGER_GROUPS
-from relay.api import accounts, discovery, health, keys, ledger, probes, stats, tokens
+from relay.api import accounts, discovery, health, keys, ledger, limits, probes, stats, tokens
 from relay.api.shapes import PROVIDER_NAME_REF, AppId
 from relay.providers.table import PROVIDERS
 
@@ -45,6 +45,12 @@ Shape = type[msgspec.Struct] | str | None
 ERROR_RESPONSES: Final[Mapping[int, tuple[str, str]]] = {
     400: ("BadRequest", "Malformed JSON, a missing or invalid field, or an unsupported provider."),
     401: ("Unauthorized", "Missing, unknown, expired or revoked credentials."),
+    402: (
+        "BudgetExceeded",
+        "A spending cap of the key owner's could be passed (`budget_exceeded`, "
+        "naming the cap, the spend and `resets_at`), or a cost cap meets a model of no known "
+        "price (`model_unpriced`); `x-should-retry: false`.",
+    ),
     403: (
         "Forbidden",
         "Not an inference endpoint, a model this relay does not allow, or more "
@@ -172,7 +178,7 @@ _FORWARDED: Final = sorted(
 )
 _RELAY_HEADERS: Final = ("RelayBaseUrl", *(f"Header-{name}" for name in _FORWARDED))
 _RELAYED: Final = {200: ("The provider's response, relayed.", None)}
-_RELAY_ERRORS: Final = (400, 401, 403, 405, 413, 502, 503, 504)
+_RELAY_ERRORS: Final = (400, 401, 402, 403, 405, 413, 502, 503, 504)
 _RELAY_NOTE = (
     "Relays the request upstream with the caller's stored key and streams the answer back as it "
     "arrives: status, body (JSON, SSE or binary) and selected headers. The errors listed are "
@@ -277,6 +283,18 @@ OPERATIONS: Final = (
               "Revoke a narrow token and every token minted from it",
               {200: ("Revoked.", tokens.Revoked)}, (401, 404, 503),
               description="A narrow token may revoke itself and those minted from it."),
+    Operation("PUT", "/limits", "setLimits", "limits", "token",
+              "Set the caller's spending caps: requests, tokens and cost per day or month, "
+              "overall or per app, provider or model",
+              {200: ("The caps, with what each has counted this period.", limits.CapsShown)},
+              (400, 401, 403, 413, 503), limits.CapsIn,
+              description="Replaces every cap. They are hard: a relayed request reserves its "
+              "worst case first and is refused (402) if that could pass one."),
+    Operation("GET", "/limits", "getLimits", "limits", "token",
+              "The caller's spending caps and what each has counted this period",
+              {200: ("The caps.", limits.CapsShown)}, _USER),
+    Operation("DELETE", "/limits", "clearLimits", "limits", "token",
+              "Clear the caller's spending caps", {200: ("No caps.", limits.CapsShown)}, _USER),
     Operation("GET", "/keys", "listKeys", "keys", "token",
               "The providers the caller has a key stored for (never a key)",
               {200: ("Provider names.", keys.KeyList)}, _USER),
@@ -316,7 +334,7 @@ OPERATIONS: Final = (
               {200: ("Deleted, or there was none.", keys.Ok)}, (400, *_USER)),
     Operation("POST", "/relay", "relayByModel", "relay", "token",
               "Relay by model: the body's `model` picks the provider and the path",
-              _RELAYED, (400, 401, 403, 413, 502, 503, 504), ModelRelayBody, _RELAY_HEADERS,
+              _RELAYED, (400, 401, 402, 403, 413, 502, 503, 504), ModelRelayBody, _RELAY_HEADERS,
               _RELAY_NOTE + " `GET /models` shows the routing."),
     Operation("GET", "/relay/v1/models", "listAllModels", "relay", "token",
               "The models of every provider the caller holds a key for (`models.list` at "
@@ -327,7 +345,7 @@ OPERATIONS: Final = (
               "asked with that key; one that fails is left out and named in `unavailable`."),
     Operation("POST", "/relay/v1/chat/completions", "relayChatByModel", "relay", "token",
               "One OpenAI-compatible base URL for every model (`/relay/v1` in an OpenAI SDK)",
-              _RELAYED, (400, 401, 403, 413, 502, 503, 504), ModelRelayBody, _RELAY_HEADERS,
+              _RELAYED, (400, 401, 402, 403, 413, 502, 503, 504), ModelRelayBody, _RELAY_HEADERS,
               _RELAY_NOTE + " The body's `model` picks the provider as for `POST /relay`; the "
               "body goes as it is (the model less any `provider/` prefix) to that provider's own "
               "OpenAI-compatible chat endpoint: OpenAI, Anthropic's, Gemini's `/v1beta/openai/`, "

@@ -83,6 +83,10 @@ class Provider:
     same, up to `:`)."""
     title: str = ""
     """The provider's name as people write it (`OpenAI`); empty: `name`."""
+    max_output: int = 0
+    """The most output tokens an answer may hold when the request sets no limit (the longest
+    any of its models writes): what a spending cap reserves for it. 0: its answers are not
+    counted in tokens (audio)."""
     key_shape: KeyShape = KeyShape()
     verify_path: str | None = None
     """A free, read-only GET that needs a valid key (the models listing), sent when a key is
@@ -156,6 +160,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
                 'OpenAI keys start with "sk-" (also "sk-proj-" or "sk-svcacct-").',
             ),
             verify_path="/v1/models",
+            max_output=128_000,
         ),
         Provider(
             "anthropic",
@@ -172,6 +177,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
                 r"sk-ant-[A-Za-z0-9_-]{20,}", "sk-ant-", 'Anthropic keys start with "sk-ant-".'
             ),
             verify_path="/v1/models",
+            max_output=128_000,
         ),
         Provider(
             "google",
@@ -193,6 +199,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
                 'Google AI Studio keys start with "AIza" and are 39 characters long.',
             ),
             verify_path="/v1beta/models",
+            max_output=65_536,
         ),
         Provider(
             "groq",
@@ -211,6 +218,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             title="Groq",
             key_shape=KeyShape(r"gsk_[A-Za-z0-9]{20,}", "gsk_", 'Groq keys start with "gsk_".'),
             verify_path="/openai/v1/models",
+            max_output=65_536,
         ),
         Provider(
             "openrouter",
@@ -232,6 +240,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             ),
             verify_path="/api/v1/key",
             verify_credit=("data", "limit_remaining"),
+            max_output=128_000,
         ),
         Provider(
             "mistral",
@@ -248,6 +257,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             title="Mistral",
             key_shape=KeyShape(r"[A-Za-z0-9]{32}", "", "Mistral keys are 32 letters and digits."),
             verify_path="/v1/models",
+            max_output=128_000,
         ),
         Provider(
             "elevenlabs",
@@ -285,6 +295,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             ),
             # Its token check (whoami) lives on huggingface.co, not on the inference host.
             verify_path=None,
+            max_output=128_000,
         ),
         Provider(
             "deepgram",
@@ -308,6 +319,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
             title="OpenAI-compatible",
             key_shape=KeyShape(foreign=True),
             verify_path="/v1/models",
+            max_output=128_000,
         ),
     )
 }

@@ -39,6 +39,7 @@ from relay.errors import (
     Unauthorized,
     UpstreamError,
 )
+from relay.pricing.caps import Reserved
 from relay.pricing.table import Tokens
 from relay.providers.headers import response_headers
 from relay.providers.table import Provider
@@ -52,7 +53,7 @@ from relay.services import Services
 from relay.telemetry.access import ACCESS, Access
 from relay.upstream.client import upstream_request, upstream_url
 from relay.upstream.transport import PINNED_ADDRESS, ResponseBody
-from relay.usage.meter import NO_USAGE, UsageMeter
+from relay.usage.meter import NO_USAGE, Usage, UsageMeter
 
 __all__ = ["Exchange", "Outgoing", "Request"]
 
@@ -137,6 +138,7 @@ class Exchange:
         "receive",
         "record",
         "recorded",
+        "reserved",
         "send",
         "services",
         "shown",
@@ -186,6 +188,7 @@ class Exchange:
         self.watched = False  # WATCH_AFTER has passed: the client is listened to
         self.watcher: asyncio.Future[Message] | None = None
         self.recorded = False
+        self.reserved: Reserved | None = None  # against the owner's caps, settled at the end
         self.started = time.monotonic()
 
     def end(self, outcome: Outcome) -> None:
@@ -325,7 +328,10 @@ class Exchange:
         prices = self.services.prices
         # The model that answered, as the provider names it (the one it bills), else the asked.
         model = usage.model or self.model
-        cost = prices.cost(self.provider.name, model, Tokens(**usage.totals()), now)
+        totals = usage.totals()
+        cost = prices.cost(self.provider.name, model, Tokens(**totals), now)
+        if self.reserved is not None:
+            self._settle(self.reserved, usage, totals["input"] + totals["output"], cost)
         access = self.access
         if access is not None:
             access.model = self.model or usage.model
@@ -352,6 +358,18 @@ class Exchange:
                 price_version=prices.version if cost is not None else None,
             )
         )
+
+    def _settle(self, reserved: Reserved, usage: Usage, tokens: int, cost: int | None) -> None:
+        """Put the caps' reservation right, off the request path: to what the provider reported;
+        to nothing spent but the request when it answered an error or never answered; as
+        reserved when it answered but reported nothing (it may have spent all of it)."""
+        if usage.input_tokens is None and usage.output_tokens is None:
+            if self.status < 400:
+                return
+            tokens, cost = 0, 0
+        changes = reserved.settlement(tokens, cost or 0)
+        store = self.services.store
+        self.services.background.spawn(store.settle(reserved.user_id, changes), "cap settling")
 
     async def _content(self) -> Body | AsyncIterator[bytes]:
         """The request body: whole when it came in one message (a chat request usually does,

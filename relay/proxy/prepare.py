@@ -40,6 +40,7 @@ from relay.proxy.exchange import Exchange, Outgoing, Request
 from relay.proxy.jsonedit import Body, Repeated, TooDeep, cut, find_members, replace_value
 from relay.proxy.modelname import model_of
 from relay.proxy.paths import encode_path, normalize_path
+from relay.proxy.spending import reserve
 from relay.proxy.ssrf import Upstream, UpstreamPolicy
 from relay.security.auth import authenticate_digest
 from relay.security.crypto import DecryptionError
@@ -144,7 +145,13 @@ class _Relay:
         )
 
         sending = Outgoing(scope["method"], url, outgoing, body)
-        return Exchange(request, provider, shown, record, model, sending, target.pin)
+        # Last: nothing may fail between a reservation and the exchange that settles it.
+        reserved = None
+        if scope["method"] == "POST":
+            reserved = await reserve(services, request.user, provider, model, body)
+        exchange = Exchange(request, provider, shown, record, model, sending, target.pin)
+        exchange.reserved = reserved
+        return exchange
 
     async def _target(self, request: Request, provider: Provider) -> _Target:
         settings = request.services.settings
@@ -193,9 +200,9 @@ class ProviderRelay(_Relay):
         settings = services.settings
         body = model = None
         held = 0
-        if (self._models.enabled or grant.reads_model) and method == "POST":
-            # Only a model allowlist (the relay's or the token's) makes the relay read a body
-            # it otherwise only streams.
+        if (self._models.enabled or grant.reads_model or user.caps) and method == "POST":
+            # Only a model allowlist (the relay's or the token's) or the owner's spending caps
+            # make the relay read a body it otherwise only streams.
             declared = declared_length(headers, settings.parse_limit, TOO_LARGE_TO_READ)
             try:
                 body = await read_whole(

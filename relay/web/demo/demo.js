@@ -122,7 +122,11 @@ async function showUsage() {
   let stats;
   let ledger;
   try {
-    [stats, ledger] = await Promise.all([relay.stats(), relay.usage({ groupBy: "provider" })]);
+    let limits;
+    [stats, ledger, limits] = await Promise.all([
+      relay.stats(), relay.usage({ groupBy: "provider" }), relay.limits.get(),
+    ]);
+    await showCap(limits);
   } catch (error) {
     say("usage-status", describe(error), true);
     return;
@@ -169,6 +173,36 @@ $("erase").addEventListener("click", async () => {
     stop("Account erased: its keys and records are gone from the relay.");
   } catch (error) {
     say("connection", describe(error), true);
+  }
+});
+// The user's own daily cap on what their keys spend through this relay.
+async function showCap(answer) {
+  const cap = answer.caps.find((c) => c.period === "day" && c.cost_usd && !c.app && !c.provider
+    && !c.model);
+  say("cap-status", cap
+    ? `Daily cap $${cap.cost_usd}: $${cap.spent.cost_usd} spent today.`
+    : "No spending cap.");
+}
+
+async function setCap(event) {
+  event.preventDefault();
+  const value = $("cap").value.trim();
+  try {
+    await showCap(value
+      ? await relay.limits.set([{ period: "day", costUsd: value }])
+      : await relay.limits.clear());
+  } catch (error) {
+    say("cap-status", describe(error), true);
+  }
+}
+
+$("cap-form").addEventListener("submit", (event) => void setCap(event));
+$("clear-cap").addEventListener("click", async () => {
+  $("cap").value = "";
+  try {
+    await showCap(await relay.limits.clear());
+  } catch (error) {
+    say("cap-status", describe(error), true);
   }
 });
 $("keys").addEventListener("byok-change", (event) => suggest(event.detail.keys));

@@ -1,0 +1,193 @@
+"""Spending caps the key owner sets on their own usage, and what a request reserves under them.
+
+A cap limits requests, tokens or estimated cost (any of the three) over a UTC day or calendar
+month, for all of the owner's usage or for one app, provider or model. Before a request is sent
+its worst case is reserved against every cap it falls under, atomically (`KeyStore.reserve`):
+one request, its input (at most one token a byte of its body) plus the most output it may be
+answered with, and what those tokens would cost at the model's price. A request that could
+pass a cap is refused; when the exchange ends, each reservation is settled to what the provider
+reported. A counter is named by its cap's scope, metric and period, so changing a cap's limit
+keeps what it has counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import hashlib
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Final, Literal
+
+import msgspec
+from msgspec import Meta
+
+from backends import Charge
+
+__all__ = [
+    "METRICS",
+    "MOST_CAPS",
+    "Cap",
+    "Caps",
+    "Reserved",
+    "Unpriced",
+    "Wanted",
+    "Worst",
+    "caps_of",
+    "charges",
+    "describe",
+    "micro_usd",
+    "period_of",
+    "shown",
+    "usd",
+]
+
+METRICS: Final = ("requests", "tokens", "cost")
+MOST_CAPS: Final = 20
+_MAX_MICRO_USD: Final = 10**15  # a billion dollars: past any real budget
+
+
+class Cap(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One cap as stored: limits in requests, tokens and micro-dollars; a scope left None is
+    every app, provider or model."""
+
+    period: Literal["day", "month"]
+    requests: Annotated[int, Meta(ge=1)] | None = None
+    tokens: Annotated[int, Meta(ge=1)] | None = None
+    cost_micro_usd: Annotated[int, Meta(ge=1, le=_MAX_MICRO_USD)] | None = None
+    app: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    provider: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    model: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+
+    def limit(self, metric: str) -> int | None:
+        return self.cost_micro_usd if metric == "cost" else getattr(self, metric)
+
+    def covers(self, app: str, provider: str, model: str | None) -> bool:
+        # A request whose model is unknown is under every model's cap: a cap is never dodged.
+        return (
+            (self.app is None or self.app == app)
+            and (self.provider is None or self.provider == provider)
+            and (self.model is None or model is None or self.model.lower() == model.lower())
+        )
+
+    def counter(self, metric: str, start: datetime.date) -> str:
+        scope = f"{self.app}\0{self.provider}\0{(self.model or '').lower()}"
+        digest = hashlib.sha256(scope.encode()).hexdigest()[:16]
+        return f"{metric}:{self.period}:{start.isoformat()}:{digest}"
+
+
+class Caps(msgspec.Struct, forbid_unknown_fields=True):
+    caps: Annotated[list[Cap], Meta(max_length=MOST_CAPS)]
+    allow_unpriced: bool = False
+    """Whether a model with no price may be used under a cost cap (its cost counted as 0)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def caps_of(text: str) -> Caps:
+    """The caps a user's stored text holds (parsed once per distinct text)."""
+    return msgspec.json.decode(text, type=Caps)
+
+
+def period_of(period: str, now: int) -> tuple[datetime.date, int]:
+    """The period `now` (epoch ms) falls in: its first day, and when it ends (epoch ms)."""
+    day = datetime.datetime.fromtimestamp(now / 1000, datetime.UTC).date()
+    if period == "day":
+        start, end = day, day + datetime.timedelta(days=1)
+    else:
+        start = day.replace(day=1)
+        end = (start + datetime.timedelta(days=32)).replace(day=1)
+    midnight = datetime.datetime.combine(end, datetime.time(), datetime.UTC)
+    return start, int(midnight.timestamp() * 1000)
+
+
+def micro_usd(text: str | int | float) -> int:
+    """Dollars (`"5"`, `"0.25"`, `5`) as micro-dollars; ValueError if that is not what it is."""
+    try:
+        amount = Decimal(str(text)) * 1_000_000
+    except InvalidOperation:
+        raise ValueError(f"not an amount of dollars: {text!r}") from None
+    if not amount.is_finite() or amount != amount.to_integral_value() or amount <= 0:
+        raise ValueError(f"not a positive amount of whole micro-dollars: {text!r}")
+    return int(amount)
+
+
+def usd(micros: int) -> str:
+    return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Worst:
+    """The most a request may spend: one request, its tokens, and their cost (None: its model
+    has no price)."""
+
+    tokens: int
+    cost: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reserved:
+    """What one request reserved: per counter, the metric and the amount."""
+
+    user_id: str
+    parts: tuple[tuple[str, str, int], ...]
+
+    def settlement(self, tokens: int, cost: int) -> list[tuple[str, int]]:
+        """The changes that turn the reservation into what was spent."""
+        spent = {"requests": 1, "tokens": tokens, "cost": cost}
+        return [(counter, spent[metric] - amount) for counter, metric, amount in self.parts]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Wanted:
+    """A charge and the cap and metric it is for (to name them when it is refused)."""
+
+    charge: Charge
+    cap: Cap
+    metric: str
+    resets_at: int
+
+
+class Unpriced(Exception):
+    """A cost cap applies and the model has no price (the owner did not allow that)."""
+
+    def __init__(self, cap: Cap) -> None:
+        super().__init__("unpriced")
+        self.cap = cap
+
+
+def charges(
+    caps: Caps, app: str, provider: str, model: str | None, worst: Worst, now: int
+) -> list[Wanted]:
+    """The charges the request's worst case makes on each cap that covers it; `Unpriced` when
+    a cost cap covers it and its cost is unknown, unless the owner allowed that."""
+    wanted = []
+    amounts = {"requests": 1, "tokens": worst.tokens, "cost": worst.cost or 0}
+    for cap in caps.caps:
+        if not cap.covers(app, provider, model):
+            continue
+        start, ends = period_of(cap.period, now)
+        for metric in METRICS:
+            limit = cap.limit(metric)
+            if limit is None:
+                continue
+            if metric == "cost" and worst.cost is None and not caps.allow_unpriced:
+                raise Unpriced(cap)
+            charge = Charge(cap.counter(metric, start), amounts[metric], limit, ends)
+            wanted.append(Wanted(charge, cap, metric, ends))
+    return wanted
+
+
+def describe(cap: Cap) -> str:
+    """`cap`'s scope and period in words: "daily", "monthly openai"."""
+    scope = " ".join(
+        f"{name} {value}" for name in ("app", "provider", "model") if (value := getattr(cap, name))
+    )
+    return ("daily" if cap.period == "day" else "monthly") + (f" ({scope})" if scope else "")
+
+
+def shown(cap: Cap) -> dict[str, object]:
+    """`cap` as the API writes it: its cost in dollars."""
+    out: dict[str, object] = msgspec.to_builtins(cap)
+    if cap.cost_micro_usd is not None:
+        out["cost_usd"] = usd(out.pop("cost_micro_usd"))  # type: ignore[arg-type]
+    return out

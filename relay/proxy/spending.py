@@ -1,0 +1,132 @@
+"""What a relayed request reserves under its owner's spending caps before it is sent
+(`relay.pricing.caps`); the exchange settles it when it ends.
+
+The worst case: one request; as input, one token for each byte of the body (no tokenizer
+gives fewer bytes a token); as output, the body's own limit (`max_tokens`,
+`max_completion_tokens`, `max_output_tokens`, Gemini's `generationConfig.maxOutputTokens`, times
+`n` or `candidateCount` answers), else the most the provider writes (`Provider.max_output`);
+and the cost of those at the model's price, as if the whole input were written to a cache (the
+dearest way to send it) when that costs more.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, Final
+
+import msgspec
+
+from backends import User
+from relay.errors import PaymentRequired
+from relay.pricing.caps import (
+    Reserved,
+    Unpriced,
+    Worst,
+    caps_of,
+    charges,
+    describe,
+    shown,
+    usd,
+)
+from relay.pricing.table import PriceTable, Tokens
+from relay.providers.table import Provider
+from relay.security.auth import now_ms
+from relay.services import Services
+
+__all__ = ["max_output", "reserve", "worst_case"]
+
+_LIMIT_KEYS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def _count(value: Any) -> int | None:
+    return value if type(value) is int and value >= 0 else None
+
+
+def max_output(body: bytes | bytearray | None) -> int | None:
+    """The most output the request's JSON body allows, when it says."""
+    if not body:
+        return None
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    config = data.get("generationConfig")
+    config = config if isinstance(config, dict) else {}
+    limit = next(
+        (n for n in (*(data.get(k) for k in _LIMIT_KEYS), config.get("maxOutputTokens"))
+         if _count(n) is not None),
+        None,
+    )  # fmt: skip
+    if limit is None:
+        return None
+    answers = _count(data.get("n")) or _count(config.get("candidateCount")) or 1
+    return int(limit) * min(answers, 128)
+
+
+def worst_case(
+    prices: PriceTable, provider: Provider, model: str | None, body: bytes | bytearray | None,
+    now: int,
+) -> Worst:  # fmt: skip
+    size = len(body) if body else 0
+    limit = max_output(body)
+    output = provider.max_output if limit is None else limit
+    plain = prices.cost(provider.name, model, Tokens(input=size, output=output), now)
+    cached = prices.cost(
+        provider.name, model, Tokens(input=size, cache_write=size, output=output), now
+    )
+    cost = None if plain is None or cached is None else max(plain, cached)
+    return Worst(size + output, cost)
+
+
+async def reserve(
+    services: Services, user: User, provider: Provider, model: str | None,
+    body: bytes | bytearray | None,
+) -> Reserved | None:  # fmt: skip
+    """Reserve the request's worst case against every cap of the owner's that covers it; 402
+    when one could be passed. None: no cap covers it."""
+    if user.caps is None:
+        return None
+    caps = caps_of(user.caps)
+    now = now_ms()
+    worst = worst_case(services.prices, provider, model, body, now)
+    try:
+        wanted = charges(caps, user.app_id, provider.name, model, worst, now)
+    except Unpriced as refusal:
+        raise PaymentRequired(
+            f"The key owner's {describe(refusal.cap)} cost cap applies, and "
+            + (f'model "{model}" has' if model else "this request names no model that has")
+            + " no known price: it cannot be kept within the cap. (The owner may allow models "
+            "of no known price with allow_unpriced.)",
+            code="model_unpriced",
+            cap=shown(refusal.cap),
+        ) from None
+    if not wanted:
+        return None
+    refused = await services.store.reserve(user.id, [w.charge for w in wanted], now)
+    if refused is None:
+        return Reserved(
+            user.id, tuple((w.charge.counter, w.metric, w.charge.amount) for w in wanted)
+        )
+    cap, metric, charge = wanted[refused].cap, wanted[refused].metric, wanted[refused].charge
+    spent = (await services.store.spent(user.id, [charge.counter], now)).get(charge.counter, 0)
+    money = metric == "cost"
+    amount = usd if money else str
+    raise PaymentRequired(
+        f"The key owner's {describe(cap)} {metric} cap would be passed: "
+        f"{'$' if money else ''}{amount(spent)} of {'$' if money else ''}{amount(charge.limit)} "
+        f"spent, and this request may take up to {'$' if money else ''}{amount(charge.amount)}. "
+        "It resets at "
+        f"{_iso(wanted[refused].resets_at)}.",
+        cap=shown(cap),
+        metric=metric,
+        limit=charge.limit,
+        spent=spent,
+        requested=charge.amount,
+        resets_at=wanted[refused].resets_at,
+    )
+
+
+def _iso(at: int) -> str:
+    return datetime.datetime.fromtimestamp(at / 1000, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
