@@ -199,6 +199,8 @@ class UsageRecord:
     """What the request cost, estimated in micro-dollars (millionths of a US dollar) from the
     price table `price_version`; None when that table had no price for its model."""
     price_version: str | None = None
+    token_id: str | None = None
+    """The narrow token the request was made with; None: the account's own token."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,9 +229,9 @@ class UsageStats:
     (or they were made before costs were kept)."""
 
 
-LEDGER_GROUPS = ("day", "app", "provider", "model")
+LEDGER_GROUPS = ("day", "app", "provider", "model", "token")
 """What `usage_ledger` groups a user's records by: the UTC day they were made, their app, their
-provider, their model."""
+provider, their model, the narrow token they were made with."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,7 +239,8 @@ class LedgerRow:
     """The usage records of one group."""
 
     key: str | None
-    """The day (`YYYY-MM-DD`, UTC), app, provider or model; None for records of no known model."""
+    """The day (`YYYY-MM-DD`, UTC), app, provider, model or narrow token id; None for records of
+    no known model, or made with the account's own token."""
     requests: int
     errors: int
     """Requests answered with a status of 400 or more."""

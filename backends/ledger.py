@@ -11,7 +11,7 @@ from .base import DAY_MS, LEDGER_GROUPS, TOKEN_KINDS, LedgerRow
 
 __all__ = ["GROUP_FIELDS", "Part", "check_group", "rows_of"]
 
-GROUP_FIELDS = {"app": "app_id", "provider": "provider", "model": "model"}
+GROUP_FIELDS = {"app": "app_id", "provider": "provider", "model": "model", "token": "token_id"}
 """The usage record's field (and column) each group but the day is of."""
 
 

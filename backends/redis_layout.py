@@ -216,7 +216,9 @@ def _as_hash(flat: Sequence[bytes | str]) -> dict[str, str]:
 
 def ledger_part(record: dict[str, Any], group_by: str) -> Part:
     """One stored usage record as its ledger group's part."""
-    group = record["created_at"] // DAY_MS if group_by == "day" else record[GROUP_FIELDS[group_by]]
+    # A record written before a field existed lacks it (a token's: the account's own).
+    day = group_by == "day"
+    group = record["created_at"] // DAY_MS if day else record.get(GROUP_FIELDS[group_by])
     return Part(
         group,
         _outcome_of(record),

@@ -108,6 +108,8 @@ usage = Table(
     Column("reasoning_tokens", BigInteger, nullable=True),
     Column("cost_micros", BigInteger, nullable=True),
     Column("price_version", String(32), nullable=True),
+    # No foreign key: the records of a revoked narrow token stay the account's.
+    Column("token_id", String(64), nullable=True),
 )
 
 Index("ix_users_app_id", users.c.app_id)

@@ -179,7 +179,7 @@ def test_the_csv_has_a_header_a_row_per_group_and_never_a_formula(server: RelayS
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ({"group_by": "token"}, "group_by must be one of: day, app, provider, model"),
+        ({"group_by": "week"}, "group_by must be one of: day, app, provider, model, token"),
         ({"from": "yesterday"}, "from must be epoch milliseconds"),
         ({"to": "2026-13-01"}, "to must be epoch milliseconds"),
         ({"from": "2026-06-02", "to": "2026-06-01"}, "from must be before to"),

@@ -309,3 +309,14 @@ def test_the_model_listing_shows_a_narrow_token_only_what_it_may_use(
     listed = client.get("/relay/v1/models", headers=auth(narrow)).json()["data"]
     assert listed
     assert all(m["id"].startswith("openai/gpt-4o") for m in listed), listed
+
+
+def test_the_owners_ledger_says_which_narrow_token_spent_what(
+    client: httpx.Client, account: str
+) -> None:
+    narrow = mint(client, account, name="widget")
+    assert chat(client, narrow["token"]).status_code == 200
+    assert chat(client, narrow["token"]).status_code == 200
+    assert chat(client, account).status_code == 200
+    rows = client.get("/usage", params={"group_by": "token"}, headers=auth(account)).json()["rows"]
+    assert [(row["key"], row["requests"]) for row in rows] == [(narrow["id"], 2), (None, 1)]

@@ -1017,7 +1017,7 @@ async def test_the_ledger_sums_a_users_own_records_in_the_span_by_group(
             usage("user-1", created_at=t0 + day, provider="anthropic", model="claude-3",
                   app_id="app-2", cache_write_tokens=4, outcome=Outcome.CLIENT_CANCELLED),
             usage("user-1", created_at=t0 + 2 * day, model=None, input_tokens=None,
-                  cost_micros=None),
+                  cost_micros=None, token_id="narrow-1"),
             usage("user-1", created_at=t0 + 3 * day),  # past the span's end
             usage("user-2", created_at=t0),  # someone else's
         ]
@@ -1046,6 +1046,8 @@ async def test_the_ledger_sums_a_users_own_records_in_the_span_by_group(
     ]  # fmt: skip
     by_app = await store.usage_ledger("user-1", t0, end, "app")
     assert [(r.key, r.requests) for r in by_app] == [("app-1", 3), ("app-2", 1)]
+    by_token = await store.usage_ledger("user-1", t0, end, "token")
+    assert [(r.key, r.requests) for r in by_token] == [("narrow-1", 1), (None, 3)]
     by_provider = await store.usage_ledger("user-1", t0, end, "provider")
     assert [(r.key, r.tokens["cache_write"]) for r in by_provider] == [
         ("anthropic", 4), ("openai", 0)
@@ -1054,7 +1056,7 @@ async def test_the_ledger_sums_a_users_own_records_in_the_span_by_group(
     assert await store.usage_ledger("user-1", t0 + day, t0 + day, "day") == []
     assert await store.usage_ledger("nobody", t0, end, "day") == []
     with pytest.raises(ValueError, match="group_by"):
-        await store.usage_ledger("user-1", t0, end, "token")
+        await store.usage_ledger("user-1", t0, end, "week")
 
 
 async def test_pruning_deletes_every_users_records_before_a_time_in_batches(

@@ -186,7 +186,7 @@ export interface LedgerEntry {
 export interface Ledger {
   from: number;
   to: number;
-  group_by: "day" | "app" | "provider" | "model";
+  group_by: "day" | "app" | "provider" | "model" | "token";
   rows: LedgerEntry[];
   total: LedgerEntry;
 }
@@ -194,7 +194,7 @@ export interface Ledger {
 export interface UsageOptions {
   from?: Date | number | string;
   to?: Date | number | string;
-  groupBy?: "day" | "app" | "provider" | "model";
+  groupBy?: "day" | "app" | "provider" | "model" | "token";
 }
 
 export interface Models {

@@ -242,7 +242,7 @@ export class Relay {
 
   /**
    * The user's own ledger: requests, tokens by kind and outcomes, summed by `groupBy` ("day",
-   * "app", "provider" or "model") from `from` to `to` (Dates, epoch ms or ISO strings;
+   * "app", "provider", "model" or "token") from `from` to `to` (Dates, epoch ms or ISO strings;
    * by default the last 30 days).
    */
   usage({ from, to, groupBy = "day" } = {}) {

@@ -312,7 +312,7 @@ OPERATIONS: Final = (
               {200: ("Totals.", stats.UsageStats)}, _USER),
     Operation("GET", "/usage", "usageLedger", "usage", "token",
               "The caller's own ledger: requests, tokens by kind, cost and outcomes, summed by "
-              "day, app, provider or model over a span",
+              "day, app, provider, model or narrow token over a span",
               {200: ("The groups, sorted by key, and their total.", ledger.Ledger)},
               (400, *_USER), parameters=("LedgerFrom", "LedgerTo", "LedgerGroup"),
               description="Only the caller's own records. `from` defaults to 30 days before "

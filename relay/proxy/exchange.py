@@ -356,6 +356,7 @@ class Exchange:
                 reasoning_tokens=usage.reasoning_tokens,
                 cost_micros=cost,
                 price_version=prices.version if cost is not None else None,
+                token_id=user.child.id if user.child is not None else None,
             )
         )
 
