@@ -209,3 +209,39 @@ def test_malformed_caps_are_refused_and_change_nothing(
     assert response.json()["code"] == "invalid_limits"
     kept = client.get("/limits", headers=auth(owner)).json()["caps"]
     assert [cap["requests"] for cap in kept] == [7]
+
+
+def test_a_narrow_tokens_budget_limits_it_and_those_minted_from_it(
+    client: httpx.Client, owner: str, mock: MockProvider
+) -> None:
+    minted = client.post(
+        "/tokens", json={"budget": [{"period": "day", "requests": 2}]}, headers=auth(owner)
+    )
+    assert minted.status_code == 201, minted.text
+    parent = minted.json()
+    assert parent["budget"] == [{"period": "day", "requests": 2, "token": parent["id"]}]
+    # Minted from it with a budget of its own: both apply.
+    child = client.post(
+        "/tokens", json={"budget": [{"period": "day", "tokens": 100_000}]},
+        headers=auth(parent["token"]),
+    ).json()  # fmt: skip
+    assert [b["token"] for b in child["budget"]] == [parent["id"], child["id"]]
+    mock.clear()
+    assert client.post(URL, json=CHAT, headers=auth(child["token"])).status_code == 200
+    assert client.post(URL, json=CHAT, headers=auth(parent["token"])).status_code == 200
+    for token in (parent["token"], child["token"]):
+        refused = client.post(URL, json=CHAT, headers=auth(token))
+        assert refused.status_code == 402
+        assert refused.json()["cap"] == {"period": "day", "requests": 2, "token": parent["id"]}
+        assert f"daily (token {parent['id']}) requests cap" in refused.json()["error"]
+    assert len(mock.requests) == 2
+    # The account's own token is not under the narrow token's budget.
+    assert client.post(URL, json=CHAT, headers=auth(owner)).status_code == 200
+
+
+def test_a_malformed_budget_mints_nothing(client: httpx.Client, owner: str) -> None:
+    for budget in ([{"period": "day"}], [{"period": "day", "requests": 1, "token": "x"}]):
+        response = client.post("/tokens", json={"budget": budget}, headers=auth(owner))
+        assert response.status_code == 400, response.text
+        assert response.json()["code"] == "invalid_limits"
+    assert client.get("/tokens", headers=auth(owner)).json()["tokens"] == []

@@ -81,6 +81,8 @@ export interface NarrowToken {
   expires_at: number | null;
   created_at: number;
   last_used_at: number | null;
+  /** Its budgets and its minters', each naming the token it limits; null: none. */
+  budget: (Omit<CapState, "spent" | "resets_at"> & { token: string })[] | null;
 }
 
 export interface MintedToken extends NarrowToken {
@@ -97,6 +99,8 @@ export interface MintOptions {
   origins?: string[];
   expiresIn?: number;
   expiresAt?: Date | number;
+  /** Caps on what is spent with this token (and those minted from it). */
+  budget?: Cap[];
 }
 
 export interface Tokens {

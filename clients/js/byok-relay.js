@@ -350,11 +350,16 @@ class Tokens {
   /**
    * Mints a token limited to `providers`, `models` (patterns, `*` any run), `origins` (the
    * pages it may be used from) and an expiry (`expiresIn` seconds, or `expiresAt` a Date or
-   * epoch ms); a limit left out is this token's own. The answer holds `token`, shown once.
+   * epoch ms), and a `budget` (caps, as `limits.set` takes them, on what this token spends);
+   * a limit left out is this token's own. The answer holds `token`, shown once.
    */
-  mint({ name, providers, models, origins, expiresIn, expiresAt } = {}) {
+  mint({ name, providers, models, origins, expiresIn, expiresAt, budget } = {}) {
     const at = expiresAt instanceof Date ? expiresAt.getTime() : expiresAt;
-    const body = { name, providers, models, origins, expires_in: expiresIn, expires_at: at };
+    const caps = budget?.map(({ costUsd, ...cap }) =>
+      costUsd === undefined ? cap : { ...cap, cost_usd: String(costUsd) });
+    const body = {
+      name, providers, models, origins, expires_in: expiresIn, expires_at: at, budget: caps,
+    };
     for (const field of Object.keys(body)) if (body[field] === undefined) delete body[field];
     return this.#json("POST", "/tokens", body);
   }

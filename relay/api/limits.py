@@ -27,7 +27,15 @@ from relay.providers.table import PROVIDERS
 from relay.security.auth import authenticate, now_ms
 from relay.services import Services
 
-__all__ = ["CapIn", "CapsIn", "CapsShown", "clear_limits", "get_limits", "put_limits"]
+__all__ = [
+    "CapIn",
+    "CapsIn",
+    "CapsShown",
+    "cap_of",
+    "clear_limits",
+    "get_limits",
+    "put_limits",
+]
 
 _NO_STORE = {"cache-control": "no-store"}
 
@@ -85,7 +93,8 @@ def _refused(message: str) -> BadRequest:
     return BadRequest(message, code="invalid_limits")
 
 
-def _cap(given: CapIn) -> Cap:
+def cap_of(given: CapIn) -> Cap:
+    """A cap as `PUT /limits` and a narrow token's budget take it, checked."""
     if given.requests is None and given.tokens is None and given.cost_usd is None:
         raise _refused("A cap limits at least one of requests, tokens and cost_usd")
     if given.provider is not None and given.provider not in PROVIDERS:
@@ -110,7 +119,7 @@ async def put_limits(request: Request) -> Response:
         given = msgspec.convert(body, CapsIn)
     except msgspec.ValidationError as exc:
         raise _refused(f"Invalid limits: {exc}") from None
-    caps = Caps([_cap(cap) for cap in given.caps], given.allow_unpriced)
+    caps = Caps([cap_of(cap) for cap in given.caps], given.allow_unpriced)
     stored = msgspec.json.encode(caps).decode() if caps.caps else None
     await services.store.set_caps(user.id, stored)
     return await _shown(services, user.id, caps)

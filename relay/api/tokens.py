@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 from msgspec import Meta
@@ -20,8 +20,10 @@ from starlette.responses import Response
 
 from backends import ChildToken, StoreError, StoreUnavailable, User
 from relay.api.bodies import read_json
+from relay.api.limits import CapIn, cap_of
 from relay.api.shapes import answer
 from relay.errors import BadRequest, Forbidden, NotFound, RelayError, Unauthorized
+from relay.pricing.caps import MOST_CAPS, Cap, shown
 from relay.security.auth import authenticate, now_ms
 from relay.security.grants import Limits, effective_expiry, grant_of, narrowed
 from relay.security.tokens import new_token
@@ -66,6 +68,17 @@ class MintBody(msgspec.Struct, forbid_unknown_fields=True):
         ),
     ] = None
     expires_at: Annotated[int, Meta(gt=0, description="Epoch milliseconds.")] | None = None
+    budget: (
+        Annotated[
+            list[CapIn],
+            Meta(
+                max_length=5,
+                description="Spending caps on this token (with those minted from it), as "
+                "`PUT /limits` takes them; the minter's budgets apply too.",
+            ),
+        ]
+        | None
+    ) = None
     expires_in: (
         Annotated[int, Meta(gt=0, le=10 * 365 * 86_400, description="Seconds from now.")] | None
     ) = None
@@ -83,6 +96,10 @@ class TokenInfo(msgspec.Struct):
     expires_at: int | None
     created_at: int
     last_used_at: Annotated[int | None, Meta(description="To within a minute.")]
+    budget: Annotated[
+        list[dict[str, Any]] | None,
+        Meta(description="Its budgets and its minters', each naming the token it limits."),
+    ]
 
 
 class Minted(TokenInfo):
@@ -100,7 +117,9 @@ class Revoked(msgspec.Struct):
 
 def _info(child: ChildToken, cls: type[TokenInfo] = TokenInfo, **more: str) -> TokenInfo:
     limits = msgspec.json.decode(child.limits, type=Limits)
+    budgets = [shown(msgspec.convert(b, Cap)) for b in limits.budgets or ()] or None
     return cls(
+        budget=budgets,
         id=child.id,
         name=child.name,
         parent_id=child.parent_id,
@@ -145,9 +164,19 @@ async def mint_token(request: Request) -> Response:
     except msgspec.ValidationError as exc:
         raise BadRequest(f"Invalid token limits: {exc}", code="invalid_limits") from None
     now = now_ms()
-    limits = narrowed(grant_of(user).limits, Limits(asked.providers, asked.models, asked.origins))
+    token_id = uuid.uuid4().hex
+    budgets = [
+        msgspec.to_builtins(msgspec.structs.replace(cap_of(cap), token=token_id))
+        for cap in asked.budget or ()
+    ]
+    limits = narrowed(
+        grant_of(user).limits,
+        Limits(asked.providers, asked.models, asked.origins, budgets or None),
+    )
+    if len(limits.budgets or ()) > MOST_CAPS:
+        raise BadRequest(f"At most {MOST_CAPS} budgets in a line of tokens", code="invalid_limits")
     child = ChildToken(
-        id=uuid.uuid4().hex,
+        id=token_id,
         user_id=user.id,
         parent_id=user.child.id if user.child is not None else None,
         name=asked.name,

@@ -58,6 +58,8 @@ class Cap(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     app: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
     provider: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
     model: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    token: Annotated[str, Meta(max_length=64)] | None = None
+    """A narrow token's budget: only what is spent with that token (and those minted from it)."""
 
     def limit(self, metric: str) -> int | None:
         return self.cost_micro_usd if metric == "cost" else getattr(self, metric)
@@ -71,7 +73,7 @@ class Cap(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
         )
 
     def counter(self, metric: str, start: datetime.date) -> str:
-        scope = f"{self.app}\0{self.provider}\0{(self.model or '').lower()}"
+        scope = f"{self.app}\0{self.provider}\0{(self.model or '').lower()}\0{self.token}"
         digest = hashlib.sha256(scope.encode()).hexdigest()[:16]
         return f"{metric}:{self.period}:{start.isoformat()}:{digest}"
 
@@ -180,7 +182,9 @@ def charges(
 def describe(cap: Cap) -> str:
     """`cap`'s scope and period in words: "daily", "monthly openai"."""
     scope = " ".join(
-        f"{name} {value}" for name in ("app", "provider", "model") if (value := getattr(cap, name))
+        f"{name} {value}"
+        for name in ("token", "app", "provider", "model")
+        if (value := getattr(cap, name))
     )
     return ("daily" if cap.period == "day" else "monthly") + (f" ({scope})" if scope else "")
 

@@ -40,7 +40,7 @@ from relay.proxy.exchange import Exchange, Outgoing, Request
 from relay.proxy.jsonedit import Body, Repeated, TooDeep, cut, find_members, replace_value
 from relay.proxy.modelname import model_of
 from relay.proxy.paths import encode_path, normalize_path
-from relay.proxy.spending import reserve
+from relay.proxy.spending import capped, reserve
 from relay.proxy.ssrf import Upstream, UpstreamPolicy
 from relay.security.auth import authenticate_digest
 from relay.security.crypto import DecryptionError
@@ -200,7 +200,8 @@ class ProviderRelay(_Relay):
         settings = services.settings
         body = model = None
         held = 0
-        if (self._models.enabled or grant.reads_model or user.caps) and method == "POST":
+        caps = capped(user)
+        if (self._models.enabled or grant.reads_model or caps is not None) and method == "POST":
             # Only a model allowlist (the relay's or the token's) or the owner's spending caps
             # make the relay read a body it otherwise only streams.
             declared = declared_length(headers, settings.parse_limit, TOO_LARGE_TO_READ)

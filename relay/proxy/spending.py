@@ -12,6 +12,7 @@ dearest way to send it) when that costs more.
 from __future__ import annotations
 
 import datetime
+import functools
 from typing import Any, Final
 
 import msgspec
@@ -19,6 +20,8 @@ import msgspec
 from backends import User
 from relay.errors import PaymentRequired
 from relay.pricing.caps import (
+    Cap,
+    Caps,
     Reserved,
     Unpriced,
     Worst,
@@ -31,9 +34,10 @@ from relay.pricing.caps import (
 from relay.pricing.table import PriceTable, Tokens
 from relay.providers.table import Provider
 from relay.security.auth import now_ms
+from relay.security.grants import Limits
 from relay.services import Services
 
-__all__ = ["max_output", "reserve", "worst_case"]
+__all__ = ["capped", "max_output", "reserve", "worst_case"]
 
 _LIMIT_KEYS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
@@ -80,15 +84,31 @@ def worst_case(
     return Worst(size + output, cost)
 
 
+@functools.lru_cache(maxsize=4096)
+def _caps(caps: str | None, limits: str | None) -> Caps | None:
+    """The owner's caps and the narrow token's budgets, together; None: neither."""
+    owner = caps_of(caps) if caps is not None else Caps([])
+    budgets = msgspec.json.decode(limits, type=Limits).budgets if limits is not None else None
+    everything = [*owner.caps, *(msgspec.convert(b, Cap) for b in budgets or ())]
+    return Caps(everything, owner.allow_unpriced) if everything else None
+
+
+def capped(user: User) -> Caps | None:
+    """The caps a request of `user`'s token is under: its owner's, and its own budgets."""
+    if user.caps is None and user.child is None:
+        return None
+    return _caps(user.caps, user.child.limits if user.child is not None else None)
+
+
 async def reserve(
     services: Services, user: User, provider: Provider, model: str | None,
     body: bytes | bytearray | None,
 ) -> Reserved | None:  # fmt: skip
     """Reserve the request's worst case against every cap of the owner's that covers it; 402
     when one could be passed. None: no cap covers it."""
-    if user.caps is None:
+    caps = capped(user)
+    if caps is None:
         return None
-    caps = caps_of(user.caps)
     now = now_ms()
     worst = worst_case(services.prices, provider, model, body, now)
     try:

@@ -16,7 +16,7 @@ import functools
 import re
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import msgspec
@@ -49,6 +49,9 @@ class Limits(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     providers: list[str] | None = None
     models: list[str] | None = None
     origins: list[str] | None = None
+    budgets: list[dict[str, Any]] | None = None
+    """Spending caps on this token and each it was minted from (`relay.pricing.caps.Cap`, each
+    naming its token): all of them apply."""
 
 
 def _refused(limit: str, message: str) -> Forbidden:
@@ -200,4 +203,6 @@ def narrowed(parent: Limits, asked: Limits) -> Limits:
     origins = parent.origins
     if asked.origins is not None:
         origins = _within("origins", [origin_of(o) for o in asked.origins], parent.origins)
-    return Limits(providers, models, origins)
+    # Budgets only add up: the parent's all apply to the child, with any of its own.
+    budgets = [*(parent.budgets or ()), *(asked.budgets or ())] or None
+    return Limits(providers, models, origins, budgets)
