@@ -60,6 +60,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="the JSON file to write")
     parser.add_argument(
+        "--capped",
+        action="store_true",
+        help="relay with the owner's spending caps set, through a narrow token with a budget",
+    )
+    parser.add_argument(
         "--relay-cpus",
         type=cpu_list,
         metavar="LIST",
@@ -91,6 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "other": "asyncio (bench.loadgen)",
         },
         "relay_workers": args.workers,
+        "capped": args.capped,
         "plan": dataclasses.asdict(plan) | {"ramp_steps": plan.ramp_steps()},
     }
     placement: dict[Role, frozenset[int]] = {}
@@ -102,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     children = Children(placement)
     with tempfile.TemporaryDirectory(prefix="byok-bench-") as workdir:
         try:
-            bench = suite.Bench(plan, children, Path(workdir), args.workers, wrk)
+            bench = suite.Bench(plan, children, Path(workdir), args.workers, wrk, args.capped)
             suite.progress(f"servers up; throughput from {result['generator']['throughput']}")
             suite.warm_up(bench)
             result["small_json"] = suite.throughput(bench, stream=False)

@@ -69,7 +69,9 @@ def _count(server: Server, out: Path, headers: dict[str, str], requests: int, wa
     raise RuntimeError(f"callgrind left no count for {server.name}")
 
 
-def measure(requests: int, warm: int = 100, env: dict[str, str] | None = None) -> dict[str, float]:
+def measure(
+    requests: int, warm: int = 100, env: dict[str, str] | None = None, capped: bool = False
+) -> dict[str, float]:
     """Instructions per request of the floor and of the relay (with `env` added to its
     settings), each alone under callgrind."""
     counts: dict[str, float] = {}
@@ -92,7 +94,7 @@ def measure(requests: int, warm: int = 100, env: dict[str, str] | None = None) -
                 timeout=STARTUP,
                 env=env,
             )
-            token = create_user(relay)
+            token = create_user(relay, capped)
             counts["relay"] = _count(relay, out, {"x-relay-token": token}, requests, warm)
     finally:
         children.close()
@@ -110,10 +112,13 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="a setting of the relay's (repeatable)",
     )
+    parser.add_argument(
+        "--capped", action="store_true", help="with spending caps and a narrow token in use"
+    )
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
     raise_file_limit()
-    counts = measure(args.requests, args.warm, env)
+    counts = measure(args.requests, args.warm, env, args.capped)
     for name, count in counts.items():
         print(f"{name:6s} {count / 1e6:.3f} M instructions per small-JSON request")
     print(f"relay / floor: {counts['relay'] / counts['floor']:.3f}x the instructions")

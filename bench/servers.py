@@ -145,14 +145,32 @@ def start_relay(
     raise RuntimeError(f"the relay did not start; its log ends with:\n{tail}")
 
 
-def create_user(relay: Server) -> str:
-    """Register a user and store its (fake) OpenAI key; the user's relay token."""
+# Caps no run reaches, so that every request pays for their checks and none is refused.
+BENCH_CAPS: Final = {
+    "caps": [
+        {"period": "day", "requests": 10**12, "tokens": 10**15},
+        {"period": "month", "cost_usd": "100000000", "provider": "openai"},
+    ],
+    "allow_unpriced": True,
+}
+BENCH_BUDGET: Final = [{"period": "day", "requests": 10**12}]
+
+
+def create_user(relay: Server, capped: bool = False) -> str:
+    """Register a user and store its (fake) OpenAI key; the user's relay token. `capped`: the
+    owner also sets spending caps, and the token is a narrow one (OpenAI's small models, with a
+    budget of its own) under them."""
     base_url = f"http://127.0.0.1:{relay.port}"
     with httpx.Client(base_url=base_url, timeout=30, trust_env=False) as client:
         response = client.post("/users", json={"app_id": "bench"})
         response.raise_for_status()
         token: str = response.json()["token"]
-        client.post(
-            "/keys/openai", json={"key": BENCH_KEY}, headers={"x-relay-token": token}
-        ).raise_for_status()
+        owner = {"x-relay-token": token}
+        client.post("/keys/openai", json={"key": BENCH_KEY}, headers=owner).raise_for_status()
+        if capped:
+            client.put("/limits", json=BENCH_CAPS, headers=owner).raise_for_status()
+            narrow = {"providers": ["openai"], "models": ["gpt-4o-mini*"], "budget": BENCH_BUDGET}
+            minted = client.post("/tokens", json=narrow, headers=owner)
+            minted.raise_for_status()
+            token = minted.json()["token"]
     return token

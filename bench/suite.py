@@ -126,7 +126,13 @@ class Bench:
     """The servers under test, the relay user, and the two ways of generating load."""
 
     def __init__(
-        self, plan: Plan, children: Children, workdir: Path, workers: int, wrk: str | None
+        self,
+        plan: Plan,
+        children: Children,
+        workdir: Path,
+        workers: int,
+        wrk: str | None,
+        capped: bool = False,
     ) -> None:
         self.plan = plan
         self.children = children
@@ -135,7 +141,7 @@ class Bench:
         self.upstream = start_upstream(children)
         self.floor = start_floor(children, self.upstream)
         self.relay = start_relay(children, self.upstream, workdir, workers)
-        self.token = create_user(self.relay)
+        self.token = create_user(self.relay, capped)
 
     def servers(self) -> dict[str, Server]:
         return {"direct": self.upstream, "floor": self.floor, "relay": self.relay}
