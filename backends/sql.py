@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
+import itertools
 import operator
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,7 +27,6 @@ from sqlalchemy import (
     delete,
     event,
     func,
-    literal,
     null,
     select,
     text,
@@ -200,7 +199,7 @@ class _UsageInsert:
             return
         for start in range(0, len(rows), self.SQLITE_ROWS):
             chunk = rows[start : start + self.SQLITE_ROWS]
-            params = tuple(value for row in chunk for value in row)
+            params = tuple(itertools.chain.from_iterable(chunk))
             sql = f"{self._head}{', '.join([self._values] * len(chunk))}{self._tail}"
             await conn.exec_driver_sql(sql, params)
 
@@ -269,12 +268,16 @@ class SQLStore(KeyStore):
             else engine.execution_options(isolation_level="AUTOCOMMIT")
         )
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
-        # Postgres takes the digests as one array: one prepared statement whatever their number.
-        self._token_in: Callable[[ColumnElement[str], list[str]], ColumnElement[bool]] = (
-            (lambda column, digests: column == any_(literal(digests, ARRAY(String))))
-            if engine.dialect.name == "postgresql"
-            else (lambda column, digests: column.in_(digests))
-        )
+        # The lookups are built once: a token's on every relayed request whose user is not
+        # cached, the open streams' every few seconds. Postgres takes the digests as one array
+        # (one prepared statement whatever their number), SQLite as an expanded IN.
+        self._by_token = _lookup(lambda column: column == bindparam("digest"))
+        if engine.dialect.name == "postgresql":
+            digests = bindparam("digests", type_=ARRAY(String))
+            self._by_tokens = _lookup(lambda column: column == any_(digests))
+        else:
+            digests = bindparam("digests", expanding=True)
+            self._by_tokens = _lookup(lambda column: column.in_(digests))
         self._usage = _UsageInsert(engine.dialect)
 
     @classmethod
@@ -318,18 +321,20 @@ class SQLStore(KeyStore):
         async with self._call(operation), self._engine.begin() as conn:
             yield conn
 
-    async def _rows(self, operation: str, query: Executable) -> Sequence[Row[Any]]:
+    async def _rows(
+        self, operation: str, query: Executable, params: Mapping[str, Any] | None = None
+    ) -> Sequence[Row[Any]]:
         async with self._call(operation):
             try:
                 async with self._reader.connect() as conn:
-                    return (await conn.execute(query)).all()
+                    return (await conn.execute(query, params)).all()
             except DBAPIError as exc:
                 # Only a connection found dead is tried again; a timeout is no DBAPIError.
                 if not exc.connection_invalidated:
                     raise
             # The pooled connection had died (the server restarted): once more, on a new one.
             async with self._reader.connect() as conn:
-                return (await conn.execute(query)).all()
+                return (await conn.execute(query, params)).all()
 
     async def create_user(self, user: User, token_hash: str) -> None:
         try:
@@ -348,20 +353,16 @@ class SQLStore(KeyStore):
         except IntegrityError as exc:
             raise StoreError("create_user: user id or token digest already exists") from exc
 
-    def _token_in_chunk(self, chunk: list[str], column: ColumnElement[str]) -> ColumnElement[bool]:
-        return self._token_in(column, chunk)
-
     async def user_for_token(self, token_hash: str) -> User | None:
-        query = _lookup(lambda column: column == token_hash)
-        rows = await self._rows("user_for_token", query)
+        rows = await self._rows("user_for_token", self._by_token, {"digest": token_hash})
         return _user(rows[0]) if rows else None
 
     async def users_for_tokens(self, token_hashes: Sequence[str]) -> dict[str, User]:
         found: dict[str, User] = {}
         for start in range(0, len(token_hashes), _TOKENS_PER_QUERY):
             chunk = list(token_hashes[start : start + _TOKENS_PER_QUERY])
-            query = _lookup(functools.partial(self._token_in_chunk, chunk))
-            for row in await self._rows("users_for_tokens", query):
+            rows = await self._rows("users_for_tokens", self._by_tokens, {"digests": chunk})
+            for row in rows:
                 found[row.token_hash] = _user(row)
         return found
 

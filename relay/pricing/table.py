@@ -21,21 +21,14 @@ import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 __all__ = ["PriceTable", "Tokens", "bundled_prices"]
 
-_SNAPSHOT: Final = Path(__file__).with_name("prices.json")
-_COMPACT_DATE: Final = re.compile(r"(-)(20\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?=-|:|$)")
-_KINDS: Final = ("input", "output", "cache_read", "cache_write", "reasoning")
-_PARTS: Final = {"input": ("cache_read", "cache_write"), "output": ("reasoning",)}
-"""Each total and the kinds counted within it."""
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Tokens:
+class Tokens(NamedTuple):
     """A request's tokens as totals: `input` includes the cache's, `output` the reasoning."""
 
     input: int = 0
@@ -45,30 +38,38 @@ class Tokens:
     reasoning: int = 0
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Tiered:
-    base: Decimal
-    tiers: tuple[tuple[int, Decimal], ...]
-
-    def at(self, total_input: int) -> Decimal:
-        for start, price in reversed(self.tiers):
-            if total_input > start:
-                return price
-        return self.base
+_SNAPSHOT: Final = Path(__file__).with_name("prices.json")
+_COMPACT_DATE: Final = re.compile(r"(-)(20\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?=-|:|$)")
+_KINDS: Final = Tokens._fields
+_INDEX: Final = {kind: index for index, kind in enumerate(_KINDS)}
+"""Where each kind's count is in a `Tokens`."""
+_PARTS: Final = {"input": ("cache_read", "cache_write"), "output": ("reasoning",)}
+"""Each total and the kinds counted within it."""
+_ALWAYS: Final = -(2**63)
 
 
-_Price = Decimal | _Tiered
+_Term = tuple[int, tuple[int, ...], int, tuple[tuple[int, int], ...]]
+"""One kind's price: the index of its count in a `Tokens`, those of the parts taken out of it,
+its price per million tokens times the model's scale, and the long-prompt tiers (total input
+past which, price) last first."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Model:
-    id: str
-    dated: tuple[tuple[datetime.date | None, Mapping[str, _Price]], ...]
+    """A priced model, its prices held as integers: a price per million tokens is micro-dollars
+    per token, times `scale` (a power of ten that makes every one of them whole), so a cost is
+    exact integer arithmetic rounded once."""
 
-    def prices_on(self, day: datetime.date) -> Mapping[str, _Price]:
-        for start, prices in reversed(self.dated):  # the last one in force wins
-            if start is None or day >= start:
-                return prices
+    id: str
+    scale: int
+    dated: tuple[tuple[int, tuple[_Term, ...] | None], ...]
+    """(epoch ms from which they apply, the terms; None for prices of other things than
+    tokens), the earliest first."""
+
+    def terms_at(self, at: int) -> tuple[_Term, ...] | None:
+        for start, terms in reversed(self.dated):  # the last one in force wins
+            if at >= start:
+                return terms
         return self.dated[0][1]
 
 
@@ -92,21 +93,47 @@ def _matches(clause: Mapping[str, Any], name: str) -> bool:
     raise ValueError(f"unknown match clause {kind!r}")
 
 
-def _price(raw: str | Mapping[str, Any]) -> _Price:
-    if isinstance(raw, str):
-        return Decimal(raw)
-    return _Tiered(Decimal(raw["base"]), tuple((s, Decimal(p)) for s, p in raw["tiers"]))
+def _decimals(value: str) -> int:
+    exponent = Decimal(value).as_tuple().exponent
+    return max(-exponent, 0) if isinstance(exponent, int) else 0
+
+
+def _amounts(price: str | Mapping[str, Any]) -> list[str]:
+    """A price's amounts: itself, or a tiered price's base and tiers."""
+    return [price] if isinstance(price, str) else [price["base"], *(p for _, p in price["tiers"])]
 
 
 def _model(raw: Mapping[str, Any]) -> _Model:
+    entries = raw["prices"]
+    amounts = (a for e in entries for kind in _KINDS if kind in e for a in _amounts(e[kind]))
+    scale = 10 ** max(map(_decimals, amounts), default=0)
+
+    def scaled(value: str) -> int:
+        return int(Decimal(value) * scale)
+
+    def term(entry: Mapping[str, Any], kind: str) -> _Term:
+        parts = tuple(_INDEX[p] for p in _PARTS.get(kind, ()) if p in entry)
+        price = entry[kind]
+        if isinstance(price, str):
+            return _INDEX[kind], parts, scaled(price), ()
+        tiers = tuple((start, scaled(p)) for start, p in reversed(price["tiers"]))
+        return _INDEX[kind], parts, scaled(price["base"]), tiers
+
     dated = tuple(
         (
-            datetime.date.fromisoformat(entry["from"]) if entry["from"] else None,
-            {kind: _price(entry[kind]) for kind in _KINDS if kind in entry},
+            _epoch_ms(entry["from"]) if entry["from"] else _ALWAYS,
+            tuple(term(entry, kind) for kind in _KINDS if kind in entry)
+            if "input" in entry or "output" in entry
+            else None,  # priced by something else (audio, characters)
         )
-        for entry in raw["prices"]
+        for entry in entries
     )
-    return _Model(raw["id"], dated)
+    return _Model(raw["id"], scale, dated)
+
+
+def _epoch_ms(day: str) -> int:
+    start = datetime.datetime.combine(datetime.date.fromisoformat(day), datetime.time())
+    return int(start.replace(tzinfo=datetime.UTC).timestamp() * 1000)
 
 
 class PriceTable:
@@ -148,20 +175,21 @@ class PriceTable:
         found = self.find(provider, model) if model else None
         if found is None:
             return None
-        day = datetime.datetime.fromtimestamp(at / 1000, datetime.UTC).date()
-        prices = found.prices_on(day)
-        if "input" not in prices and "output" not in prices:
-            return None  # priced by something else (audio, characters)
-        total = Decimal(0)
-        for kind, price in prices.items():
-            count = getattr(tokens, kind)
-            for part in _PARTS.get(kind, ()):
-                if part in prices:
-                    count -= getattr(tokens, part)
-            per_million = price.at(tokens.input) if isinstance(price, _Tiered) else price
-            total += per_million * max(count, 0)
-        # A price per million tokens times tokens is micro-dollars.
-        return int(total.quantize(Decimal(1), ROUND_HALF_UP))
+        terms = found.terms_at(at)
+        if terms is None:
+            return None
+        total = 0
+        for index, parts, price, tiers in terms:
+            count = tokens[index]
+            for part in parts:
+                count -= tokens[part]
+            if count > 0:
+                for start, tiered in tiers:
+                    if tokens.input > start:
+                        price = tiered
+                        break
+                total += price * count
+        return (total + found.scale // 2) // found.scale  # rounded half up
 
 
 def _dashed(match: re.Match[str]) -> str:

@@ -40,7 +40,6 @@ from relay.errors import (
     UpstreamError,
 )
 from relay.pricing.caps import Reserved
-from relay.pricing.table import Tokens
 from relay.providers.headers import response_headers
 from relay.providers.table import Provider
 from relay.proxy.failures import upstream_failure
@@ -329,9 +328,9 @@ class Exchange:
         # The model that answered, as the provider names it (the one it bills), else the asked.
         model = usage.model or self.model
         totals = usage.totals()
-        cost = prices.cost(self.provider.name, model, Tokens(**totals), now)
+        cost = prices.cost(self.provider.name, model, totals, now)
         if self.reserved is not None:
-            self._settle(self.reserved, usage, totals["input"] + totals["output"], cost)
+            self._settle(self.reserved, usage, totals.input + totals.output, cost)
         access = self.access
         if access is not None:
             access.model = self.model or usage.model

@@ -30,6 +30,7 @@ from types import ModuleType
 from typing import Final, Protocol
 
 from backends import TOKEN_KINDS
+from relay.pricing.table import Tokens
 
 __all__ = [
     "MAX_DECODED_BYTES",
@@ -71,19 +72,21 @@ class Usage:
     """The kinds this report counts apart from their total (Anthropic's cache reads and writes
     beside its input, Gemini's thoughts beside its output); the others are within it."""
 
-    def totals(self) -> dict[str, int]:
+    def totals(self) -> Tokens:
         """Each kind by the one convention prices are in: the input including the cache's
         tokens, the output including the reasoning (None counted as 0)."""
-        found = {kind: getattr(self, field) or 0 for kind, field in _KIND_FIELDS}
-        for part, whole in _WITHIN:
-            if part in self.apart:
-                found[whole] += found[part]
-        return found
+        counts = [getattr(self, field) or 0 for field in _TOKEN_FIELDS]
+        for kind, part, whole in _WITHIN if self.apart else ():
+            if kind in self.apart:
+                counts[whole] += counts[part]
+        return Tokens(*counts)  # its fields are TOKEN_KINDS
 
 
 _TOKEN_FIELDS: Final = tuple(f"{kind}_tokens" for kind in TOKEN_KINDS)
-_KIND_FIELDS: Final = tuple(zip(TOKEN_KINDS, _TOKEN_FIELDS, strict=True))
-_WITHIN: Final = (("cache_read", "input"), ("cache_write", "input"), ("reasoning", "output"))
+_WITHIN: Final = tuple(
+    (part, TOKEN_KINDS.index(part), TOKEN_KINDS.index(whole))
+    for part, whole in (("cache_read", "input"), ("cache_write", "input"), ("reasoning", "output"))
+)
 NO_USAGE: Final = Usage()
 """Nothing reported."""
 
