@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import operator
 import os
@@ -21,6 +22,7 @@ from typing import Any, Final
 
 from sqlalchemy import (
     String,
+    Table,
     any_,
     bindparam,
     case,
@@ -231,6 +233,46 @@ def _lookup(
     return select(union_all(own, narrow).subquery())
 
 
+def _reservation(insert: Callable[[Table], Any], counters: int) -> Executable:
+    """Add amounts to `counters` counters of user `u` in one statement (a counter whose period
+    ended by `now` starts again at its amount), answering each counter's new amount. Its
+    parameters: `u`, `now`, and `c<i>`, `a<i>`, `e<i>` (counter, amount, expiry) for each."""
+    fresh = insert(spend).values(
+        [
+            {
+                "user_id": bindparam("u"),
+                "counter": bindparam(f"c{i}"),
+                "amount": bindparam(f"a{i}"),
+                "expires_at": bindparam(f"e{i}"),
+            }
+            for i in range(counters)
+        ]
+    )
+    over = spend.c.expires_at <= bindparam("now")
+    added = spend.c.amount + fresh.excluded.amount
+    statement: Executable = fresh.on_conflict_do_update(
+        index_elements=[spend.c.user_id, spend.c.counter],
+        set_={
+            "amount": case((over, fresh.excluded.amount), else_=added),
+            "expires_at": case((over, fresh.excluded.expires_at), else_=spend.c.expires_at),
+        },
+    ).returning(spend.c.counter, spend.c.amount)
+    return statement
+
+
+def _first_refused(
+    charges: Sequence[Charge], amounts: Mapping[str, int], adding: Mapping[str, int]
+) -> int | None:
+    """The index of the first charge that takes its counter past its limit, the counters
+    standing at `amounts` once `adding` was added; None when none does."""
+    running = {name: amounts[name] - added for name, added in adding.items()}
+    for index, charge in enumerate(charges):
+        running[charge.counter] += charge.amount
+        if running[charge.counter] > charge.limit:
+            return index
+    return None
+
+
 def _drop_at_once(dbapi_connection: Any, _record: Any, _exception: BaseException | None) -> None:
     # SQLAlchemy closes an invalidated asyncpg connection politely, waiting up to 2 s for a
     # server that may be frozen (the call's deadline is what invalidated it): drop it now.
@@ -279,6 +321,13 @@ class SQLStore(KeyStore):
             digests = bindparam("digests", expanding=True)
             self._by_tokens = _lookup(lambda column: column.in_(digests))
         self._usage = _UsageInsert(engine.dialect)
+        # A reservation's statement for so many counters (a request is under a few caps).
+        self._reservations = functools.lru_cache(maxsize=32)(
+            functools.partial(_reservation, self._insert)
+        )
+        self._expired_spend = delete(spend).where(
+            spend.c.user_id == bindparam("user_id"), spend.c.expires_at <= bindparam("now")
+        )
 
     @classmethod
     def from_url(cls, url: str, options: StoreOptions | None = None) -> SQLStore:
@@ -390,44 +439,29 @@ class SQLStore(KeyStore):
     async def reserve(self, user_id: str, charges: Sequence[Charge], now: int) -> int | None:
         if not charges:
             return None
-        names = sorted({charge.counter for charge in charges})  # locked in one order: no deadlock
-        fresh = self._insert(spend).on_conflict_do_nothing(
-            index_elements=[spend.c.user_id, spend.c.counter]
-        )
-        held = (
-            select(spend.c.counter, spend.c.amount)
-            .where(spend.c.user_id == user_id, spend.c.counter.in_(names))
-            .order_by(spend.c.counter)
-            .with_for_update()
-        )
-        add = (
-            update(spend)
-            .where(spend.c.user_id == user_id, spend.c.counter == bindparam("name"))
-            .values(amount=spend.c.amount + bindparam("add"))
-        )
-        expiry = {charge.counter: charge.expires_at for charge in charges}
+        adding: dict[str, int] = {}
+        ends: dict[str, int] = {}
+        for charge in charges:
+            adding[charge.counter] = adding.get(charge.counter, 0) + charge.amount
+            ends[charge.counter] = charge.expires_at
+        # One statement adds to every counter, starting those new or over again: each counter's
+        # row stays locked (Postgres) or the database's write lock held (SQLite) until the
+        # amounts are checked and the whole is committed or rolled back. Locked in name order:
+        # no two reservations deadlock.
+        params: dict[str, Any] = {"u": user_id, "now": now}
+        for i, name in enumerate(sorted(adding)):
+            params.update({f"c{i}": name, f"a{i}": adding[name], f"e{i}": ends[name]})
         try:
             async with self._begin("reserve") as conn:
-                # The DELETE first: on SQLite it takes the write lock for the whole reservation;
-                # on Postgres each counter's row lock (FOR UPDATE) serialises its reservers.
-                await conn.execute(
-                    delete(spend).where(spend.c.user_id == user_id, spend.c.expires_at <= now)
-                )
-                await conn.execute(
-                    fresh,
-                    [
-                        {"user_id": user_id, "counter": n, "amount": 0, "expires_at": expiry[n]}
-                        for n in names
-                    ],
-                )
-                amounts = dict(tuple(row) for row in await conn.execute(held))
-                for index, charge in enumerate(charges):
-                    amounts[charge.counter] += charge.amount
-                    if amounts[charge.counter] > charge.limit:
-                        return index
-                adding = [{"name": c.counter, "add": c.amount} for c in charges if c.amount]
-                if adding:
-                    await conn.execute(add, adding)
+                found = await conn.execute(self._reservations(len(adding)), params)
+                amounts: dict[str, int] = {name: amount for name, amount in found}
+                refused = _first_refused(charges, amounts, adding)
+                if refused is not None:
+                    await conn.rollback()
+                    return refused
+                if any(amounts[name] == adding[name] for name in adding):
+                    # A counter began (a new period): those whose period is over can go.
+                    await conn.execute(self._expired_spend, {"user_id": user_id, "now": now})
         except IntegrityError as exc:
             raise StoreError("reserve: no such user") from exc
         return None

@@ -10,9 +10,11 @@ from typing import Any
 
 import aiosqlite
 import pytest
+from sqlalchemy import select
 
-from backends import User, migrate
+from backends import Charge, User, migrate
 from backends.sql import SQLStore
+from backends.tables import spend
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sqlite]
 
@@ -65,3 +67,24 @@ async def test_a_lookup_is_five_thread_round_trips(
     assert await _thread_calls(monkeypatch, lambda: store.user_for_token(TOKEN_HASH)) == 5
     assert await _thread_calls(monkeypatch, lambda: store.get_key("u1", "openai")) == 5
     assert (await store.user_for_token(TOKEN_HASH)) is not None
+
+
+async def test_a_reservation_is_one_statement(
+    store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relayed request under caps waits for it: cursor, the statement, its rows, close and
+    the commit, whatever the number of caps (it was a statement per step, 12 round trips)."""
+    day = Charge("day", 1, 10**6, 2**40)
+    month = Charge("month", 5, 10**6, 2**41)
+    hops = await _thread_calls(monkeypatch, lambda: store.reserve("u1", [day, month], 1))
+    assert hops == 6
+    assert await store.spent("u1", ["day", "month"], 1) == {"day": 2, "month": 10}
+
+
+async def test_counters_of_periods_over_go_when_a_period_begins(store: SQLStore) -> None:
+    assert await store.reserve("u1", [Charge("day-1", 1, 10, 100)], 1) is None
+    assert await store.reserve("u1", [Charge("day-1", 1, 10, 100)], 50) is None
+    assert await store.reserve("u1", [Charge("day-2", 1, 10, 200)], 100) is None
+    async with store._engine.connect() as conn:
+        rows = (await conn.execute(select(spend.c.counter, spend.c.amount))).all()
+    assert [tuple(row) for row in rows] == [("day-2", 1)]
