@@ -18,7 +18,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import (
     String,
@@ -39,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import URL, Dialect, Row, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, Row, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -65,6 +65,7 @@ from .base import (
 from .ledger import GROUP_FIELDS, Part, check_group, rows_of
 from .pgparams import translate
 from .schemes import SCHEMES, url_scheme
+from .sqlite_writer import SQLiteWriter
 from .tables import keys, spend, tokens, usage, users
 
 __all__ = ["SQLStore", "async_url", "engine_url", "ensure_sqlite_directory"]
@@ -72,6 +73,7 @@ __all__ = ["SQLStore", "async_url", "engine_url", "ensure_sqlite_directory"]
 # Rows one pruning statement deletes: each is its own short transaction.
 _PRUNED_PER_STATEMENT: Final = 5000
 _USAGE_FIELDS = tuple(field.name for field in dataclasses.fields(UsageRecord))
+T = TypeVar("T")
 _TOKENS_PER_QUERY: Final = 500
 _USER_COLUMNS = (
     users.c.id,
@@ -233,10 +235,14 @@ def _lookup(
     return select(union_all(own, narrow).subquery())
 
 
-def _reservation(insert: Callable[[Table], Any], counters: int) -> Executable:
+def _reservation(
+    dialect: Dialect, insert: Callable[[Table], Any], counters: int
+) -> tuple[str, tuple[str, ...]]:
     """Add amounts to `counters` counters of user `u` in one statement (a counter whose period
     ended by `now` starts again at its amount), answering each counter's new amount. Its
-    parameters: `u`, `now`, and `c<i>`, `a<i>`, `e<i>` (counter, amount, expiry) for each."""
+    parameters: `u`, `now`, and `c<i>`, `a<i>`, `e<i>` (counter, amount, expiry) for each.
+    Compiled here, once: SQLAlchemy caches no multi-row INSERT, and compiling one took longer
+    than running it."""
     fresh = insert(spend).values(
         [
             {
@@ -250,14 +256,18 @@ def _reservation(insert: Callable[[Table], Any], counters: int) -> Executable:
     )
     over = spend.c.expires_at <= bindparam("now")
     added = spend.c.amount + fresh.excluded.amount
-    statement: Executable = fresh.on_conflict_do_update(
+    statement = fresh.on_conflict_do_update(
         index_elements=[spend.c.user_id, spend.c.counter],
         set_={
             "amount": case((over, fresh.excluded.amount), else_=added),
             "expires_at": case((over, fresh.excluded.expires_at), else_=spend.c.expires_at),
         },
     ).returning(spend.c.counter, spend.c.amount)
-    return statement
+    compiled = statement.compile(dialect=dialect)
+    order = compiled.positiontup  # both drivers take positional parameters
+    if order is None:
+        raise RuntimeError(f"unexpected reservation parameters in {dialect.name}")
+    return str(compiled), tuple(order)
 
 
 def _first_refused(
@@ -295,9 +305,12 @@ def _translate(operation: str) -> Iterator[None]:
 
 
 class SQLStore(KeyStore):
-    def __init__(self, engine: AsyncEngine, deadline: float | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, deadline: float | None = None, writer: SQLiteWriter | None = None
+    ) -> None:
         """A store on `engine`; each call takes at most `deadline` seconds in all (None: as long
-        as the driver's own waits)."""
+        as the driver's own waits). `writer`: the thread that runs the SQLite file's spending
+        transactions whole."""
         self._engine = engine
         self._deadline = deadline
         # Reads run outside a transaction. Postgres needs AUTOCOMMIT for that (no BEGIN and
@@ -323,11 +336,18 @@ class SQLStore(KeyStore):
         self._usage = _UsageInsert(engine.dialect)
         # A reservation's statement for so many counters (a request is under a few caps).
         self._reservations = functools.lru_cache(maxsize=32)(
-            functools.partial(_reservation, self._insert)
+            functools.partial(_reservation, engine.dialect, self._insert)
         )
         self._expired_spend = delete(spend).where(
             spend.c.user_id == bindparam("user_id"), spend.c.expires_at <= bindparam("now")
         )
+        total = spend.c.amount + bindparam("add")
+        self._settlement = (
+            update(spend)
+            .where(spend.c.user_id == bindparam("u"), spend.c.counter == bindparam("name"))
+            .values(amount=case((total < 0, 0), else_=total))
+        )
+        self._writer = writer
 
     @classmethod
     def from_url(cls, url: str, options: StoreOptions | None = None) -> SQLStore:
@@ -351,9 +371,12 @@ class SQLStore(KeyStore):
         engine = create_async_engine(full, **engine_options)
         if full.get_backend_name() == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            writer = None
+            if SQLiteWriter.writes_to(full):
+                writer = SQLiteWriter(full, options.connect_timeout, _sqlite_pragmas)
             # A call into SQLite runs on its driver's thread, which a deadline cannot stop: its
             # waits are SQLite's own busy timeout.
-            return cls(engine)
+            return cls(engine, writer=writer)
         event.listen(engine.sync_engine, "invalidate", _drop_at_once)
         return cls(engine, deadline=options.connect_timeout)
 
@@ -439,6 +462,15 @@ class SQLStore(KeyStore):
     async def reserve(self, user_id: str, charges: Sequence[Charge], now: int) -> int | None:
         if not charges:
             return None
+        work = functools.partial(self._reserve_in, user_id, charges, now)
+        try:
+            return await self._write("reserve", work)
+        except IntegrityError as exc:
+            raise StoreError("reserve: no such user") from exc
+
+    def _reserve_in(
+        self, user_id: str, charges: Sequence[Charge], now: int, conn: Connection
+    ) -> int | None:
         adding: dict[str, int] = {}
         ends: dict[str, int] = {}
         for charge in charges:
@@ -451,33 +483,33 @@ class SQLStore(KeyStore):
         params: dict[str, Any] = {"u": user_id, "now": now}
         for i, name in enumerate(sorted(adding)):
             params.update({f"c{i}": name, f"a{i}": adding[name], f"e{i}": ends[name]})
-        try:
-            async with self._begin("reserve") as conn:
-                found = await conn.execute(self._reservations(len(adding)), params)
-                amounts: dict[str, int] = {name: amount for name, amount in found}
-                refused = _first_refused(charges, amounts, adding)
-                if refused is not None:
-                    await conn.rollback()
-                    return refused
-                if any(amounts[name] == adding[name] for name in adding):
-                    # A counter began (a new period): those whose period is over can go.
-                    await conn.execute(self._expired_spend, {"user_id": user_id, "now": now})
-        except IntegrityError as exc:
-            raise StoreError("reserve: no such user") from exc
+        sql, order = self._reservations(len(adding))
+        found = conn.exec_driver_sql(sql, tuple(params[name] for name in order))
+        amounts: dict[str, int] = {name: amount for name, amount in found}
+        refused = _first_refused(charges, amounts, adding)
+        if refused is not None:
+            conn.rollback()
+            return refused
+        if any(amounts[name] == adding[name] for name in adding):
+            # A counter began (a new period): those whose period is over can go.
+            conn.execute(self._expired_spend, {"user_id": user_id, "now": now})
         return None
 
     async def settle(self, user_id: str, changes: Sequence[tuple[str, int]]) -> None:
-        changed = [{"name": name, "add": amount} for name, amount in changes if amount]
-        if not changed:
-            return
-        total = spend.c.amount + bindparam("add")
-        statement = (
-            update(spend)
-            .where(spend.c.user_id == user_id, spend.c.counter == bindparam("name"))
-            .values(amount=case((total < 0, 0), else_=total))
-        )
-        async with self._begin("settle") as conn:
-            await conn.execute(statement, changed)
+        changed = [
+            {"u": user_id, "name": name, "add": amount} for name, amount in changes if amount
+        ]
+        if changed:
+            await self._write("settle", lambda conn: conn.execute(self._settlement, changed))
+
+    async def _write(self, operation: str, work: Callable[[Connection], T]) -> T:
+        """`work` in a write transaction: run whole by the SQLite file's writer thread, else
+        statement by statement from the pool."""
+        async with self._call(operation):
+            if self._writer is not None:
+                return await self._writer.run(work)
+            async with self._engine.begin() as conn:
+                return await conn.run_sync(work)
 
     async def spent(self, user_id: str, counters: Sequence[str], now: int) -> dict[str, int]:
         if not counters:
@@ -766,3 +798,5 @@ class SQLStore(KeyStore):
 
     async def close(self) -> None:
         await self._engine.dispose()
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.close)

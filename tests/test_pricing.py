@@ -147,10 +147,12 @@ def test_prices_are_those_in_force_on_the_requests_day_and_tiers_by_its_input() 
 
 
 def test_a_reports_totals_add_what_it_counts_apart() -> None:
-    assert Tokens._fields == TOKEN_KINDS  # a usage's counts become a Tokens in this order
+    assert Tokens._fields == TOKEN_KINDS  # a usage's totals are a Tokens' fields, in order
     openai = Usage(11, 7, None, 3, None, 2)
-    assert openai.totals() == Tokens(input=11, output=7, cache_read=3, cache_write=0, reasoning=2)
+    assert Tokens(*openai.totals()) == Tokens(
+        input=11, output=7, cache_read=3, cache_write=0, reasoning=2
+    )
     anthropic = Usage(12, 6, None, 5, 4, None, apart=frozenset({"cache_read", "cache_write"}))
-    assert anthropic.totals() == Tokens(input=21, output=6, cache_read=5, cache_write=4)
+    assert Tokens(*anthropic.totals()) == Tokens(input=21, output=6, cache_read=5, cache_write=4)
     gemini = Usage(10, 5, None, 2, None, 3, apart=frozenset({"reasoning"}))
-    assert gemini.totals() == Tokens(input=10, output=8, cache_read=2, reasoning=3)
+    assert Tokens(*gemini.totals()) == Tokens(input=10, output=8, cache_read=2, reasoning=3)

@@ -40,6 +40,7 @@ from relay.errors import (
     UpstreamError,
 )
 from relay.pricing.caps import Reserved
+from relay.pricing.table import Tokens
 from relay.providers.headers import response_headers
 from relay.providers.table import Provider
 from relay.proxy.failures import upstream_failure
@@ -327,7 +328,7 @@ class Exchange:
         prices = self.services.prices
         # The model that answered, as the provider names it (the one it bills), else the asked.
         model = usage.model or self.model
-        totals = usage.totals()
+        totals = Tokens(*usage.totals())
         cost = prices.cost(self.provider.name, model, totals, now)
         if self.reserved is not None:
             self._settle(self.reserved, usage, totals.input + totals.output, cost)

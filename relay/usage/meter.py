@@ -30,7 +30,6 @@ from types import ModuleType
 from typing import Final, Protocol
 
 from backends import TOKEN_KINDS
-from relay.pricing.table import Tokens
 
 __all__ = [
     "MAX_DECODED_BYTES",
@@ -72,14 +71,14 @@ class Usage:
     """The kinds this report counts apart from their total (Anthropic's cache reads and writes
     beside its input, Gemini's thoughts beside its output); the others are within it."""
 
-    def totals(self) -> Tokens:
-        """Each kind by the one convention prices are in: the input including the cache's
-        tokens, the output including the reasoning (None counted as 0)."""
+    def totals(self) -> tuple[int, ...]:
+        """Each kind of `TOKEN_KINDS` by the one convention prices are in: the input including
+        the cache's tokens, the output including the reasoning (None counted as 0)."""
         counts = [getattr(self, field) or 0 for field in _TOKEN_FIELDS]
         for kind, part, whole in _WITHIN if self.apart else ():
             if kind in self.apart:
                 counts[whole] += counts[part]
-        return Tokens(*counts)  # its fields are TOKEN_KINDS
+        return tuple(counts)
 
 
 _TOKEN_FIELDS: Final = tuple(f"{kind}_tokens" for kind in TOKEN_KINDS)
