@@ -70,10 +70,11 @@ from .tables import keys, spend, tokens, usage, users
 
 __all__ = ["SQLStore", "async_url", "engine_url", "ensure_sqlite_directory"]
 
+T = TypeVar("T")
+
 # Rows one pruning statement deletes: each is its own short transaction.
 _PRUNED_PER_STATEMENT: Final = 5000
 _USAGE_FIELDS = tuple(field.name for field in dataclasses.fields(UsageRecord))
-T = TypeVar("T")
 _TOKENS_PER_QUERY: Final = 500
 _USER_COLUMNS = (
     users.c.id,
