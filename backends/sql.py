@@ -65,7 +65,7 @@ from .base import (
 from .ledger import GROUP_FIELDS, Part, check_group, rows_of
 from .pgparams import translate
 from .schemes import SCHEMES, url_scheme
-from .sqlite_writer import SQLiteWriter
+from .sqlite_writer import SQLiteWriter, sqlite_file
 from .tables import keys, spend, tokens, usage, users
 
 __all__ = ["SQLStore", "async_url", "engine_url", "ensure_sqlite_directory"]
@@ -134,11 +134,9 @@ def ensure_sqlite_directory(url: str) -> None:
     owner-only (0700, 0600: the file holds every user's encrypted keys). What exists is left
     as it is."""
     parsed = make_url(async_url(url))
-    database = parsed.database or ""
-    in_memory = database in ("", ":memory:") or database.startswith("file:")
-    if parsed.get_backend_name() != "sqlite" or in_memory:
+    if not sqlite_file(parsed):
         return
-    path = Path(database).expanduser()
+    path = Path(parsed.database or "").expanduser()
     missing = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
     for folder in reversed(missing):
         folder.mkdir(mode=0o700, exist_ok=True)
@@ -340,7 +338,7 @@ class SQLStore(KeyStore):
             functools.partial(_reservation, engine.dialect, self._insert)
         )
         self._expired_spend = delete(spend).where(
-            spend.c.user_id == bindparam("user_id"), spend.c.expires_at <= bindparam("now")
+            spend.c.user_id == bindparam("u"), spend.c.expires_at <= bindparam("now")
         )
         total = spend.c.amount + bindparam("add")
         self._settlement = (
@@ -373,7 +371,7 @@ class SQLStore(KeyStore):
         if full.get_backend_name() == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
             writer = None
-            if SQLiteWriter.writes_to(full):
+            if sqlite_file(full):
                 writer = SQLiteWriter(full, options.connect_timeout, _sqlite_pragmas)
             # A call into SQLite runs on its driver's thread, which a deadline cannot stop: its
             # waits are SQLite's own busy timeout.
@@ -492,8 +490,8 @@ class SQLStore(KeyStore):
             conn.rollback()
             return refused
         if any(amounts[name] == adding[name] for name in adding):
-            # A counter began (a new period): those whose period is over can go.
-            conn.execute(self._expired_spend, {"user_id": user_id, "now": now})
+            # A counter began (a new period), or stood at 0: those whose period is over can go.
+            conn.execute(self._expired_spend, {"u": user_id, "now": now})
         return None
 
     async def settle(self, user_id: str, changes: Sequence[tuple[str, int]]) -> None:
@@ -506,11 +504,11 @@ class SQLStore(KeyStore):
     async def _write(self, operation: str, work: Callable[[Connection], T]) -> T:
         """`work` in a write transaction: run whole by the SQLite file's writer thread, else
         statement by statement from the pool."""
-        async with self._call(operation):
-            if self._writer is not None:
-                return await self._writer.run(work)
-            async with self._engine.begin() as conn:
+        if self._writer is None:
+            async with self._begin(operation) as conn:
                 return await conn.run_sync(work)
+        async with self._call(operation):
+            return await self._writer.run(work)
 
     async def spent(self, user_id: str, counters: Sequence[str], now: int) -> dict[str, int]:
         if not counters:

@@ -19,30 +19,33 @@ from typing import Any, TypeVar
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection
 
-__all__ = ["SQLiteWriter"]
+__all__ = ["SQLiteWriter", "sqlite_file"]
 
 T = TypeVar("T")
 
 
+def sqlite_file(url: URL) -> bool:
+    """Whether `url` names a SQLite database file by its path: not an in-memory database, nor a
+    `file:` URI (whose options only its driver reads)."""
+    database = url.database or ""
+    in_memory = database in ("", ":memory:") or database.startswith("file:")
+    return url.get_backend_name() == "sqlite" and not in_memory
+
+
 class SQLiteWriter:
     def __init__(self, url: URL, timeout: float, on_connect: Callable[[Any, Any], None]) -> None:
-        """A writer to the SQLite file of `url` (any driver: pysqlite is used), its connection
-        set up by `on_connect` as the pool's are, waiting `timeout` seconds for the lock."""
+        """A writer to the SQLite file `url` names (`sqlite_file`; whatever its driver, this
+        uses pysqlite), its connection set up by `on_connect` as the pool's are, waiting
+        `timeout` seconds for the lock."""
         self._engine = create_engine(
             url.set(drivername="sqlite+pysqlite"),
             pool_size=1,
             max_overflow=0,
-            connect_args={"timeout": timeout, "check_same_thread": False},
+            connect_args={"timeout": timeout},
         )
         event.listen(self._engine, "connect", on_connect)
         self._thread = concurrent.futures.ThreadPoolExecutor(1, "relay-sqlite-writer")
-
-    @staticmethod
-    def writes_to(url: URL) -> bool:
-        """Whether `url` names a SQLite file (not an in-memory database)."""
-        database = url.database or ""
-        in_memory = database in ("", ":memory:") or database.startswith("file:")
-        return url.get_backend_name() == "sqlite" and not in_memory
+        self._closed = False
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         """`work` in one transaction, committed when it returns (unless it rolled back)."""
@@ -54,5 +57,10 @@ class SQLiteWriter:
         return await asyncio.get_running_loop().run_in_executor(self._thread, transaction)
 
     def close(self) -> None:
+        """Close the connection on the thread that made it (sqlite3 allows no other), then the
+        thread; once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._thread.submit(self._engine.dispose).result()
         self._thread.shutdown(wait=True)
-        self._engine.dispose()

@@ -48,10 +48,17 @@ _PARTS: Final = {"input": ("cache_read", "cache_write"), "output": ("reasoning",
 _ALWAYS: Final = -(2**63)
 
 
-_Term = tuple[int, tuple[int, ...], int, tuple[tuple[int, int], ...]]
-"""One kind's price: the index of its count in a `Tokens`, those of the parts taken out of it,
-its price per million tokens times the model's scale, and the long-prompt tiers (total input
-past which, price) last first."""
+class _Term(NamedTuple):
+    """One kind's price, as `PriceTable.cost` unpacks it."""
+
+    count_at: int
+    """Where its count is in a `Tokens`."""
+    parts_at: tuple[int, ...]
+    """Where the counts taken out of it are (priced apart)."""
+    price: int
+    """Per million tokens, times the model's scale."""
+    tiers: tuple[tuple[int, int], ...]
+    """(total input past which it applies, price) for the long-prompt tiers, the last first."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,9 +122,9 @@ def _model(raw: Mapping[str, Any]) -> _Model:
         parts = tuple(_INDEX[p] for p in _PARTS.get(kind, ()) if p in entry)
         price = entry[kind]
         if isinstance(price, str):
-            return _INDEX[kind], parts, scaled(price), ()
+            return _Term(_INDEX[kind], parts, scaled(price), ())
         tiers = tuple((start, scaled(p)) for start, p in reversed(price["tiers"]))
-        return _INDEX[kind], parts, scaled(price["base"]), tiers
+        return _Term(_INDEX[kind], parts, scaled(price["base"]), tiers)
 
     dated = tuple(
         (
