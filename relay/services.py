@@ -20,6 +20,7 @@ from relay.config import Settings
 from relay.pricing.table import PriceTable, bundled_prices
 from relay.proxy.idle import IdleWheel
 from relay.proxy.inflight import InFlight
+from relay.proxy.leases import Leases
 from relay.security.crypto import KeyCipher
 from relay.security.tokens import TokenHasher
 from relay.server.drain import Drain
@@ -67,6 +68,8 @@ class Services:
     key_health: KeyHealth
     prices: PriceTable
     """What each relayed request cost (`relay.pricing`)."""
+    leases: Leases
+    """The owners' spending caps, reserved through what this process holds ahead."""
     token_use: LastUse
     """When each narrow token was last used."""
     usage: UsageRecorder
@@ -184,6 +187,9 @@ async def open_services(
         )
         background = Background()
         stack.push_async_callback(background.close)
+        leases = Leases(store, background)
+        leases.start()
+        stack.push_async_callback(leases.close)  # before the background's last tasks, and the store
         if settings.app_secret is None:
             logger.warning("APP_SECRET is not set: anyone can register with POST /users")
         key_health = KeyHealth(store, background)
@@ -212,6 +218,7 @@ async def open_services(
             background,
             key_health,
             bundled_prices(),
+            leases,
             LastUse(background, "token use"),
             usage,
             IdleWheel(),

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from relay.proxy.leases import IDLE
 from tests.mockprovider import OPENAI_USAGE, MockProvider
 from tests.relayprocess import RelayProcess
 from tests.relayserver import relay_env
@@ -162,6 +163,10 @@ async def _capped_race(urls: tuple[str, str], token: str) -> list[int]:
     return [response.status_code for response in responses]
 
 
+def _spent(client: httpx.Client, headers: dict[str, str]) -> list[dict[str, int]]:
+    return [cap["spent"] for cap in client.get("/limits", headers=headers).json()["caps"]]
+
+
 def test_two_instances_racing_a_cap_never_pass_it(
     relays: tuple[RelayProcess, RelayProcess], mock: MockProvider
 ) -> None:
@@ -182,10 +187,13 @@ def test_two_instances_racing_a_cap_never_pass_it(
         assert set(statuses) == {200, 402}
         passed = statuses.count(200)
         assert len(mock.requests) == passed  # a refused request never reached the provider
-        time.sleep(1.0)  # the settling, off the request path
-        spent = [cap["spent"] for cap in a.get("/limits", headers=headers).json()["caps"]]
-    reported = OPENAI_USAGE["prompt_tokens"] + OPENAI_USAGE["completion_tokens"]
-    assert spent == [{"requests": passed}, {"tokens": passed * reported}]
+        reported = OPENAI_USAGE["prompt_tokens"] + OPENAI_USAGE["completion_tokens"]
+        settled = [{"requests": passed}, {"tokens": passed * reported}]
+        # Off the request path: the settling, and what each instance held ahead going back.
+        deadline = time.monotonic() + 3 * IDLE + 2
+        while (spent := _spent(a, headers)) != settled and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert spent == settled
     assert passed * reported <= CAP_TOKENS
     assert passed <= CAP_REQUESTS
     assert passed > 1  # the cap was raced, not one request at a time

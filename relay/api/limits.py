@@ -145,7 +145,7 @@ async def _shown(services: Services, user_id: str, caps: Caps) -> Response:
     for cap in caps.caps:
         start, _ = period_of(cap.period, now)
         counters += [cap.counter(metric, start) for metric in METRICS if cap.limit(metric)]
-    spent = await services.store.spent(user_id, counters, now)
+    spent = await services.leases.spent(user_id, counters, now)
     shown = []
     for cap in caps.caps:
         start, ends = period_of(cap.period, now)

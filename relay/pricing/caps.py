@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import functools
 import hashlib
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Final, Literal
 
@@ -29,12 +30,14 @@ __all__ = [
     "MOST_CAPS",
     "Cap",
     "Caps",
+    "Counted",
     "Reserved",
     "Unpriced",
     "Wanted",
     "Worst",
     "caps_of",
     "charges",
+    "counted",
     "describe",
     "micro_usd",
     "period_of",
@@ -140,13 +143,22 @@ class Reserved:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Wanted:
-    """A charge and the cap and metric it is for (to name them when it is refused)."""
+class Counted:
+    """One metric of one cap that covers a request, in the period it falls in."""
 
-    charge: Charge
     cap: Cap
     metric: str
+    counter: str
+    limit: int
     resets_at: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Wanted:
+    """A charge and what it is counted on (to name the cap when it is refused)."""
+
+    charge: Charge
+    counted: Counted
 
 
 class Unpriced(Exception):
@@ -157,25 +169,30 @@ class Unpriced(Exception):
         self.cap = cap
 
 
-def charges(
-    caps: Caps, app: str, provider: str, model: str | None, worst: Worst, now: int
-) -> list[Wanted]:
-    """The charges the request's worst case makes on each cap that covers it; `Unpriced` when
-    a cost cap covers it and its cost is unknown, unless the owner allowed that."""
-    wanted = []
-    amounts = {"requests": 1, "tokens": worst.tokens, "cost": worst.cost or 0}
+def counted(caps: Caps, app: str, provider: str, model: str | None, now: int) -> list[Counted]:
+    """What a request to `provider`'s `model` from `app` is counted on at `now`: each metric
+    of each cap that covers it (the same all day: callers may keep it)."""
+    out = []
     for cap in caps.caps:
-        if not cap.covers(app, provider, model):
-            continue
-        start, ends = period_of(cap.period, now)
-        for metric in METRICS:
-            limit = cap.limit(metric)
-            if limit is None:
-                continue
-            if metric == "cost" and worst.cost is None and not caps.allow_unpriced:
-                raise Unpriced(cap)
-            charge = Charge(cap.counter(metric, start), amounts[metric], limit, ends)
-            wanted.append(Wanted(charge, cap, metric, ends))
+        if cap.covers(app, provider, model):
+            start, ends = period_of(cap.period, now)
+            for metric in METRICS:
+                limit = cap.limit(metric)
+                if limit is not None:
+                    out.append(Counted(cap, metric, cap.counter(metric, start), limit, ends))
+    return out
+
+
+def charges(counts: Sequence[Counted], worst: Worst, allow_unpriced: bool) -> list[Wanted]:
+    """The charges the request's worst case makes on what it is counted on; `Unpriced` when a
+    cost cap counts it and its cost is unknown, unless the owner allowed that."""
+    amounts = {"requests": 1, "tokens": worst.tokens, "cost": worst.cost or 0}
+    wanted = []
+    for count in counts:
+        if count.metric == "cost" and worst.cost is None and not allow_unpriced:
+            raise Unpriced(count.cap)
+        charge = Charge(count.counter, amounts[count.metric], count.limit, count.resets_at)
+        wanted.append(Wanted(charge, count))
     return wanted
 
 

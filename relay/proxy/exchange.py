@@ -368,9 +368,7 @@ class Exchange:
             if self.status < 400:
                 return
             tokens, cost = 0, 0
-        changes = reserved.settlement(tokens, cost or 0)
-        store = self.services.store
-        self.services.background.spawn(store.settle(reserved.user_id, changes), "cap settling")
+        self.services.leases.settle(reserved.user_id, reserved.settlement(tokens, cost or 0))
 
     async def _content(self) -> Body | AsyncIterator[bytes]:
         """The request body: whole when it came in one message (a chat request usually does,

@@ -17,16 +17,18 @@ from typing import Any, Final
 
 import msgspec
 
-from backends import User
+from backends import DAY_MS, User
 from relay.errors import PaymentRequired
 from relay.pricing.caps import (
     Cap,
     Caps,
+    Counted,
     Reserved,
     Unpriced,
     Worst,
     caps_of,
     charges,
+    counted,
     describe,
     shown,
     usd,
@@ -93,6 +95,17 @@ def _caps(caps: str | None, limits: str | None) -> Caps | None:
     return Caps(everything, owner.allow_unpriced) if everything else None
 
 
+@functools.lru_cache(maxsize=4096)
+def _counted(
+    caps: str | None, limits: str | None, app: str, provider: str, model: str | None, day: int
+) -> tuple[Counted, ...]:
+    """What a request is counted on, worked out once a day per owner's caps and scope."""
+    everything = _caps(caps, limits)
+    if everything is None:
+        return ()
+    return tuple(counted(everything, app, provider, model, day * DAY_MS))
+
+
 def capped(user: User) -> Caps | None:
     """The caps a request of `user`'s token is under: its owner's, and its own budgets."""
     if user.caps is None and user.child is None:
@@ -111,8 +124,10 @@ async def reserve(
         return None
     now = now_ms()
     worst = worst_case(services.prices, provider, model, body, now)
+    limits = user.child.limits if user.child is not None else None
+    counts = _counted(user.caps, limits, user.app_id, provider.name, model, now // DAY_MS)
     try:
-        wanted = charges(caps, user.app_id, provider.name, model, worst, now)
+        wanted = charges(counts, worst, caps.allow_unpriced)
     except Unpriced as refusal:
         raise PaymentRequired(
             f"The key owner's {describe(refusal.cap)} cost cap applies, and "
@@ -124,13 +139,14 @@ async def reserve(
         ) from None
     if not wanted:
         return None
-    refused = await services.store.reserve(user.id, [w.charge for w in wanted], now)
+    refused = await services.leases.reserve(user.id, [w.charge for w in wanted], now)
     if refused is None:
         return Reserved(
-            user.id, tuple((w.charge.counter, w.metric, w.charge.amount) for w in wanted)
+            user.id, tuple((w.charge.counter, w.counted.metric, w.charge.amount) for w in wanted)
         )
-    cap, metric, charge = wanted[refused].cap, wanted[refused].metric, wanted[refused].charge
-    spent = (await services.store.spent(user.id, [charge.counter], now)).get(charge.counter, 0)
+    charge, count = wanted[refused].charge, wanted[refused].counted
+    cap, metric = count.cap, count.metric
+    spent = (await services.leases.spent(user.id, [charge.counter], now)).get(charge.counter, 0)
     money = metric == "cost"
     amount = usd if money else str
     raise PaymentRequired(
@@ -138,13 +154,13 @@ async def reserve(
         f"{'$' if money else ''}{amount(spent)} of {'$' if money else ''}{amount(charge.limit)} "
         f"spent, and this request may take up to {'$' if money else ''}{amount(charge.amount)}. "
         "It resets at "
-        f"{_iso(wanted[refused].resets_at)}.",
+        f"{_iso(count.resets_at)}.",
         cap=shown(cap),
         metric=metric,
         limit=charge.limit,
         spent=spent,
         requested=charge.amount,
-        resets_at=wanted[refused].resets_at,
+        resets_at=count.resets_at,
     )
 
 

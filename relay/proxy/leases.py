@@ -1,0 +1,231 @@
+"""Spending caps reserved ahead: while a counter's requests come fast, a process takes from the
+store a little more than the request in hand needs and reserves the next ones from what it
+holds, in memory, so that most capped requests make no store round trip at all.
+
+The store still decides every amount: a process only ever holds what the store's atomic
+`KeyStore.reserve` let it take, so the counters never pass their limits, on any number of
+instances. What a process holds but has not used counts as spent until it is given back: after
+`IDLE` seconds without use, when the cap's limit changes, when the process stops (a crashed one
+gives it back only when the period ends). A counter used slowly is reserved one request at a
+time, exactly as if there were no leases; one refused the extra is reserved exactly until it
+has been quiet for `IDLE`, so near a limit a request waits on one round trip, not two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+from backends import Charge, KeyStore
+from relay.security.auth import now_ms
+from relay.usage.background import Background
+
+__all__ = ["AHEAD", "IDLE", "MOST_AHEAD", "Leases"]
+
+logger = logging.getLogger("relay")
+
+IDLE: Final = 1.0
+"""Seconds a lease may sit unused before what it holds goes back to the store."""
+AHEAD: Final = 0.125
+"""Seconds of a counter's requests (at its rate over the last second) taken ahead."""
+MOST_AHEAD: Final = 64
+"""Requests' worth taken ahead at most."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Lease:
+    """What this process holds of one counter."""
+
+    limit: int
+    expires_at: int
+    left: int = 0
+    """Taken from the store's counter and not reserved by a request of this process yet."""
+    exact_until: float = 0.0
+    """Until then (monotonic), reserve exactly: taking more was refused."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Held:
+    """What this process holds of one user's counters, and how fast the user's requests come."""
+
+    leases: dict[str, _Lease] = dataclasses.field(default_factory=dict)
+    used: float = 0.0
+    second: float = 0.0
+    """When the second now being counted began (monotonic)."""
+    count: int = 0
+    """Reservations in that second."""
+    rate: int = 0
+    """Reservations in the second before it."""
+
+    def use(self, at: float) -> None:
+        if at - self.second >= 1.0:
+            self.rate = self.count if at - self.second < 2.0 else 0
+            self.second, self.count = at, 0
+        self.count += 1
+        self.used = at
+
+    def ahead(self, lease: _Lease, amount: int, at: float) -> int:
+        """How much more than `amount` to take for `lease`."""
+        if at < lease.exact_until:
+            return 0
+        return min(MOST_AHEAD, int(max(self.rate, self.count) * AHEAD)) * amount
+
+
+class Leases:
+    """`reserve`, `settle` and `spent` as on `KeyStore`, through what this process holds."""
+
+    def __init__(self, store: KeyStore, background: Background) -> None:
+        self._store = store
+        self._background = background
+        self._held: dict[str, _Held] = {}
+        self._ticking: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._ticking = asyncio.get_running_loop().create_task(self._tick())
+
+    async def reserve(self, user_id: str, charges: Sequence[Charge], now: int) -> int | None:
+        """As `KeyStore.reserve`: None when every charge was reserved, else the index of the
+        (first) one that could pass its limit, and nothing reserved."""
+        at = time.monotonic()
+        held = self._held.get(user_id)
+        if held is None:
+            held = self._held[user_id] = _Held()
+        held.use(at)
+        leases = held.leases
+        taken: list[tuple[str, _Lease, int]] = []
+        short: list[tuple[int, Charge, int]] = []  # (index, charge, what the lease lacked)
+        stale: list[tuple[str, int]] = []  # held under a limit since changed: goes back first
+        for index, charge in enumerate(charges):
+            counter = charge.counter
+            lease = leases.get(counter)
+            if lease is None or lease.limit != charge.limit:
+                if lease is not None and lease.left:
+                    stale.append((counter, -lease.left))
+                lease = leases[counter] = _Lease(charge.limit, charge.expires_at)
+            part = min(lease.left, charge.amount)
+            lease.left -= part
+            taken.append((counter, lease, part))
+            if part < charge.amount:
+                short.append((index, charge, charge.amount - part))
+        if not short:
+            return None
+        granted = False
+        try:
+            if stale:
+                await self._store.settle(user_id, stale)
+            extras = [held.ahead(taken[i][1], charge.amount, at) for i, charge, _ in short]
+            refused = await self._take(user_id, short, extras, now)
+            if refused is not None and any(extras):
+                taken[short[refused][0]][1].exact_until = at + IDLE
+                extras = [0] * len(short)
+                refused = await self._take(user_id, short, extras, now)
+            if refused is not None:
+                return short[refused][0]
+            granted = True
+        finally:
+            if not granted:  # refused, failed or cancelled: what the leases gave goes back
+                for counter, lease, part in taken:
+                    self._credit(user_id, counter, lease, part)
+        for (index, _, _), extra in zip(short, extras, strict=True):
+            if extra:
+                counter, lease, _ = taken[index]
+                self._credit(user_id, counter, lease, extra)
+        return None
+
+    async def _take(
+        self, user_id: str, short: list[tuple[int, Charge, int]], extras: list[int], now: int
+    ) -> int | None:
+        wanted = [
+            dataclasses.replace(charge, amount=lacking + extra)
+            for (_, charge, lacking), extra in zip(short, extras, strict=True)
+        ]
+        return await self._store.reserve(user_id, wanted, now)
+
+    def _lease(self, user_id: str, counter: str) -> _Lease | None:
+        held = self._held.get(user_id)
+        return None if held is None else held.leases.get(counter)
+
+    def settle(self, user_id: str, changes: Sequence[tuple[str, int]]) -> None:
+        """As `KeyStore.settle`, off the request path: what a request reserved and did not
+        spend joins what this process holds; what it spent beyond is taken from that, or added
+        to the store's counter."""
+        held = self._held.get(user_id)
+        leases = held.leases if held is not None else {}
+        rest = []
+        for counter, change in changes:
+            lease = leases.get(counter)
+            if lease is not None and change <= lease.left:
+                lease.left -= change
+            elif change:
+                rest.append((counter, change))
+        if rest:
+            self._background.spawn(self._store.settle(user_id, rest), "cap settling")
+
+    async def spent(self, user_id: str, counters: Sequence[str], now: int) -> dict[str, int]:
+        """As `KeyStore.spent`, less what this process holds ahead (another's counts as spent
+        until it is used or given back)."""
+        spent = await self._store.spent(user_id, counters, now)
+        for counter, amount in spent.items():
+            lease = self._lease(user_id, counter)
+            if lease is not None:
+                spent[counter] = max(0, amount - lease.left)
+        return spent
+
+    def _credit(self, user_id: str, counter: str, lease: _Lease, amount: int) -> None:
+        """Put `amount`, taken from the store, into `lease`, or back to the store if the lease
+        was given back meanwhile."""
+        if self._lease(user_id, counter) is lease:
+            lease.left += amount
+        elif amount:
+            self._background.spawn(self._store.settle(user_id, [(counter, -amount)]), "cap lease")
+
+    def _give_back(self, user_id: str, leases: Iterable[tuple[str, _Lease]]) -> None:
+        changes = [(counter, -lease.left) for counter, lease in leases if lease.left]
+        if changes:
+            self._background.spawn(self._store.settle(user_id, changes), "cap lease")
+
+    def _idle(self, everything: bool = False) -> dict[str, list[tuple[str, _Lease]]]:
+        """Take out the users' holdings that are idle (every one, with `everything`), and the
+        leases whose period has ended; what to give back, by user."""
+        at, now = time.monotonic(), now_ms()
+        idle: dict[str, list[tuple[str, _Lease]]] = {}
+        for user_id, held in list(self._held.items()):
+            if everything or at - held.used >= IDLE:
+                del self._held[user_id]
+                idle[user_id] = [(c, lease) for c, lease in held.leases.items() if lease.left]
+            else:
+                for counter, lease in list(held.leases.items()):
+                    if lease.expires_at <= now:
+                        del held.leases[counter]  # its counter has gone with its period
+        return idle
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE / 2)
+            for user_id, leases in self._idle().items():
+                self._give_back(user_id, leases)
+
+    async def close(self) -> None:
+        """Give back everything held, and wait for the store to take it."""
+        if self._ticking is not None:
+            self._ticking.cancel()
+        held = self._idle(everything=True)
+        results = await asyncio.gather(
+            *(
+                self._store.settle(user_id, [(c, -lease.left) for c, lease in leases])
+                for user_id, leases in held.items()
+                if leases
+            ),
+            return_exceptions=True,
+        )
+        failed = sum(isinstance(r, Exception) for r in results)
+        if failed:
+            logger.warning(
+                "caps: %d users' spending held ahead could not be given back; it counts as "
+                "spent until its period ends",
+                failed,
+            )

@@ -1,0 +1,237 @@
+"""Spending caps reserved ahead (`relay.proxy.leases`), on real stores: a fast counter makes
+few store round trips, a slow one reserves exactly, nothing held is ever lost or lets a limit
+pass, on one process or two sharing a store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import backends
+from backends import DAY_MS, Charge, KeyStore, StoreError, User, migrate
+from relay.proxy import leases as leases_module
+from relay.proxy.leases import MOST_AHEAD, Leases
+from relay.security.auth import now_ms
+from relay.usage.background import Background
+from tests import servers
+
+pytestmark = pytest.mark.anyio
+
+USER = "user-1"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _quick_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(leases_module, "IDLE", 0.3)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KeyStore]:
+    namespace = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'x.db'}"
+        await asyncio.to_thread(migrate.upgrade, url)
+        opened = backends.open_store(url)
+    elif request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        await servers.truncate(url)
+        opened = backends.open_store(url)
+    else:
+        namespace = servers.new_namespace()
+        url = request.getfixturevalue("redis_url")
+        opened = backends.open_store(url, backends.StoreOptions(namespace=namespace))
+    await opened.create_user(User(id=USER, app_id="app", created_at=now_ms()), "digest-" + USER)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+        if namespace is not None:
+            await asyncio.to_thread(servers.drop_namespace, namespace)
+
+
+class Trips:
+    """Counts the store's reservations, and passes each on to it."""
+
+    def __init__(self, store: KeyStore) -> None:
+        self.count = 0
+        real = store.reserve
+
+        async def reserve(user_id: str, charges: list[Charge], now: int) -> int | None:
+            self.count += 1
+            return await real(user_id, charges, now)
+
+        store.reserve = reserve  # type: ignore[method-assign]
+
+
+@pytest.fixture
+async def leases(store: KeyStore) -> AsyncIterator[Leases]:
+    background = Background()
+    held = Leases(store, background)
+    held.start()
+    try:
+        yield held
+    finally:
+        await held.close()
+        await background.close()
+
+
+def charge(counter: str, amount: int, limit: int) -> Charge:
+    return Charge(counter, amount, limit, now_ms() + DAY_MS)
+
+
+async def counted(store: KeyStore, *counters: str) -> dict[str, int]:
+    return await store.spent(USER, list(counters), now_ms())
+
+
+async def settled(background: Background) -> None:
+    await asyncio.sleep(0)
+    await background.close()  # waits for the settling tasks spawned so far
+
+
+async def test_a_slow_counter_is_reserved_exactly(store: KeyStore, leases: Leases) -> None:
+    trips = Trips(store)
+    for _ in range(5):
+        assert await leases.reserve(USER, [charge("a", 10, 1000)], now_ms()) is None
+    assert trips.count == 5
+    assert await counted(store, "a") == {"a": 50}
+
+
+async def test_a_fast_counter_takes_ahead_and_reserves_from_what_it_holds(
+    store: KeyStore, leases: Leases
+) -> None:
+    trips = Trips(store)
+    requests = 400
+    for _ in range(requests):
+        assert await leases.reserve(USER, [charge("a", 10, 10**9)], now_ms()) is None
+    assert trips.count < requests / 4
+    held = (await counted(store, "a"))["a"] - requests * 10
+    assert 0 < held <= MOST_AHEAD * 10
+    # This process's own view leaves out what it holds; the store counts it until it is back.
+    assert await leases.spent(USER, ["a"], now_ms()) == {"a": requests * 10}
+    await asyncio.sleep(leases_module.IDLE * 2.5)
+    assert await counted(store, "a") == {"a": requests * 10}  # given back when idle
+
+
+async def test_what_a_request_did_not_spend_serves_the_next_one(
+    store: KeyStore, leases: Leases
+) -> None:
+    trips = Trips(store)
+    assert await leases.reserve(USER, [charge("a", 100, 1000)], now_ms()) is None
+    leases.settle(USER, [("a", -70)])  # it spent 30
+    assert await leases.reserve(USER, [charge("a", 60, 1000)], now_ms()) is None
+    assert trips.count == 1
+    leases.settle(USER, [("a", 5)])  # spent beyond its reservation: taken from what is held
+    await asyncio.sleep(leases_module.IDLE * 2.5)
+    assert await counted(store, "a") == {"a": 30 + 60 + 5}
+
+
+async def test_a_spend_beyond_what_is_held_reaches_the_store(store: KeyStore) -> None:
+    background = Background()
+    leases = Leases(store, background)
+    assert await leases.reserve(USER, [charge("a", 10, 1000)], now_ms()) is None
+    leases.settle(USER, [("a", 25), ("gone", -3)])
+    await settled(background)
+    assert await counted(store, "a", "gone") == {"a": 35}
+
+
+async def test_a_refused_request_holds_nothing_and_names_its_charge(
+    store: KeyStore, leases: Leases
+) -> None:
+    assert await leases.reserve(USER, [charge("a", 1, 100), charge("b", 6, 10)], now_ms()) is None
+    refused = await leases.reserve(USER, [charge("a", 1, 100), charge("b", 6, 10)], now_ms())
+    assert refused == 1
+    assert await leases.reserve(USER, [charge("a", 99, 100)], now_ms()) is None
+    assert await counted(store, "a", "b") == {"a": 100, "b": 6}
+
+
+async def test_near_a_limit_a_fast_counter_reserves_exactly_and_fills_it(
+    store: KeyStore, leases: Leases
+) -> None:
+    passed = 0
+    for _ in range(200):
+        passed += await leases.reserve(USER, [charge("a", 7, 1000)], now_ms()) is None
+    assert passed == 1000 // 7  # what was taken ahead never kept a request out
+    assert (await counted(store, "a"))["a"] <= 1000
+
+
+async def test_a_changed_limit_gives_back_what_was_held_under_the_old_one(
+    store: KeyStore, leases: Leases
+) -> None:
+    for _ in range(100):
+        assert await leases.reserve(USER, [charge("a", 1, 10**6)], now_ms()) is None
+    assert (await counted(store, "a"))["a"] > 100
+    assert await leases.reserve(USER, [charge("a", 1, 101)], now_ms()) is None
+    assert await leases.reserve(USER, [charge("a", 1, 101)], now_ms()) == 0
+    assert await counted(store, "a") == {"a": 101}
+
+
+async def test_a_request_refused_by_the_store_puts_back_what_it_took_from_what_was_held(
+    store: KeyStore, leases: Leases
+) -> None:
+    for _ in range(100):
+        assert await leases.reserve(USER, [charge("a", 1, 10**6)], now_ms()) is None
+    with pytest.raises(StoreError):  # the store's failures are the caller's
+        await leases.reserve("nobody", [charge("a", 1, 10)], now_ms())
+    before = await counted(store, "a")
+    # "a" is held, "b" must come from the store, which refuses it.
+    assert await leases.reserve(USER, [charge("a", 1, 10**6), charge("b", 11, 10)], now_ms()) == 1
+    # What "a" gave was put back: the next request takes it, no more is taken.
+    assert await leases.reserve(USER, [charge("a", 1, 10**6)], now_ms()) is None
+    assert await counted(store, "a") == before
+
+
+async def test_stopping_gives_back_everything_held(store: KeyStore) -> None:
+    background = Background()
+    leases = Leases(store, background)
+    for _ in range(100):
+        assert await leases.reserve(USER, [charge("a", 1, 10**6)], now_ms()) is None
+    assert (await counted(store, "a"))["a"] > 100
+    await leases.close()
+    await background.close()
+    assert await counted(store, "a") == {"a": 100}
+
+
+async def test_two_processes_on_one_store_never_pass_a_limit_together(store: KeyStore) -> None:
+    backgrounds = [Background(), Background()]
+    both = [Leases(store, background) for background in backgrounds]
+    results: list[int | None] = []
+
+    async def one(leases: Leases) -> None:
+        charges = [charge("day", 1, 10**6), charge("n", 3, 600)]
+        results.append(await leases.reserve(USER, charges, now_ms()))
+
+    await asyncio.gather(*(one(both[i % 2]) for i in range(400)))
+    assert results.count(None) <= 200
+    for leases, background in zip(both, backgrounds, strict=True):
+        await leases.close()
+        await background.close()
+    assert await counted(store, "day", "n") == {
+        "day": results.count(None),
+        "n": 3 * results.count(None),
+    }
+
+
+def test_the_rate_counts_whole_seconds() -> None:
+    held, lease = leases_module._Held(), leases_module._Lease(limit=10, expires_at=0)
+    for at in (0.0, 0.1, 0.2, 0.9):
+        held.use(at)
+    assert held.ahead(lease, 5, 0.9) == 0  # 4 a second: too slow to take ahead
+    for i in range(40):
+        held.use(1.0 + i / 100)
+    assert held.ahead(lease, 5, 1.5) == int(40 * leases_module.AHEAD) * 5
+    held.use(3.5)  # a quiet second between: the rate starts again
+    assert held.rate == 0
