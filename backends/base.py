@@ -17,6 +17,7 @@ import abc
 import dataclasses
 import enum
 from collections.abc import AsyncIterator, Sequence
+from typing import NamedTuple
 
 __all__ = [
     "DAY_MS",
@@ -134,9 +135,9 @@ class User:
     """The spending caps the owner set (`set_caps`), as the relay wrote them; None: none."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Charge:
-    """One amount reserved against one counter of a user's (a cap in one period)."""
+class Charge(NamedTuple):
+    """One amount reserved against one counter of a user's (a cap in one period). A tuple:
+    a capped request makes several."""
 
     counter: str
     """Names the cap and its period; at most 160 characters."""

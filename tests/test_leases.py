@@ -13,7 +13,7 @@ import pytest
 import backends
 from backends import DAY_MS, Charge, KeyStore, StoreError, User, migrate
 from relay.proxy import leases as leases_module
-from relay.proxy.leases import MOST_AHEAD, Leases
+from relay.proxy.leases import MOST_AHEAD, SHARE, Leases
 from relay.security.auth import now_ms
 from relay.usage.background import Background
 from tests import servers
@@ -64,17 +64,23 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 class Trips:
-    """Counts the store's reservations, and passes each on to it."""
+    """Counts the store's reservations, and which of them a caller of `Leases.reserve` waited
+    on (the rest were top-ups, run as tasks of their own); passes each on to the store."""
 
     def __init__(self, store: KeyStore) -> None:
         self.count = 0
+        self.tasks: list[asyncio.Task[object] | None] = []
         real = store.reserve
 
         async def reserve(user_id: str, charges: list[Charge], now: int) -> int | None:
             self.count += 1
+            self.tasks.append(asyncio.current_task())
             return await real(user_id, charges, now)
 
         store.reserve = reserve  # type: ignore[method-assign]
+
+    def waited(self) -> int:
+        return self.tasks.count(asyncio.current_task())
 
 
 @pytest.fixture
@@ -124,6 +130,41 @@ async def test_a_fast_counter_takes_ahead_and_reserves_from_what_it_holds(
     assert await leases.spent(USER, ["a"], now_ms()) == {"a": requests * 10}
     await asyncio.sleep(leases_module.IDLE * 2.5)
     assert await counted(store, "a") == {"a": requests * 10}  # given back when idle
+
+
+async def test_at_a_steady_rate_no_request_waits_on_the_store(
+    store: KeyStore, leases: Leases
+) -> None:
+    trips = Trips(store)
+    requests = 300
+    for _ in range(requests):
+        assert await leases.reserve(USER, [charge("a", 10, 10**9)], now_ms()) is None
+        await asyncio.sleep(0.002)  # requests a few milliseconds apart
+    assert trips.count < requests / 4
+    # The first requests took from the store; once the rate was known, top-ups came in time.
+    assert trips.waited() < 10
+    assert trips.count - trips.waited() > 0
+    await asyncio.sleep(leases_module.IDLE * 2.5)
+    assert await counted(store, "a") == {"a": requests * 10}
+
+
+async def test_a_request_waits_for_a_top_up_on_its_way_rather_than_be_refused(
+    store: KeyStore, leases: Leases
+) -> None:
+    passed = 0
+    for _ in range(100):  # no pause: the top-ups are still on their way when needed
+        passed += await leases.reserve(USER, [charge("a", 1, 100)], now_ms()) is None
+    assert passed == 100
+    assert await counted(store, "a") == {"a": 100}
+
+
+async def test_a_process_holds_at_most_a_sixteenth_of_a_limit_ahead(
+    store: KeyStore, leases: Leases
+) -> None:
+    for _ in range(300):
+        assert await leases.reserve(USER, [charge("a", 1, 16_000)], now_ms()) is None
+    await asyncio.sleep(0.05)  # the last top-up in
+    assert 300 < (await counted(store, "a"))["a"] <= 300 + 16_000 // SHARE
 
 
 async def test_what_a_request_did_not_spend_serves_the_next_one(
@@ -186,12 +227,12 @@ async def test_a_request_refused_by_the_store_puts_back_what_it_took_from_what_w
         assert await leases.reserve(USER, [charge("a", 1, 10**6)], now_ms()) is None
     with pytest.raises(StoreError):  # the store's failures are the caller's
         await leases.reserve("nobody", [charge("a", 1, 10)], now_ms())
-    before = await counted(store, "a")
     # "a" is held, "b" must come from the store, which refuses it.
     assert await leases.reserve(USER, [charge("a", 1, 10**6), charge("b", 11, 10)], now_ms()) == 1
-    # What "a" gave was put back: the next request takes it, no more is taken.
     assert await leases.reserve(USER, [charge("a", 1, 10**6)], now_ms()) is None
-    assert await counted(store, "a") == before
+    await asyncio.sleep(0.05)  # any top-up in
+    # What "a" gave the refused request was put back: only the 101 that passed are spent.
+    assert await leases.spent(USER, ["a", "b"], now_ms()) == {"a": 101}
 
 
 async def test_stopping_gives_back_everything_held(store: KeyStore) -> None:
@@ -226,7 +267,7 @@ async def test_two_processes_on_one_store_never_pass_a_limit_together(store: Key
 
 
 def test_the_rate_counts_whole_seconds() -> None:
-    held, lease = leases_module._Held(), leases_module._Lease(limit=10, expires_at=0)
+    held, lease = leases_module._Held(), leases_module._Lease(limit=10**6, expires_at=0)
     for at in (0.0, 0.1, 0.2, 0.9):
         held.use(at)
     assert held.ahead(lease, 5, 0.9) == 0  # 4 a second: too slow to take ahead

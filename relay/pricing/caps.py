@@ -18,7 +18,7 @@ import functools
 import hashlib
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, NamedTuple
 
 import msgspec
 from msgspec import Meta
@@ -120,8 +120,7 @@ def usd(micros: int) -> str:
     return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Worst:
+class Worst(NamedTuple):
     """The most a request may spend: one request, its tokens, and their cost (None: its model
     has no price)."""
 
@@ -129,8 +128,7 @@ class Worst:
     cost: int | None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Reserved:
+class Reserved(NamedTuple):
     """What one request reserved: per counter, the metric and the amount."""
 
     user_id: str
@@ -153,8 +151,7 @@ class Counted:
     resets_at: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Wanted:
+class Wanted(NamedTuple):
     """A charge and what it is counted on (to name the cap when it is refused)."""
 
     charge: Charge

@@ -1,14 +1,15 @@
-"""Spending caps reserved ahead: while a counter's requests come fast, a process takes from the
-store a little more than the request in hand needs and reserves the next ones from what it
-holds, in memory, so that most capped requests make no store round trip at all.
+"""Spending caps reserved ahead: while a user's requests come fast, a process takes from the
+store a little more of each counter than the request in hand needs, reserves the next requests
+from what it holds, in memory, and tops that up off the request path before it runs out, so
+that at a steady rate no capped request waits on the store.
 
 The store still decides every amount: a process only ever holds what the store's atomic
 `KeyStore.reserve` let it take, so the counters never pass their limits, on any number of
 instances. What a process holds but has not used counts as spent until it is given back: after
 `IDLE` seconds without use, when the cap's limit changes, when the process stops (a crashed one
-gives it back only when the period ends). A counter used slowly is reserved one request at a
-time, exactly as if there were no leases; one refused the extra is reserved exactly until it
-has been quiet for `IDLE`, so near a limit a request waits on one round trip, not two.
+gives it back only when the period ends). A user's counters used slowly are reserved one
+request at a time, exactly as if there were no leases; a counter refused the extra is reserved
+exactly until it has been quiet for `IDLE`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from backends import Charge, KeyStore
 from relay.security.auth import now_ms
 from relay.usage.background import Background
 
-__all__ = ["AHEAD", "IDLE", "MOST_AHEAD", "Leases"]
+__all__ = ["AHEAD", "IDLE", "MOST_AHEAD", "SHARE", "Leases"]
 
 logger = logging.getLogger("relay")
 
@@ -32,8 +33,10 @@ IDLE: Final = 1.0
 """Seconds a lease may sit unused before what it holds goes back to the store."""
 AHEAD: Final = 0.125
 """Seconds of a counter's requests (at its rate over the last second) taken ahead."""
-MOST_AHEAD: Final = 64
+MOST_AHEAD: Final = 256
 """Requests' worth taken ahead at most."""
+SHARE: Final = 16
+"""A process takes ahead at most 1/SHARE of a limit: near a cap, others are never kept out long."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -46,6 +49,10 @@ class _Lease:
     """Taken from the store's counter and not reserved by a request of this process yet."""
     exact_until: float = 0.0
     """Until then (monotonic), reserve exactly: taking more was refused."""
+    low: int = 0
+    """Below this a top-up is taken, off the request path: half of what was last taken ahead."""
+    topping_up: asyncio.Future[None] | None = None
+    """Done when the top-up of this lease on its way from the store has come (or failed)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -72,7 +79,8 @@ class _Held:
         """How much more than `amount` to take for `lease`."""
         if at < lease.exact_until:
             return 0
-        return min(MOST_AHEAD, int(max(self.rate, self.count) * AHEAD)) * amount
+        ahead = min(MOST_AHEAD, int(max(self.rate, self.count) * AHEAD)) * amount
+        return min(ahead, lease.limit // SHARE)
 
 
 class Leases:
@@ -99,19 +107,36 @@ class Leases:
         taken: list[tuple[str, _Lease, int]] = []
         short: list[tuple[int, Charge, int]] = []  # (index, charge, what the lease lacked)
         stale: list[tuple[str, int]] = []  # held under a limit since changed: goes back first
+        arriving: list[asyncio.Future[None]] = []
+        running_low = False
         for index, charge in enumerate(charges):
             counter = charge.counter
             lease = leases.get(counter)
             if lease is None or lease.limit != charge.limit:
                 if lease is not None and lease.left:
                     stale.append((counter, -lease.left))
+                if lease is not None and lease.topping_up is not None:
+                    arriving.append(lease.topping_up)  # it goes back as it comes
                 lease = leases[counter] = _Lease(charge.limit, charge.expires_at)
             part = min(lease.left, charge.amount)
             lease.left -= part
             taken.append((counter, lease, part))
+            if lease.left < lease.low and lease.topping_up is None:
+                running_low = True
             if part < charge.amount:
                 short.append((index, charge, charge.amount - part))
+                if lease.topping_up is not None:
+                    arriving.append(lease.topping_up)
+        if arriving:  # what this process is about to hold may be enough: wait for it first
+            for counter, lease, part in taken:
+                self._credit(user_id, counter, lease, part)
+            if stale:
+                await self._store.settle(user_id, stale)
+            await asyncio.wait(arriving)
+            return await self.reserve(user_id, charges, now)
         if not short:
+            if running_low:
+                self._top_up(user_id, held, charges, taken, at, now)
             return None
         granted = False
         try:
@@ -131,16 +156,57 @@ class Leases:
                 for counter, lease, part in taken:
                     self._credit(user_id, counter, lease, part)
         for (index, _, _), extra in zip(short, extras, strict=True):
+            counter, lease, _ = taken[index]
+            lease.low = extra // 2
             if extra:
-                counter, lease, _ = taken[index]
                 self._credit(user_id, counter, lease, extra)
         return None
+
+    def _top_up(
+        self, user_id: str, held: _Held, charges: Sequence[Charge],
+        taken: list[tuple[str, _Lease, int]], at: float, now: int,
+    ) -> None:  # fmt: skip
+        """Take more from the store, off the request path, for the leases this request left
+        with less than half of what they take ahead: at a steady rate, no request waits."""
+        low = []
+        for charge, (_, lease, _) in zip(charges, taken, strict=True):
+            ahead = held.ahead(lease, charge.amount, at)
+            lease.low = ahead // 2
+            if lease.topping_up is None and lease.left < lease.low:
+                low.append((charge._replace(amount=ahead - lease.left), lease))
+        if low:
+            arrived = asyncio.get_running_loop().create_future()
+            for _, lease in low:
+                lease.topping_up = arrived
+            self._background.spawn(self._topped_up(user_id, low, arrived, at, now), "cap top-up")
+
+    async def _topped_up(
+        self, user_id: str, low: list[tuple[Charge, _Lease]], arrived: asyncio.Future[None],
+        at: float, now: int,
+    ) -> None:  # fmt: skip
+        try:
+            refused = await self._store.reserve(user_id, [charge for charge, _ in low], now)
+            if refused is not None:  # near that limit: no more ahead there for a while
+                low[refused][1].exact_until = at + IDLE
+                return
+            gone = []
+            for charge, lease in low:
+                if self._lease(user_id, charge.counter) is lease:
+                    lease.left += charge.amount
+                else:  # given back meanwhile: back this goes too, before anyone waiting goes on
+                    gone.append((charge.counter, -charge.amount))
+            if gone:
+                await self._store.settle(user_id, gone)
+        finally:
+            for _, lease in low:
+                lease.topping_up = None
+            arrived.set_result(None)
 
     async def _take(
         self, user_id: str, short: list[tuple[int, Charge, int]], extras: list[int], now: int
     ) -> int | None:
         wanted = [
-            dataclasses.replace(charge, amount=lacking + extra)
+            charge._replace(amount=lacking + extra)
             for (_, charge, lacking), extra in zip(short, extras, strict=True)
         ]
         return await self._store.reserve(user_id, wanted, now)

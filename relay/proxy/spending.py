@@ -41,11 +41,28 @@ from relay.services import Services
 
 __all__ = ["capped", "max_output", "reserve", "worst_case"]
 
-_LIMIT_KEYS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-
 
 def _count(value: Any) -> int | None:
     return value if type(value) is int and value >= 0 else None
+
+
+class _Config(msgspec.Struct):
+    maxOutputTokens: Any = None
+    candidateCount: Any = None
+
+
+class _Limits(msgspec.Struct):
+    """The members of a request body that bound its output; the rest is skipped unread."""
+
+    max_tokens: Any = None
+    max_completion_tokens: Any = None
+    max_output_tokens: Any = None
+    n: Any = None
+    generationConfig: _Config | None = None
+
+
+_limits = msgspec.json.Decoder(_Limits)
+_NO_CONFIG: Final = _Config()
 
 
 def max_output(body: bytes | bytearray | None) -> int | None:
@@ -53,21 +70,18 @@ def max_output(body: bytes | bytearray | None) -> int | None:
     if not body:
         return None
     try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+        data = _limits.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    if not isinstance(data, dict):
-        return None
-    config = data.get("generationConfig")
-    config = config if isinstance(config, dict) else {}
+    config = data.generationConfig or _NO_CONFIG
     limit = next(
-        (n for n in (*(data.get(k) for k in _LIMIT_KEYS), config.get("maxOutputTokens"))
-         if _count(n) is not None),
+        (n for n in (data.max_tokens, data.max_completion_tokens, data.max_output_tokens,
+                     config.maxOutputTokens) if _count(n) is not None),
         None,
     )  # fmt: skip
     if limit is None:
         return None
-    answers = _count(data.get("n")) or _count(config.get("candidateCount")) or 1
+    answers = _count(data.n) or _count(config.candidateCount) or 1
     return int(limit) * min(answers, 128)
 
 
