@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from relay.pricing.table import Tokens, bundled_prices
+from relay.proxy.spending import max_output
 from tests.mockprovider import OPENAI_USAGE, MockProvider
 from tests.relayserver import register, store_key
 
@@ -245,3 +246,25 @@ def test_a_malformed_budget_mints_nothing(client: httpx.Client, owner: str) -> N
         assert response.status_code == 400, response.text
         assert response.json()["code"] == "invalid_limits"
     assert client.get("/tokens", headers=auth(owner)).json()["tokens"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "most"),
+    [
+        (b'{"model": "m", "max_tokens": 10}', 10),
+        (b'{"max_completion_tokens": 5, "n": 3}', 15),
+        (b'{"max_output_tokens": 8, "input": [{"role": "user"}]}', 8),
+        (b'{"generationConfig": {"maxOutputTokens": 7, "candidateCount": 2}}', 14),
+        (b'{"max_tokens": 4, "n": 100000}', 4 * 128),  # answers count up to 128
+        (b'{"max_tokens": "10"}', None),  # not a count: the provider's most
+        (b'{"max_tokens": true}', None),
+        (b'{"max_tokens": -1}', None),
+        (b'{"messages": []}', None),
+        (b"[1, 2]", None),
+        (b"not json", None),
+        (b"", None),
+        (None, None),
+    ],
+)
+def test_the_most_output_a_body_allows(body: bytes | None, most: int | None) -> None:
+    assert max_output(body) == most

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from relay.proxy.leases import IDLE
 from tests.mockprovider import OPENAI_USAGE, MockProvider
 from tests.relayprocess import RelayProcess
-from tests.relayserver import relay_env
+from tests.relayserver import relay_env, store_key
 from tests.servers import create_database, drop_database, drop_namespace, in_thread, new_namespace
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -295,3 +296,30 @@ def test_concurrent_key_writes_from_both_instances_lose_nothing(
         candidates = asyncio.run(_race((first.url, second.url), tokens))
         for token, possible in candidates.items():
             assert _key_reaching_the_provider(b, mock, token) in possible
+
+
+def test_an_instance_that_stops_gives_back_what_it_held_ahead(
+    shared_store: dict[str, str],
+    relays: tuple[RelayProcess, RelayProcess],
+    mock: MockProvider,
+    tmp_path: Path,
+) -> None:
+    first, _ = relays
+    third = RelayProcess(tmp_path, relay_env(tmp_path / "unused.db", mock.url, **shared_store))
+    try:
+        with third.client() as c:
+            token = register(c)
+            headers = {"x-relay-token": token}
+            store_key(c, token, "openai", "test-openai-key-stops-held")
+            caps = {"caps": [{"period": "day", "requests": 10**6}]}
+            assert c.put("/limits", json=caps, headers=headers).status_code == 200
+            for _ in range(40):  # fast enough to be taken ahead
+                sent = c.post("/relay/openai/v1/chat/completions", json=CHAT, headers=headers)
+                assert sent.status_code == 200, sent.text
+        with first.client() as a:
+            held = _spent(a, headers)[0]["requests"]
+        assert held > 40  # what the third instance holds counts as spent elsewhere
+    finally:
+        third.stop()
+    with first.client() as a:
+        assert _spent(a, headers) == [{"requests": 40}]

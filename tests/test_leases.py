@@ -108,7 +108,10 @@ async def settled(background: Background) -> None:
     await background.close()  # waits for the settling tasks spawned so far
 
 
-async def test_a_slow_counter_is_reserved_exactly(store: KeyStore, leases: Leases) -> None:
+async def test_a_slow_counter_is_reserved_exactly(
+    store: KeyStore, leases: Leases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(leases_module, "AHEAD", 0.1)  # slow: below ten requests a second
     trips = Trips(store)
     for _ in range(5):
         assert await leases.reserve(USER, [charge("a", 10, 1000)], now_ms()) is None
@@ -268,9 +271,11 @@ async def test_two_processes_on_one_store_never_pass_a_limit_together(store: Key
 
 def test_the_rate_counts_whole_seconds() -> None:
     held, lease = leases_module._Held(), leases_module._Lease(limit=10**6, expires_at=0)
-    for at in (0.0, 0.1, 0.2, 0.9):
+    held.use(0.0)
+    assert held.ahead(lease, 5, 0.5) == 0  # one a second: too slow to take ahead
+    for at in (0.1, 0.2, 0.9):
         held.use(at)
-    assert held.ahead(lease, 5, 0.9) == 0  # 4 a second: too slow to take ahead
+    assert held.ahead(lease, 5, 0.9) == int(4 * leases_module.AHEAD) * 5
     for i in range(40):
         held.use(1.0 + i / 100)
     assert held.ahead(lease, 5, 1.5) == int(40 * leases_module.AHEAD) * 5

@@ -31,9 +31,9 @@ logger = logging.getLogger("relay")
 
 IDLE: Final = 1.0
 """Seconds a lease may sit unused before what it holds goes back to the store."""
-AHEAD: Final = 0.125
+AHEAD: Final = 0.5
 """Seconds of a counter's requests (at its rate over the last second) taken ahead."""
-MOST_AHEAD: Final = 256
+MOST_AHEAD: Final = 1024
 """Requests' worth taken ahead at most."""
 SHARE: Final = 16
 """A process takes ahead at most 1/SHARE of a limit: near a cap, others are never kept out long."""
