@@ -337,6 +337,15 @@ class SQLStore(KeyStore):
         self._reservations = functools.lru_cache(maxsize=32)(
             functools.partial(_reservation, engine.dialect, self._insert)
         )
+        # Postgres reserves in one round trip: a function (migration 0011) runs the transaction.
+        self._reserve_call = (
+            text(
+                "SELECT relay_reserve(:who, CAST(:counters AS text[]), CAST(:amounts AS bigint[]),"
+                " CAST(:limits AS bigint[]), CAST(:ends AS bigint[]), :at_ms)"
+            )
+            if engine.dialect.name == "postgresql"
+            else None
+        )
         self._expired_spend = delete(spend).where(
             spend.c.user_id == bindparam("u"), spend.c.expires_at <= bindparam("now")
         )
@@ -461,6 +470,17 @@ class SQLStore(KeyStore):
     async def reserve(self, user_id: str, charges: Sequence[Charge], now: int) -> int | None:
         if not charges:
             return None
+        if self._reserve_call is not None:
+            params = {
+                "who": user_id,
+                "counters": [charge.counter for charge in charges],
+                "amounts": [charge.amount for charge in charges],
+                "limits": [charge.limit for charge in charges],
+                "ends": [charge.expires_at for charge in charges],
+                "at_ms": now,
+            }
+            refused = (await self._rows("reserve", self._reserve_call, params))[0][0]
+            return None if refused is None else int(refused)
         work = functools.partial(self._reserve_in, user_id, charges, now)
         try:
             return await self._write("reserve", work)
@@ -475,10 +495,9 @@ class SQLStore(KeyStore):
         for charge in charges:
             adding[charge.counter] = adding.get(charge.counter, 0) + charge.amount
             ends[charge.counter] = charge.expires_at
-        # One statement adds to every counter, starting those new or over again: each counter's
-        # row stays locked (Postgres) or the database's write lock held (SQLite) until the
-        # amounts are checked and the whole is committed or rolled back. Locked in name order:
-        # no two reservations deadlock.
+        # One statement adds to every counter, starting those new or over again: SQLite's write
+        # lock is held until the amounts are checked and the whole is committed or rolled back.
+        # (Postgres runs the same in relay_reserve, its rows locked in name order.)
         params: dict[str, Any] = {"u": user_id, "now": now}
         for i, name in enumerate(sorted(adding)):
             params.update({f"c{i}": name, f"a{i}": adding[name], f"e{i}": ends[name]})

@@ -15,6 +15,7 @@ from sqlalchemy import event, select
 from backends import Charge, User, migrate
 from backends.sql import SQLStore
 from backends.tables import spend
+from tests import servers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sqlite]
 
@@ -96,3 +97,26 @@ async def test_counters_of_periods_over_go_when_a_period_begins(store: SQLStore)
     async with store._engine.connect() as conn:
         rows = (await conn.execute(select(spend.c.counter, spend.c.amount))).all()
     assert [tuple(row) for row in rows] == [("day-2", 1)]
+
+
+@pytest.mark.postgres
+async def test_a_postgres_reservation_is_one_call_outside_a_transaction(
+    postgres_url: str,
+) -> None:
+    """One statement, the function of migration 0011, on the store's autocommit connections (no
+    BEGIN and COMMIT round trips around it)."""
+    await servers.truncate(postgres_url)
+    store = SQLStore.from_url(postgres_url)
+    try:
+        await store.create_user(User("u1", "app", 1, None, None), TOKEN_HASH)
+        statements: list[str] = []
+        engine = store._engine.sync_engine
+        event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        day, month = Charge("day", 1, 10, 2**40), Charge("month", 6, 10, 2**41)
+        assert await store.reserve("u1", [day, month], 1) is None
+        assert await store.reserve("u1", [day, month], 1) == 1  # month would pass: nothing added
+        assert len(statements) == 2
+        assert all(s.startswith("SELECT relay_reserve(") for s in statements)
+        assert await store.spent("u1", ["day", "month"], 1) == {"day": 1, "month": 6}
+    finally:
+        await store.close()
