@@ -223,6 +223,17 @@ async def test_a_changed_limit_gives_back_what_was_held_under_the_old_one(
     assert await counted(store, "a") == {"a": 101}
 
 
+async def test_a_changed_limit_gives_back_what_was_held_even_for_a_charge_of_nothing(
+    store: KeyStore, leases: Leases
+) -> None:
+    for _ in range(100):
+        assert await leases.reserve(USER, [charge("a", 1, 10**6)], now_ms()) is None
+    await asyncio.sleep(0.05)  # any top-up in
+    assert await leases.reserve(USER, [charge("a", 0, 10**5)], now_ms()) is None
+    await asyncio.sleep(0.05)
+    assert await counted(store, "a") == {"a": 100}
+
+
 async def test_a_request_refused_by_the_store_puts_back_what_it_took_from_what_was_held(
     store: KeyStore, leases: Leases
 ) -> None:

@@ -135,6 +135,8 @@ class Leases:
             await asyncio.wait(arriving)
             return await self.reserve(user_id, charges, now)
         if not short:
+            if stale:  # a charge of 0 under a changed limit
+                self._background.spawn(self._store.settle(user_id, stale), "cap lease")
             if running_low:
                 self._top_up(user_id, held, charges, taken, at, now)
             return None
