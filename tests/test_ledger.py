@@ -23,6 +23,7 @@ import pytest
 import backends
 from backends import OUTCOMES, TOKEN_KINDS, UsageRecord, User
 from backends.migrate import upgrade
+from relay.api.ledger import span_of
 from relay.usage import retention
 from tests.conftest import RelayFactory
 from tests.mockprovider import ANTHROPIC_USAGE, GEMINI_USAGE, OPENAI_USAGE
@@ -231,3 +232,10 @@ async def test_records_past_retention_are_pruned_soon_after_start(
         while (await store.usage_stats(now, app_id="retention")).total != 1:
             await anyio.sleep(0.05)
     await store.close()
+
+
+def test_the_default_span_counts_a_request_of_this_very_millisecond() -> None:
+    # A client that asks right after its request may ask in the millisecond it was recorded.
+    start, end, _ = span_of({}, 1_800_000_000_000)
+    assert start <= 1_800_000_000_000 < end
+    assert span_of({"to": "1800000000000"}, 1_900_000_000_000)[1] == 1_800_000_000_000

@@ -79,7 +79,8 @@ def span_of(query: Mapping[str, str], now: int) -> tuple[int, int, str]:
         raise BadRequest(
             f"group_by must be one of: {', '.join(LEDGER_GROUPS)}", code="invalid_query"
         )
-    end = _instant("to", query["to"], end=True) if "to" in query else now
+    # By default up to now, this millisecond included: a request that ended in it is counted.
+    end = _instant("to", query["to"], end=True) if "to" in query else now + 1
     start = (
         _instant("from", query["from"], end=False)
         if "from" in query
