@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 from backends import Charge, KeyStore
@@ -113,10 +113,11 @@ class Leases:
             counter = charge.counter
             lease = leases.get(counter)
             if lease is None or lease.limit != charge.limit:
-                if lease is not None and lease.left:
-                    stale.append((counter, -lease.left))
-                if lease is not None and lease.topping_up is not None:
-                    arriving.append(lease.topping_up)  # it goes back as it comes
+                if lease is not None:  # taken under the earlier limit: it goes back
+                    if lease.left:
+                        stale.append((counter, -lease.left))
+                    if lease.topping_up is not None:
+                        arriving.append(lease.topping_up)  # back it goes as it comes
                 lease = leases[counter] = _Lease(charge.limit, charge.expires_at)
             part = min(lease.left, charge.amount)
             lease.left -= part
@@ -127,41 +128,36 @@ class Leases:
                 short.append((index, charge, charge.amount - part))
                 if lease.topping_up is not None:
                     arriving.append(lease.topping_up)
-        if arriving:  # what this process is about to hold may be enough: wait for it first
-            for counter, lease, part in taken:
-                self._credit(user_id, counter, lease, part)
-            if stale:
-                await self._store.settle(user_id, stale)
-            await asyncio.wait(arriving)
-            return await self.reserve(user_id, charges, now)
-        if not short:
-            if stale:  # a charge of 0 under a changed limit
-                self._background.spawn(self._store.settle(user_id, stale), "cap lease")
-            if running_low:
-                self._top_up(user_id, held, charges, taken, at, now)
-            return None
+        extras = [0] * len(short)
         granted = False
         try:
-            if stale:
-                await self._store.settle(user_id, stale)
-            extras = [held.ahead(taken[i][1], charge.amount, at) for i, charge, _ in short]
-            refused = await self._take(user_id, short, extras, now)
-            if refused is not None and any(extras):
-                taken[short[refused][0]][1].exact_until = at + IDLE
-                extras = [0] * len(short)
+            if stale:  # before more is asked for, lest it be refused for what went back
+                await asyncio.shield(self._store.settle(user_id, stale))
+            if arriving:  # what this process is about to hold may be enough: wait for it first
+                await asyncio.wait(arriving)
+            elif short:
+                extras = [held.ahead(taken[i][1], charge.amount, at) for i, charge, _ in short]
                 refused = await self._take(user_id, short, extras, now)
-            if refused is not None:
-                return short[refused][0]
-            granted = True
+                if refused is not None and any(extras):
+                    taken[short[refused][0]][1].exact_until = at + IDLE
+                    extras = [0] * len(short)
+                    refused = await self._take(user_id, short, extras, now)
+                if refused is not None:
+                    return short[refused][0]
+            granted = not arriving
         finally:
-            if not granted:  # refused, failed or cancelled: what the leases gave goes back
+            if not granted:  # refused, failed, cancelled or waited: what the leases gave goes back
                 for counter, lease, part in taken:
                     self._credit(user_id, counter, lease, part)
+        if arriving:
+            return await self.reserve(user_id, charges, now)
         for (index, _, _), extra in zip(short, extras, strict=True):
             counter, lease, _ = taken[index]
             lease.low = extra // 2
             if extra:
                 self._credit(user_id, counter, lease, extra)
+        if running_low and not short:
+            self._top_up(user_id, held, charges, taken, at, now)
         return None
 
     def _top_up(
@@ -231,7 +227,7 @@ class Leases:
             elif change:
                 rest.append((counter, change))
         if rest:
-            self._background.spawn(self._store.settle(user_id, rest), "cap settling")
+            self._send(user_id, rest, "cap settling")
 
     async def spent(self, user_id: str, counters: Sequence[str], now: int) -> dict[str, int]:
         """As `KeyStore.spent`, less what this process holds ahead (another's counts as spent
@@ -249,22 +245,23 @@ class Leases:
         if self._lease(user_id, counter) is lease:
             lease.left += amount
         elif amount:
-            self._background.spawn(self._store.settle(user_id, [(counter, -amount)]), "cap lease")
+            self._send(user_id, [(counter, -amount)], "cap lease")
 
-    def _give_back(self, user_id: str, leases: Iterable[tuple[str, _Lease]]) -> None:
-        changes = [(counter, -lease.left) for counter, lease in leases if lease.left]
-        if changes:
-            self._background.spawn(self._store.settle(user_id, changes), "cap lease")
+    def _send(self, user_id: str, changes: list[tuple[str, int]], what: str) -> None:
+        """`changes` to the store's counters, off the request path."""
+        self._background.spawn(self._store.settle(user_id, changes), what)
 
-    def _idle(self, everything: bool = False) -> dict[str, list[tuple[str, _Lease]]]:
+    def _idle(self, everything: bool = False) -> dict[str, list[tuple[str, int]]]:
         """Take out the users' holdings that are idle (every one, with `everything`), and the
-        leases whose period has ended; what to give back, by user."""
+        leases whose period has ended; what goes back to the store, by user."""
         at, now = time.monotonic(), now_ms()
-        idle: dict[str, list[tuple[str, _Lease]]] = {}
+        idle: dict[str, list[tuple[str, int]]] = {}
         for user_id, held in list(self._held.items()):
             if everything or at - held.used >= IDLE:
                 del self._held[user_id]
-                idle[user_id] = [(c, lease) for c, lease in held.leases.items() if lease.left]
+                changes = [(c, -lease.left) for c, lease in held.leases.items() if lease.left]
+                if changes:
+                    idle[user_id] = changes
             else:
                 for counter, lease in list(held.leases.items()):
                     if lease.expires_at <= now:
@@ -274,8 +271,8 @@ class Leases:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(IDLE / 2)
-            for user_id, leases in self._idle().items():
-                self._give_back(user_id, leases)
+            for user_id, changes in self._idle().items():
+                self._send(user_id, changes, "cap lease")
 
     async def close(self) -> None:
         """Give back everything held, and wait for the store to take it."""
@@ -283,11 +280,7 @@ class Leases:
             self._ticking.cancel()
         held = self._idle(everything=True)
         results = await asyncio.gather(
-            *(
-                self._store.settle(user_id, [(c, -lease.left) for c, lease in leases])
-                for user_id, leases in held.items()
-                if leases
-            ),
+            *(self._store.settle(user_id, changes) for user_id, changes in held.items()),
             return_exceptions=True,
         )
         failed = sum(isinstance(r, Exception) for r in results)
