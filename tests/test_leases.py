@@ -5,18 +5,22 @@ pass, on one process or two sharing a store."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 import backends
-from backends import DAY_MS, Charge, KeyStore, StoreError, User, migrate
+from backends import DAY_MS, Charge, KeyStore, StoreError, StoreUnavailable, User, migrate
+from backends.breaker import BreakerStore
 from relay.proxy import leases as leases_module
 from relay.proxy.leases import MOST_AHEAD, SHARE, Leases
 from relay.security.auth import now_ms
 from relay.usage.background import Background
 from tests import servers
+from tests.servers import PrivatePostgres, PrivateStore
 
 pytestmark = pytest.mark.anyio
 
@@ -278,6 +282,52 @@ async def test_two_processes_on_one_store_never_pass_a_limit_together(store: Key
         "day": results.count(None),
         "n": 3 * results.count(None),
     }
+
+
+async def test_while_the_store_is_down_top_ups_back_off_and_requests_use_what_is_held(
+    server: PrivateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    if isinstance(server, PrivatePostgres):
+        await asyncio.to_thread(migrate.upgrade, server.url)
+    opened = backends.open_store(server.url, backends.StoreOptions(connect_timeout=0.3))
+    store = BreakerStore(opened)  # as the relay runs it: once a call times out, calls fail at once
+    background = Background()
+    leases = Leases(store, background)
+    caplog.set_level(logging.WARNING, logger="relay")
+    try:
+        await store.create_user(User(id=USER, app_id="app", created_at=now_ms()), "digest")
+        for _ in range(100):  # fast: a good part of a second's requests is held ahead
+            assert await leases.reserve(USER, [charge("a", 1, 10**9)], now_ms()) is None
+            await asyncio.sleep(0.002)
+        trips = Trips(store)
+        server.freeze()
+        with pytest.raises(StoreUnavailable):  # times out, and opens the breaker
+            await store.spent(USER, ["a"], now_ms())
+        served = failed = 0
+        started = time.monotonic()
+        try:
+            for _ in range(150):
+                try:
+                    served += await leases.reserve(USER, [charge("a", 1, 10**9)], now_ms()) is None
+                except StoreError:
+                    failed += 1
+                await asyncio.sleep(0.002)
+        finally:
+            server.thaw()
+        took = time.monotonic() - started
+        assert served > 20  # from what was held, while the store did not answer
+        assert served + failed == 150
+        # A top-up each IDLE at most: not one (nor a warning) for each request that found what
+        # was held running low.
+        top_ups = trips.count - trips.waited()
+        most = 1 + took / leases_module.IDLE
+        assert 1 <= top_ups <= most, (top_ups, took)
+        warnings = [r for r in caplog.records if "cap top-up failed" in r.getMessage()]
+        assert len(warnings) == top_ups
+    finally:
+        await leases.close()
+        await background.close()
+        await store.close()
 
 
 def test_the_rate_counts_whole_seconds() -> None:

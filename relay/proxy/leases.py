@@ -8,8 +8,8 @@ The store still decides every amount: a process only ever holds what the store's
 instances. What a process holds but has not used counts as spent until it is given back: after
 `IDLE` seconds without use, when the cap's limit changes, when the process stops (a crashed one
 gives it back only when the period ends). A user's counters used slowly are reserved one
-request at a time, exactly as if there were no leases; a counter refused the extra is reserved
-exactly until it has been quiet for `IDLE`.
+request at a time, exactly as if there were no leases; a counter refused the extra, or whose
+top-up failed (the store down), is reserved exactly for `IDLE`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class _Lease:
     left: int = 0
     """Taken from the store's counter and not reserved by a request of this process yet."""
     exact_until: float = 0.0
-    """Until then (monotonic), reserve exactly: taking more was refused."""
+    """Until then (monotonic), reserve exactly: taking more was refused, or failed."""
     low: int = 0
     """Below this a top-up is taken, off the request path: half of what was last taken ahead."""
     topping_up: asyncio.Future[None] | None = None
@@ -195,6 +195,10 @@ class Leases:
                     gone.append((charge.counter, -charge.amount))
             if gone:
                 await self._store.settle(user_id, gone)
+        except Exception:  # the store is down: no more top-ups (nor a warning each) for a while
+            for _, lease in low:
+                lease.exact_until = time.monotonic() + IDLE
+            raise
         finally:
             for _, lease in low:
                 lease.topping_up = None
