@@ -12,7 +12,7 @@ import dataclasses
 import json
 import re
 from collections.abc import AsyncIterator, Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -56,12 +56,22 @@ from .redis_layout import (
     user_from_lookup,
 )
 
-__all__ = ["RedisStore", "connect", "redis_key"]
+__all__ = ["RateHit", "RedisStore", "connect", "redis_key"]
 
 _USAGE_KEPT: Final = 10_000
 _USAGE_PER_CALL: Final = 1_000  # a bound on how long one script holds the server
 _PRUNED_PER_CALL: Final = 1_000
 _TOKENS_PER_CALL: Final = 500
+
+
+class RateHit(NamedTuple):
+    """A rate-limit hit for `RedisStore.reserve_counting` to count in its round trip."""
+
+    key: str
+    """The counter's whole Redis key."""
+    window_ms: int
+    most: int
+    """The limit: a hit that takes the count past it reserves nothing."""
 
 
 def connect(url: str, options: StoreOptions) -> aioredis.Redis:
@@ -113,6 +123,7 @@ class RedisStore(KeyStore):
         self._touch_child = client.register_script(scripts.TOUCH_CHILD)
         self._set_caps = client.register_script(scripts.SET_CAPS)
         self._reserve = client.register_script(scripts.RESERVE)
+        self._hit_reserve = client.register_script(scripts.HIT_RESERVE)
         self._settle = client.register_script(scripts.SETTLE)
 
     @classmethod
@@ -206,15 +217,37 @@ class RedisStore(KeyStore):
     async def reserve(self, user_id: str, charges: Sequence[Charge], now: int) -> int | None:
         if not charges:
             return None
+        async with self._call("reserve"):
+            result = await self._reserve(
+                keys=self._reserve_keys(user_id), args=self._reserve_args(charges, now)
+            )
+        return self._reserved(int(result))
+
+    async def reserve_counting(
+        self, user_id: str, charges: Sequence[Charge], now: int, hit: RateHit
+    ) -> tuple[int, int, int | None]:
+        """Count `hit`, then, unless that takes its count past `hit.most`, `reserve` the
+        charges, in one round trip: the count, the milliseconds left in its window and what
+        `reserve` answered (None, also when it was not tried)."""
+        args = [hit.window_ms, hit.most, *self._reserve_args(charges, now)]
+        async with self._call("reserve"):
+            count, left, result = await self._hit_reserve(
+                keys=[*self._reserve_keys(user_id), hit.key], args=args
+            )
+        return int(count), int(left), None if result == -3 else self._reserved(int(result))
+
+    def _reserve_keys(self, user_id: str) -> list[str]:
+        return [self._key("user", user_id), *self._spend_keys(user_id)]
+
+    @staticmethod
+    def _reserve_args(charges: Sequence[Charge], now: int) -> list[str | int]:
         args: list[str | int] = [now, len(charges)]
         for charge in charges:
             args += [charge.counter, charge.amount, charge.limit, charge.expires_at]
-        async with self._call("reserve"):
-            result = int(
-                await self._reserve(
-                    keys=[self._key("user", user_id), *self._spend_keys(user_id)], args=args
-                )
-            )
+        return args
+
+    @staticmethod
+    def _reserved(result: int) -> int | None:
         if result == -1:
             raise StoreError("reserve: no such user")
         return None if result == -2 else result

@@ -1,5 +1,6 @@
 """The Lua scripts of the Redis key store (`backends.redis`): every write that touches more than
-one key is one script, so it is atomic.
+one key is one script, so it is atomic. The rate limits' hit is here too (`HIT`), so that a
+reservation can count one in its own round trip where the limits share the store's Redis.
 
 Each script says which KEYS and ARGV it takes; the keys are built by `redis_layout.redis_key`
 and the entry format is `redis_layout.ENTRY` (bytes 2-9 created_at, 10-17 updated_at, then the
@@ -16,6 +17,8 @@ __all__ = [
     "DELETE_CHILD",
     "DELETE_KEY",
     "DELETE_USER",
+    "HIT",
+    "HIT_RESERVE",
     "PRUNE_USAGE",
     "PUT_KEY",
     "RECORD_USAGE",
@@ -47,45 +50,81 @@ if ARGV[2] == '' then return redis.call('HDEL', ARGV[1] .. digest, 'caps') end
 return redis.call('HSET', ARGV[1] .. digest, 'caps', ARGV[2])
 """
 
-# KEYS: user key, counters hash (counter -> amount), their expiries hash. ARGV: now, n, then n
-# times counter, amount, limit, expires_at. -2 all reserved, -1 no user, else the 0-based index
-# of the first charge that would pass its limit (nothing added). Expired counters go first; the
-# hashes live as long as their last counter.
-RESERVE: Final = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local now = tonumber(ARGV[1])
-local last = 0
-local expiries = redis.call('HGETALL', KEYS[3])
-for j = 1, #expiries, 2 do
-  local at = tonumber(expiries[j + 1])
-  if at <= now then
-    redis.call('HDEL', KEYS[2], expiries[j])
-    redis.call('HDEL', KEYS[3], expiries[j])
-  elseif at > last then last = at end
+# A fixed-window rate-limit hit (`relay.server.redislimits`): the count, this hit included, and
+# the milliseconds left in the window. A counter found without an expiry (left by an interrupted
+# writer) starts its window now rather than never ending.
+_HIT: Final = """
+local function hit(key, window)
+  local count = redis.call('INCRBY', key, 1)
+  local left = redis.call('PTTL', key)
+  if left < 0 then
+    left = window
+    redis.call('PEXPIRE', key, left)
+  end
+  return count, left
 end
-local n = tonumber(ARGV[2])
-local sums = {}
-for i = 0, n - 1 do
-  local c = ARGV[3 + i * 4]
-  if sums[c] == nil then sums[c] = tonumber(redis.call('HGET', KEYS[2], c) or '0') end
-  sums[c] = sums[c] + tonumber(ARGV[4 + i * 4])
-  if sums[c] > tonumber(ARGV[5 + i * 4]) then return i end
-end
-for i = 0, n - 1 do
-  local c = ARGV[3 + i * 4]
-  local at = tonumber(ARGV[6 + i * 4])
-  redis.call('HINCRBY', KEYS[2], c, ARGV[4 + i * 4])
-  redis.call('HSET', KEYS[3], c, ARGV[6 + i * 4])
-  if at > last then last = at end
-end
--- Redis expires by its own clock: only a period still to end there bounds the hashes' lives.
-local clock = redis.call('TIME')
-if last > tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) then
-  redis.call('PEXPIREAT', KEYS[2], last)
-  redis.call('PEXPIREAT', KEYS[3], last)
-end
-return -2
 """
+
+# The user's key, counters hash (counter -> amount), their expiries hash; from ARGV[base + 1]:
+# now, n, then n times counter, amount, limit, expires_at. -2 all reserved, -1 no user, else the
+# 0-based index of the first charge that would pass its limit (nothing added). Expired counters
+# go first; the hashes live as long as their last counter.
+_RESERVE: Final = """
+local function reserve(user, amounts, expiries, base)
+  if redis.call('EXISTS', user) == 0 then return -1 end
+  local now = tonumber(ARGV[base + 1])
+  local last = 0
+  local found = redis.call('HGETALL', expiries)
+  for j = 1, #found, 2 do
+    local at = tonumber(found[j + 1])
+    if at <= now then
+      redis.call('HDEL', amounts, found[j])
+      redis.call('HDEL', expiries, found[j])
+    elseif at > last then last = at end
+  end
+  local n = tonumber(ARGV[base + 2])
+  local sums = {}
+  for i = 0, n - 1 do
+    local c = ARGV[base + 3 + i * 4]
+    if sums[c] == nil then sums[c] = tonumber(redis.call('HGET', amounts, c) or '0') end
+    sums[c] = sums[c] + tonumber(ARGV[base + 4 + i * 4])
+    if sums[c] > tonumber(ARGV[base + 5 + i * 4]) then return i end
+  end
+  for i = 0, n - 1 do
+    local c = ARGV[base + 3 + i * 4]
+    local at = tonumber(ARGV[base + 6 + i * 4])
+    redis.call('HINCRBY', amounts, c, ARGV[base + 4 + i * 4])
+    redis.call('HSET', expiries, c, ARGV[base + 6 + i * 4])
+    if at > last then last = at end
+  end
+  -- Redis expires by its own clock: only a period still to end there bounds the hashes' lives.
+  local clock = redis.call('TIME')
+  if last > tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) then
+    redis.call('PEXPIREAT', amounts, last)
+    redis.call('PEXPIREAT', expiries, last)
+  end
+  return -2
+end
+"""
+
+# KEYS: the rate-limit counter. ARGV: its window in milliseconds. {count, milliseconds left}.
+HIT: Final = _HIT + "return {hit(KEYS[1], tonumber(ARGV[1]))}"
+
+# KEYS: user key, counters hash, their expiries hash. ARGV: as `_RESERVE`'s, from ARGV[1].
+RESERVE: Final = _RESERVE + "return reserve(KEYS[1], KEYS[2], KEYS[3], 0)"
+
+# A rate-limit hit and, unless it is over the limit, a reservation, in one round trip. KEYS: as
+# RESERVE's, then the rate-limit counter. ARGV: its window in milliseconds, its limit, then
+# RESERVE's. {count, milliseconds left, RESERVE's answer or -3: over the limit, nothing reserved}.
+HIT_RESERVE: Final = (
+    _HIT
+    + _RESERVE
+    + """
+local count, left = hit(KEYS[4], tonumber(ARGV[1]))
+if count > tonumber(ARGV[2]) then return {count, left, -3} end
+return {count, left, reserve(KEYS[1], KEYS[2], KEYS[3], 2)}
+"""
+)
 
 # KEYS: counters hash. ARGV: pairs of counter, amount to add. Never below 0; a counter gone (its
 # period over) stays gone.

@@ -146,10 +146,12 @@ async def open_services(
             stack.push_async_callback(redis.aclose)
             prefix = redis_key(settings.redis_namespace, "limits")
             counter = RedisCounter(redis, prefix, settings.db_connect_timeout)
+            shared = None
             if store is None and database_url == redis_url:
                 # The Redis key store and the limits share one pool, and one breaker: the first
-                # timeout of either makes both fail fast.
-                store = RedisStore(
+                # timeout of either makes both fail fast. A capped request's per-token hit is
+                # counted in its reservation's round trip.
+                store = shared = RedisStore(
                     redis, settings.redis_namespace, deadline=settings.db_connect_timeout
                 )
                 shared_breaker = Breaker(store.ping, "Redis (key store and rate limits)")
@@ -157,7 +159,7 @@ async def open_services(
             else:
                 breaker = Breaker(counter.ping, "rate-limit Redis")
             stack.push_async_callback(breaker.close)
-            limiter = RateLimiter(_limits(settings), counter, breaker)
+            limiter = RateLimiter(_limits(settings), counter, breaker, shared)
             logger.info(
                 "rate limits: shared through Redis; while it is unavailable the per-IP limit "
                 "counts in process memory and the relay and registration limits fail %s",

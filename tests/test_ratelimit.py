@@ -3,15 +3,20 @@ real relay processes through Redis; and what a Redis outage does."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
+from redis import asyncio as aioredis
 
+from backends import Charge, StoreError, StoreOptions, User
+from backends.redis import RateHit, RedisStore
 from relay.security.tokens import TokenHasher
 from tests.conftest import RelayFactory
 from tests.mockprovider import MockProvider
@@ -43,6 +48,10 @@ def assert_limited(response: httpx.Response, limit: str, amount: int) -> None:
     assert response.headers["ratelimit-remaining"] == "0"
     assert int(response.headers["ratelimit-reset"]) == retry_after
     assert response.headers["ratelimit-policy"].startswith(f"{amount};w=")
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"x-relay-token": token}
 
 
 def user_with_key(client: httpx.Client) -> str:
@@ -190,6 +199,107 @@ def test_the_relay_limit_holds_across_two_instances_sharing_redis(
     assert not [k for k in keys if token in k]
     assert not [v for v in values if v and token.encode() in v]
     assert any(TokenHasher(TEST_SECRET).hash(token) in k for k in keys)
+
+
+class Commands:
+    """The Redis commands an in-process relay sends, each with the task that sent it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent: list[tuple[asyncio.Task[Any] | None, list[str]]] = []
+        real = aioredis.Redis.execute_command
+
+        async def execute_command(client: aioredis.Redis, *args: Any, **options: Any) -> Any:
+            self.sent.append((asyncio.current_task(), [str(a) for a in args]))
+            return await real(client, *args, **options)
+
+        monkeypatch.setattr(aioredis.Redis, "execute_command", execute_command)
+
+    def of_request(self) -> list[list[str]]:
+        """What the task that served the one request sent meanwhile: its round trips (the
+        lookups it waits on run as tasks of their own, and are the same for every request)."""
+        tasks = {task for task, args in self.sent if any("LIMITER/global/" in a for a in args)}
+        assert len(tasks) == 1, self.sent
+        return [args for task, args in self.sent if task in tasks]
+
+
+@pytest.mark.redis
+def test_on_one_redis_a_capped_requests_token_hit_rides_its_reservations_round_trip(
+    make_relay: RelayFactory, redis_url: str, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_relay(
+        DATABASE_URL=redis_url, REDIS_URL=redis_url, REDIS_NAMESPACE=redis_namespace
+    )
+    commands = Commands(monkeypatch)
+    sent = {}
+    with server.client() as client:
+        for capped in (False, True):
+            token = user_with_key(client)
+            if capped:
+                caps = {"caps": [{"period": "day", "requests": 100}]}
+                assert client.put("/limits", json=caps, headers=auth(token)).status_code == 200
+            assert relay_call(client, token).status_code == 200
+            time.sleep(1.5)  # the user's first requests' pace: reserved exactly, in the store
+            commands.sent.clear()
+            assert relay_call(client, token).status_code == 200
+            sent[capped] = commands.of_request()
+    assert len(sent[True]) == len(sent[False]) == 2  # the per-IP hit, and the per-token one
+    counted = [args for args in sent[True] if any("LIMITER/relay/" in a for a in args)]
+    assert len(counted) == 1
+    assert any(":spend:" in a for a in counted[0])  # ...which reserved the request too
+
+
+@pytest.mark.redis
+def test_on_one_redis_every_capped_request_counts_against_its_tokens_limit(
+    make_relay: RelayFactory, redis_url: str, redis_namespace: str, mock: MockProvider
+) -> None:
+    server = make_relay(
+        DATABASE_URL=redis_url,
+        REDIS_URL=redis_url,
+        REDIS_NAMESPACE=redis_namespace,
+        RATE_LIMIT_RELAY="3/minute",
+    )
+    with server.client() as client:
+        token = user_with_key(client)
+        caps = {"caps": [{"period": "day", "requests": 100}]}
+        assert client.put("/limits", json=caps, headers=auth(token)).status_code == 200
+        first = relay_call(client, token)
+        assert first.status_code == 200
+        assert (first.headers["ratelimit-limit"], first.headers["ratelimit-remaining"]) == (
+            "3",
+            "2",
+        )
+        # Refused before its reservation (no key stored for it), and counted all the same.
+        no_key = client.post(
+            "/relay/anthropic/v1/messages", json={"model": "claude-3-5-haiku"}, headers=auth(token)
+        )
+        assert no_key.json()["code"] == "no_key"
+        assert relay_call(client, token).status_code == 200
+        mock.clear()
+        assert_limited(relay_call(client, token), "relay", 3)
+        assert mock.requests == []
+        time.sleep(0.2)  # the settling, off the request path
+        limits = client.get("/limits", headers=auth(token)).json()
+    assert limits["caps"][0]["spent"] == {"requests": 2}  # the refused one reserved nothing
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_a_reservation_counting_a_hit_past_its_limit_reserves_nothing(
+    redis_url: str, redis_namespace: str
+) -> None:
+    store = RedisStore.from_url(redis_url, StoreOptions(namespace=redis_namespace))
+    try:
+        await store.create_user(User(id="u1", app_id="app", created_at=1), "digest")
+        hit = RateHit(f"{redis_namespace}:limits:hit", 60_000, 2)
+        day = Charge("day", 5, 8, 2**41)
+        answers = [await store.reserve_counting("u1", [day], 1, hit) for _ in range(3)]
+        assert [(count, refused) for count, _, refused in answers] == [(1, None), (2, 0), (3, None)]
+        assert all(0 < left <= 60_000 for _, left, _ in answers)
+        assert await store.spent("u1", ["day"], 1) == {"day": 5}  # the second passed the cap
+        with pytest.raises(StoreError):
+            await store.reserve_counting("nobody", [day], 1, hit._replace(most=10))
+    finally:
+        await store.close()
 
 
 @pytest.mark.redis

@@ -49,6 +49,7 @@ from relay.proxy.jsonedit import Body
 from relay.proxy.ssrf import Upstream
 from relay.security.auth import now_ms
 from relay.server.edge import EDGE, Edge
+from relay.server.ratelimit import Deferred
 from relay.services import Services
 from relay.telemetry.access import ACCESS, Access
 from relay.upstream.client import upstream_request, upstream_url
@@ -106,6 +107,8 @@ class Request:
     user: User
     token: str
     """The digest of the caller's token."""
+    rate: Deferred | None = None
+    """The caller's per-token hit, when left to count with the request's reservation."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from typing import Final
 
 from backends import Charge, KeyStore
 from relay.security.auth import now_ms
+from relay.server.ratelimit import Deferred
 from relay.usage.background import Background
 
 __all__ = ["AHEAD", "IDLE", "MOST_AHEAD", "SHARE", "Leases"]
@@ -95,9 +96,13 @@ class Leases:
     def start(self) -> None:
         self._ticking = asyncio.get_running_loop().create_task(self._tick())
 
-    async def reserve(self, user_id: str, charges: Sequence[Charge], now: int) -> int | None:
+    async def reserve(
+        self, user_id: str, charges: Sequence[Charge], now: int, rate: Deferred | None = None
+    ) -> int | None:
         """As `KeyStore.reserve`: None when every charge was reserved, else the index of the
-        (first) one that could pass its limit, and nothing reserved."""
+        (first) one that could pass its limit, and nothing reserved. `rate`: the request's
+        rate-limit hit, counted first (its 429 reserves nothing), in the store's round trip
+        when the request needs one."""
         at = time.monotonic()
         held = self._held.get(user_id)
         if held is None:
@@ -137,20 +142,22 @@ class Leases:
                 await asyncio.wait(arriving)
             elif short:
                 extras = [held.ahead(taken[i][1], charge.amount, at) for i, charge, _ in short]
-                refused = await self._take(user_id, short, extras, now)
+                refused = await self._take(user_id, short, extras, now, rate)
                 if refused is not None and any(extras):
                     taken[short[refused][0]][1].exact_until = at + IDLE
                     extras = [0] * len(short)
-                    refused = await self._take(user_id, short, extras, now)
+                    refused = await self._take(user_id, short, extras, now, rate)
                 if refused is not None:
                     return short[refused][0]
+            elif rate is not None:
+                await rate.count()
             granted = not arriving
         finally:
             if not granted:  # refused, failed, cancelled or waited: what the leases gave goes back
                 for counter, lease, part in taken:
                     self._credit(user_id, counter, lease, part)
         if arriving:
-            return await self.reserve(user_id, charges, now)
+            return await self.reserve(user_id, charges, now, rate)
         for (index, _, _), extra in zip(short, extras, strict=True):
             counter, lease, _ = taken[index]
             lease.low = extra // 2
@@ -205,12 +212,15 @@ class Leases:
             arrived.set_result(None)
 
     async def _take(
-        self, user_id: str, short: list[tuple[int, Charge, int]], extras: list[int], now: int
-    ) -> int | None:
+        self, user_id: str, short: list[tuple[int, Charge, int]], extras: list[int], now: int,
+        rate: Deferred | None,
+    ) -> int | None:  # fmt: skip
         wanted = [
             charge._replace(amount=lacking + extra)
             for (_, charge, lacking), extra in zip(short, extras, strict=True)
         ]
+        if rate is not None and rate.pending:
+            return await rate.reserve(user_id, wanted, now)
         return await self._store.reserve(user_id, wanted, now)
 
     def _lease(self, user_id: str, counter: str) -> _Lease | None:

@@ -45,7 +45,7 @@ class _Listing(msgspec.Struct):
 
 async def list_models(request: Request) -> Response:
     services: Services = request.state.services
-    user, _ = await caller(services, request.headers)
+    user, _, _ = await caller(services, request.headers)
     grant = grant_of(user)
     held = [info.provider for info in await services.store.list_keys(user.id)]
     asked = [name for name in LISTINGS if name in held and grant.may_use(name)]

@@ -10,6 +10,7 @@ SSRF), and the caller's key, decrypted last. What comes out is an `Exchange`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,7 @@ from relay.proxy.ssrf import Upstream, UpstreamPolicy
 from relay.security.auth import authenticate_digest
 from relay.security.crypto import DecryptionError
 from relay.security.grants import grant_of
+from relay.server.ratelimit import Deferred
 from relay.services import Services
 from relay.telemetry.access import ACCESS, Access, short_user
 
@@ -86,14 +88,32 @@ class _Relay:
         self._models = models
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services: Services = scope["state"]["services"]
+        headers = Headers(scope=scope)
+        provider = self._provider(scope)
+        user, token, rate = await caller(services, headers, deferring=True)
+        request = Request(services, scope, receive, send, headers, user, token, rate)
         # Everything the request needed to be checked and prepared ends with `_prepare`'s
         # frame; an open stream keeps only its exchange (and no plaintext key in a frame).
-        exchange = await self._prepare(scope, receive, send)
-        if exchange is None:
-            return  # the client left while its body was being read
+        try:
+            exchange = await self._prepare(request, provider)
+        except Exception:
+            if rate is not None:  # refused before its reservation: the limit counts it still
+                await rate.count()
+            raise
+        if exchange is None:  # the client left while its body was being read
+            if rate is not None:
+                with contextlib.suppress(RelayError):  # nobody is left to tell
+                    await rate.count()
+            return
         await exchange.run()
 
-    async def _prepare(self, scope: Scope, receive: Receive, send: Send) -> Exchange | None:
+    def _provider(self, scope: Scope) -> Provider | None:
+        """The provider the path names, refused before the caller is looked at; None: the
+        body names it."""
+        return None
+
+    async def _prepare(self, request: Request, provider: Provider | None) -> Exchange | None:
         raise NotImplementedError
 
     async def _holding(
@@ -146,9 +166,11 @@ class _Relay:
 
         sending = Outgoing(scope["method"], url, outgoing, body)
         # Last: nothing may fail between a reservation and the exchange that settles it.
-        reserved = None
+        reserved, rate = None, request.rate
         if scope["method"] == "POST":
-            reserved = await reserve(services, request.user, provider, model, body)
+            reserved = await reserve(services, request.user, provider, model, body, rate)
+        if rate is not None:  # counted with the reservation, or now: no cap covered it
+            await rate.count()
         exchange = Exchange(request, provider, shown, record, model, sending, target.pin)
         exchange.reserved = reserved
         return exchange
@@ -172,16 +194,18 @@ class _Relay:
 class ProviderRelay(_Relay):
     """`/relay/{provider}/{path}`: the provider's own API, path and all."""
 
-    async def _prepare(self, scope: Scope, receive: Receive, send: Send) -> Exchange | None:
-        services: Services = scope["state"]["services"]
-        method = scope["method"]
-        if method not in ("GET", "POST"):
+    def _provider(self, scope: Scope) -> Provider:
+        if scope["method"] not in ("GET", "POST"):
             raise MethodNotAllowed("Method not allowed", headers={"allow": "POST"})
         provider = PROVIDERS.get(scope["path_params"]["provider"])
         if provider is None:
             raise unsupported_provider()
-        headers = Headers(scope=scope)
-        user, token = await caller(services, headers)
+        return provider
+
+    async def _prepare(self, request: Request, provider: Provider | None) -> Exchange | None:
+        assert provider is not None  # `_provider`'s
+        services, scope, user = request.services, request.scope, request.user
+        headers, method = request.headers, scope["method"]
         grant = grant_of(user)
         grant.check_provider(provider.name)
 
@@ -204,10 +228,11 @@ class ProviderRelay(_Relay):
         if (self._models.enabled or grant.reads_model or caps is not None) and method == "POST":
             # Only a model allowlist (the relay's or the token's) or the owner's spending caps
             # make the relay read a body it otherwise only streams.
-            declared = declared_length(headers, settings.parse_limit, TOO_LARGE_TO_READ)
+            limit = settings.parse_limit
+            declared = declared_length(headers, limit, TOO_LARGE_TO_READ)
             try:
                 body = await read_whole(
-                    receive, declared, settings.parse_limit, services.bodies, TOO_LARGE_TO_READ
+                    request.receive, declared, limit, services.bodies, TOO_LARGE_TO_READ
                 )
             except ClientGone:
                 return None
@@ -223,7 +248,6 @@ class ProviderRelay(_Relay):
                 raise
         else:
             declared_length(headers, settings.request_body_limit)
-        request = Request(services, scope, receive, send, headers, user, token)
         making = self._exchange(request, provider, path, scope["query_string"], body, model)
         return await (self._holding(services, held, making) if held else making)
 
@@ -239,26 +263,25 @@ class ModelRelay(_Relay):
         super().__init__(policy, models)
         self._router = route
 
-    async def _prepare(self, scope: Scope, receive: Receive, send: Send) -> Exchange | None:
-        services: Services = scope["state"]["services"]
-        headers = Headers(scope=scope)
-        user, token = await caller(services, headers)
+    async def _prepare(self, request: Request, provider: Provider | None) -> Exchange | None:
+        services = request.services
         limit = services.settings.parse_limit
-        declared = declared_length(headers, limit, TOO_LARGE_TO_READ)
+        declared = declared_length(request.headers, limit, TOO_LARGE_TO_READ)
         try:
-            raw = await read_whole(receive, declared, limit, services.bodies, TOO_LARGE_TO_READ)
+            raw = await read_whole(
+                request.receive, declared, limit, services.bodies, TOO_LARGE_TO_READ
+            )
         except ClientGone:
             return None
         held = len(raw)
         try:
             provider, routed = self._route(raw)
-            grant = grant_of(user)
+            grant = grant_of(request.user)
             grant.check_provider(provider.name)
             grant.check_model(routed.model, provider.name)
         except BaseException:
             services.bodies.give(held)
             raise
-        request = Request(services, scope, receive, send, headers, user, token)
         making = self._exchange(request, provider, routed.path, b"", raw, routed.model)
         return await self._holding(services, held, making)
 
@@ -317,10 +340,18 @@ def _query(provider: Provider, path: str, query_string: bytes) -> str:
     return "?" + query if query else ""
 
 
-async def caller(services: Services, headers: Headers) -> tuple[User, str]:
-    """The caller and their token's digest; a narrow token used from an origin it may not be."""
+async def caller(
+    services: Services, headers: Headers, *, deferring: bool = False
+) -> tuple[User, str, Deferred | None]:
+    """The caller, their token's digest, and, `deferring`, the hit of the per-token limit when
+    it is left to count with a reservation (a capped caller, the key store on the limits'
+    Redis); a narrow token used from an origin it may not be."""
     user, token_digest = await authenticate_digest(services.store, services.tokens, headers)
-    await services.limiter.check("relay", token_digest)
+    rate = None
+    if deferring and capped(user) is not None:
+        rate = services.limiter.defer("relay", token_digest)
+    if rate is None:
+        await services.limiter.check("relay", token_digest)
     child = user.child
     if child is not None:
         grant_of(user).check_origin(headers.get("origin"))
@@ -328,7 +359,7 @@ async def caller(services: Services, headers: Headers) -> tuple[User, str]:
         services.token_use.note(
             child.id, lambda at: store.touch_child_token(child.user_id, child.id, at)
         )
-    return user, token_digest
+    return user, token_digest, rate
 
 
 async def stored_key(services: Services, user: User, provider: Provider) -> tuple[bytes, str]:

@@ -37,6 +37,7 @@ from relay.pricing.table import PriceTable, Tokens
 from relay.providers.table import Provider
 from relay.security.auth import now_ms
 from relay.security.grants import Limits
+from relay.server.ratelimit import Deferred
 from relay.services import Services
 
 __all__ = ["capped", "max_output", "reserve", "worst_case"]
@@ -129,10 +130,11 @@ def capped(user: User) -> Caps | None:
 
 async def reserve(
     services: Services, user: User, provider: Provider, model: str | None,
-    body: bytes | bytearray | None,
+    body: bytes | bytearray | None, rate: Deferred | None = None,
 ) -> Reserved | None:  # fmt: skip
     """Reserve the request's worst case against every cap of the owner's that covers it; 402
-    when one could be passed. None: no cap covers it."""
+    when one could be passed. None: no cap covers it. `rate`: the request's rate-limit hit,
+    counted with the reservation (`Leases.reserve`) when there is one."""
     caps = capped(user)
     if caps is None:
         return None
@@ -153,7 +155,7 @@ async def reserve(
         ) from None
     if not wanted:
         return None
-    refused = await services.leases.reserve(user.id, [w.charge for w in wanted], now)
+    refused = await services.leases.reserve(user.id, [w.charge for w in wanted], now, rate)
     if refused is None:
         return Reserved(
             user.id, tuple((w.charge.counter, w.counted.metric, w.charge.amount) for w in wanted)

@@ -31,17 +31,19 @@ from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 from limits import RateLimitItem, parse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backends import StoreError, StoreUnavailable
+from backends import Charge, StoreError, StoreUnavailable
 from backends.breaker import Breaker
 from relay.errors import RelayError, ServiceUnavailable, send_error
 from relay.server.memorylimits import MemoryStorage
 from relay.telemetry.metrics import RATE_LIMITED
 
 if TYPE_CHECKING:  # imported only when REDIS_URL is set
+    from backends.redis import RedisStore
     from relay.server.redislimits import RedisCounter
 
 __all__ = [
     "LIMIT_NAMES",
+    "Deferred",
     "GlobalLimitMiddleware",
     "Limit",
     "Quota",
@@ -147,15 +149,20 @@ class RateLimiter:
         limits: Mapping[str, Limit],
         redis: RedisCounter | None = None,
         breaker: Breaker | None = None,
+        store: RedisStore | None = None,
     ) -> None:
         """Limits counted in process memory, or in `redis` while `breaker`, which watches that
-        Redis, says it is up."""
+        Redis, says it is up; `store`: the key store on that same Redis, whose reservations
+        can count a deferred hit in their own round trip."""
         if (redis is None) != (breaker is None):
             raise ValueError("a Redis counter needs the breaker that watches its server")
+        if store is not None and redis is None:
+            raise ValueError("only a key store on the limits' Redis can count their hits")
         self.limits = dict(limits)
         self.memory = MemoryStorage()
         self._redis = redis
         self._breaker = breaker
+        self._store = store
         self._in_memory = False
         self._last_failure_log = -math.inf
 
@@ -178,17 +185,43 @@ class RateLimiter:
                     return None
                 count, resets_at = counted
             else:
-                if self._in_memory:
-                    self._in_memory = False
-                    logger.info("rate limits: counting in Redis again")
+                self._answered()
+        return self._counted(limit, count, resets_at)
+
+    def defer(self, name: str, identity: str) -> Deferred | None:
+        """The hit of `check(name, identity)`, to count later, in the round trip of a
+        reservation; None when the key store does not share the limits' Redis."""
+        return None if self._store is None else Deferred(self, name, identity)
+
+    async def _reserve_counting(
+        self, name: str, identity: str, user_id: str, charges: Sequence[Charge], now: int
+    ) -> int | None:
+        assert self._store is not None  # only `defer` makes a `Deferred`, and only then
+        assert self._redis is not None
+        assert self._breaker is not None
+        limit = self.limits[name]
+        hit = self._redis.hit_of(limit.key(identity), limit.expiry, limit.item.amount)
+        # Redis down: the reservation cannot be made either, whatever the limit does meanwhile.
+        with self._breaker:
+            count, left, refused = await self._store.reserve_counting(user_id, charges, now, hit)
+        self._answered()
+        self._counted(limit, count, time.time() + left / 1000)
+        return refused
+
+    def _counted(self, limit: Limit, count: int, resets_at: float) -> Quota:
         quota = Quota(limit, max(0, limit.item.amount - count), resets_at)
         if count > limit.item.amount:
-            RATE_LIMITED.labels(name, "429").inc()
+            RATE_LIMITED.labels(limit.name, "429").inc()
             raise _refusal(quota)
         checked = _CHECKED.get()
         if checked is not None:
             checked.append(quota)
         return quota
+
+    def _answered(self) -> None:
+        if self._in_memory:
+            self._in_memory = False
+            logger.info("rate limits: counting in Redis again")
 
     def _without_redis(self, limit: Limit, key: str, exc: StoreError) -> tuple[int, float] | None:
         if not isinstance(exc, StoreUnavailable):
@@ -217,6 +250,36 @@ class RateLimiter:
             self._last_failure_log = now
             cause = type(exc.__cause__).__name__ if exc.__cause__ else "unknown"
             logger.warning("rate-limit storage failed", extra={"cause": cause})
+
+
+class Deferred:
+    """One request's hit of a limit, counted at most once, later: in the round trip of the
+    key store's reservation (`reserve`), or on its own (`count`)."""
+
+    __slots__ = ("_identity", "_limiter", "_name")
+
+    def __init__(self, limiter: RateLimiter, name: str, identity: str) -> None:
+        self._limiter = limiter
+        self._name = name
+        self._identity: str | None = identity
+
+    @property
+    def pending(self) -> bool:
+        return self._identity is not None
+
+    async def count(self) -> None:
+        """As `RateLimiter.check`; nothing once counted."""
+        if self._identity is not None:
+            identity, self._identity = self._identity, None
+            await self._limiter.check(self._name, identity)
+
+    async def reserve(self, user_id: str, charges: Sequence[Charge], now: int) -> int | None:
+        """Count the hit and, unless it is refused, `KeyStore.reserve` the charges, in one
+        round trip. Raises as `RateLimiter.check` (nothing reserved), and as the store."""
+        if self._identity is None:
+            raise RuntimeError("this hit was counted already")
+        identity, self._identity = self._identity, None
+        return await self._limiter._reserve_counting(self._name, identity, user_id, charges, now)
 
 
 def _refusal(quota: Quota) -> RateLimited:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Final
 
 from redis import asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,20 +23,10 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from backends import StoreError, StoreUnavailable
+from backends.redis import RateHit
+from backends.redis_scripts import HIT
 
 __all__ = ["RedisCounter"]
-
-# KEYS: the counter. ARGV: the window in milliseconds. A counter found without an expiry (left
-# by an interrupted writer) starts its window now rather than never ending.
-_HIT: Final = """
-local count = redis.call('INCRBY', KEYS[1], 1)
-local left = redis.call('PTTL', KEYS[1])
-if left < 0 then
-  left = tonumber(ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], left)
-end
-return {count, left}
-"""
 
 
 @contextlib.contextmanager
@@ -55,7 +44,7 @@ class RedisCounter:
         self._client = client
         self._prefix = prefix + ":"
         self._deadline = deadline
-        self._hit = client.register_script(_HIT)
+        self._hit = client.register_script(HIT)
 
     async def hit(self, key: str, expiry: float) -> tuple[int, float]:
         """Count one hit of `key` in its fixed window of `expiry` seconds: the count so far, this
@@ -66,6 +55,10 @@ class RedisCounter:
                     keys=[self._prefix + key], args=[round(expiry * 1000)]
                 )
         return int(count), time.time() + int(left) / 1000
+
+    def hit_of(self, key: str, expiry: float, most: int) -> RateHit:
+        """`key`'s hit, for a key store on this Redis to count in a round trip of its own."""
+        return RateHit(self._prefix + key, round(expiry * 1000), most)
 
     async def ping(self) -> None:
         """Return when Redis answers; raise `StoreUnavailable` otherwise."""
