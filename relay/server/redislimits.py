@@ -2,8 +2,10 @@
 
 `limits`' own Redis storage counts a hit with one script and needs a second round trip (a TTL)
 to say when the window ends. Every response tells its client both, so `RedisCounter.hit` is one
-script that returns the count and the window's remaining milliseconds. Keys are `limits`' own
-(`<prefix>:<item key>`, the same INCRBY counter with an expiry).
+script that returns the count and the window's remaining milliseconds (`backends.redis_scripts`
+holds it, for a key store on the same Redis to count a hit in a reservation's round trip:
+`hit_of`). Keys are `limits`' own (`<prefix>:<item key>`, the same INCRBY counter with an
+expiry).
 
 Each call is cut off at `deadline` seconds, whatever it waits on; a failure is translated as the
 key stores translate theirs: `StoreUnavailable` when Redis is down or frozen (refused, dropped,
