@@ -26,7 +26,7 @@ from relay.security.tokens import TokenHasher
 from relay.server.drain import Drain
 from relay.server.ratelimit import Limit, RateLimiter, WhenDown
 from relay.telemetry import metrics
-from relay.telemetry.storecalls import observed
+from relay.telemetry.storecalls import observed, observed_call
 from relay.upstream.client import new_http_client, new_transport
 from relay.upstream.egress import parse_proxy
 from relay.upstream.pool import ConnectionPool
@@ -146,20 +146,24 @@ async def open_services(
             stack.push_async_callback(redis.aclose)
             prefix = redis_key(settings.redis_namespace, "limits")
             counter = RedisCounter(redis, prefix, settings.db_connect_timeout)
-            shared = None
+            reserve_counting = None
             if store is None and database_url == redis_url:
                 # The Redis key store and the limits share one pool, and one breaker: the first
                 # timeout of either makes both fail fast. A capped request's per-token hit is
                 # counted in its reservation's round trip.
-                store = shared = RedisStore(
+                store = RedisStore(
                     redis, settings.redis_namespace, deadline=settings.db_connect_timeout
                 )
                 shared_breaker = Breaker(store.ping, "Redis (key store and rate limits)")
                 breaker = shared_breaker
+                reserve_counting = store.reserve_counting
+                if settings.metrics or tracer is not None:
+                    span = tracer.store_span if tracer is not None else None
+                    reserve_counting = observed_call("reserve", reserve_counting, span)
             else:
                 breaker = Breaker(counter.ping, "rate-limit Redis")
             stack.push_async_callback(breaker.close)
-            limiter = RateLimiter(_limits(settings), counter, breaker, shared)
+            limiter = RateLimiter(_limits(settings), counter, breaker, reserve_counting)
             logger.info(
                 "rate limits: shared through Redis; while it is unavailable the per-IP limit "
                 "counts in process memory and the relay and registration limits fail %s",

@@ -253,6 +253,19 @@ async def test_a_request_refused_by_the_store_puts_back_what_it_took_from_what_w
     assert await leases.spent(USER, ["a", "b"], now_ms()) == {"a": 101}
 
 
+async def test_a_user_whose_requests_are_all_refused_holds_nothing_after_idle(
+    store: KeyStore, leases: Leases
+) -> None:
+    for _ in range(100):
+        assert await leases.reserve(USER, [charge("a", 1, 10**6)], now_ms()) is None
+    assert (await counted(store, "a"))["a"] > 100  # held ahead
+    # From now on every request is refused ("b" is past its limit), and they keep coming.
+    for _ in range(int(leases_module.IDLE * 3 / 0.01)):
+        assert await leases.reserve(USER, [charge("a", 1, 10**6), charge("b", 9, 5)], now_ms())
+        await asyncio.sleep(0.01)
+    assert await counted(store, "a") == {"a": 100}  # what was held went back, while refused
+
+
 async def test_stopping_gives_back_everything_held(store: KeyStore) -> None:
     background = Background()
     leases = Leases(store, background)

@@ -24,6 +24,7 @@ from relay.telemetry.storecalls import observed
 from tests.mockprovider import MockProvider
 from tests.relayprocess import RelayProcess
 from tests.relayserver import register, relay_env, store_key
+from tests.servers import drop_namespace, new_namespace
 from tests.test_access import free_port
 
 pytestmark = pytest.mark.sqlite
@@ -185,6 +186,36 @@ def test_a_rate_limit_refusal_is_counted_by_its_limit(mock: MockProvider, tmp_pa
         assert value(samples, "relay_rate_limited_requests_total", limit="global") == 0
     finally:
         relay.stop()
+
+
+@pytest.mark.redis
+def test_on_one_redis_a_reservation_counting_the_rate_limit_is_a_store_call(
+    mock: MockProvider, tmp_path: Path, redis_url: str
+) -> None:
+    namespace = new_namespace()
+    env = relay_env(
+        tmp_path / "unused.db",
+        mock.url,
+        DATABASE_URL=redis_url,
+        REDIS_URL=redis_url,
+        REDIS_NAMESPACE=namespace,
+    )
+    relay = RelayProcess(tmp_path, env)
+    try:
+        with relay.client() as client:
+            token = register(client)
+            store_key(client, token, "openai", KEY)
+            caps = {"caps": [{"period": "day", "requests": 100}]}
+            assert client.put("/limits", json=caps, headers={"x-relay-token": token}).is_success
+            path = "/relay/openai/v1/chat/completions"
+            assert client.post(path, json=CHAT, headers={"x-relay-token": token}).is_success
+            _, samples = scrape(client)
+        # The user's first request, reserved in the store with its per-token hit.
+        calls = "relay_store_call_duration_seconds_count"
+        assert value(samples, calls, operation="reserve") == 1
+    finally:
+        relay.stop()
+        drop_namespace(namespace)
 
 
 def test_metrics_token_guards_the_endpoint_and_metrics_can_be_off(

@@ -283,6 +283,56 @@ def test_on_one_redis_every_capped_request_counts_against_its_tokens_limit(
 
 
 @pytest.mark.redis
+def test_on_one_redis_a_narrow_token_refused_for_its_origin_counts_against_its_limit(
+    make_relay: RelayFactory, redis_url: str, redis_namespace: str
+) -> None:
+    server = make_relay(
+        DATABASE_URL=redis_url,
+        REDIS_URL=redis_url,
+        REDIS_NAMESPACE=redis_namespace,
+        RATE_LIMIT_RELAY="3/minute",
+    )
+    with server.client() as client:
+        owner = user_with_key(client)
+        caps = {"caps": [{"period": "day", "requests": 100}]}
+        assert client.put("/limits", json=caps, headers=auth(owner)).status_code == 200
+        minted = client.post("/tokens", json={"origins": [ORIGIN]}, headers=auth(owner))
+        narrow = minted.json()["token"]
+        elsewhere = {**auth(narrow), "origin": "https://elsewhere.example"}
+        url = "/relay/openai/v1/chat/completions"
+        codes = [client.post(url, json=CHAT, headers=elsewhere).status_code for _ in range(3)]
+        assert codes == [403] * 3
+        assert_limited(relay_call(client, narrow), "relay", 3)
+
+
+@pytest.mark.redis
+def test_once_refused_a_token_is_refused_at_once_until_its_window_ends(
+    make_relay: RelayFactory, redis_url: str, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_relay(
+        DATABASE_URL=redis_url,
+        REDIS_URL=redis_url,
+        REDIS_NAMESPACE=redis_namespace,
+        RATE_LIMIT_RELAY="2/minute",
+    )
+    commands = Commands(monkeypatch)
+    with server.client() as client:
+        for capped in (False, True):
+            token = user_with_key(client)
+            if capped:
+                caps = {"caps": [{"period": "day", "requests": 100}]}
+                assert client.put("/limits", json=caps, headers=auth(token)).status_code == 200
+            assert [relay_call(client, token).status_code for _ in range(2)] == [200, 200]
+            assert_limited(relay_call(client, token), "relay", 2)
+            commands.sent.clear()
+            again = relay_call(client, token)
+            assert_limited(again, "relay", 2)
+            assert 55 <= int(again.headers["retry-after"]) <= 60
+            # The per-IP hit alone: no per-token hit, no lookup of the key, no reservation.
+            assert len(commands.of_request()) == 1, commands.of_request()
+
+
+@pytest.mark.redis
 @pytest.mark.anyio
 async def test_a_reservation_counting_a_hit_past_its_limit_reserves_nothing(
     redis_url: str, redis_namespace: str

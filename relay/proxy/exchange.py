@@ -107,8 +107,8 @@ class Request:
     user: User
     token: str
     """The digest of the caller's token."""
-    rate: Deferred | None = None
-    """The caller's per-token hit, when left to count with the request's reservation."""
+    hit: Deferred | None = None
+    """The caller's per-token rate-limit hit, when left to count with the reservation."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -62,6 +62,7 @@ class _Held:
 
     leases: dict[str, _Lease] = dataclasses.field(default_factory=dict)
     used: float = 0.0
+    """When a request last reserved (monotonic): one refused (429, 402) keeps nothing held."""
     second: float = 0.0
     """When the second now being counted began (monotonic)."""
     count: int = 0
@@ -70,11 +71,11 @@ class _Held:
     """Reservations in the second before it."""
 
     def use(self, at: float) -> None:
+        """Count a request at `at` in the rate, reserved or not."""
         if at - self.second >= 1.0:
             self.rate = self.count if at - self.second < 2.0 else 0
             self.second, self.count = at, 0
         self.count += 1
-        self.used = at
 
     def ahead(self, lease: _Lease, amount: int, at: float) -> int:
         """How much more than `amount` to take for `lease`."""
@@ -97,10 +98,10 @@ class Leases:
         self._ticking = asyncio.get_running_loop().create_task(self._tick())
 
     async def reserve(
-        self, user_id: str, charges: Sequence[Charge], now: int, rate: Deferred | None = None
+        self, user_id: str, charges: Sequence[Charge], now: int, hit: Deferred | None = None
     ) -> int | None:
         """As `KeyStore.reserve`: None when every charge was reserved, else the index of the
-        (first) one that could pass its limit, and nothing reserved. `rate`: the request's
+        (first) one that could pass its limit, and nothing reserved. `hit`: the request's
         rate-limit hit, counted first (its 429 reserves nothing), in the store's round trip
         when the request needs one."""
         at = time.monotonic()
@@ -142,22 +143,23 @@ class Leases:
                 await asyncio.wait(arriving)
             elif short:
                 extras = [held.ahead(taken[i][1], charge.amount, at) for i, charge, _ in short]
-                refused = await self._take(user_id, short, extras, now, rate)
+                refused = await self._take(user_id, short, extras, now, hit)
                 if refused is not None and any(extras):
                     taken[short[refused][0]][1].exact_until = at + IDLE
                     extras = [0] * len(short)
-                    refused = await self._take(user_id, short, extras, now, rate)
+                    refused = await self._take(user_id, short, extras, now, hit)
                 if refused is not None:
                     return short[refused][0]
-            elif rate is not None:
-                await rate.count()
+            elif hit is not None:
+                await hit.count()
             granted = not arriving
         finally:
             if not granted:  # refused, failed, cancelled or waited: what the leases gave goes back
                 for counter, lease, part in taken:
                     self._credit(user_id, counter, lease, part)
         if arriving:
-            return await self.reserve(user_id, charges, now, rate)
+            return await self.reserve(user_id, charges, now, hit)
+        held.used = at
         for (index, _, _), extra in zip(short, extras, strict=True):
             counter, lease, _ = taken[index]
             lease.low = extra // 2
@@ -213,14 +215,14 @@ class Leases:
 
     async def _take(
         self, user_id: str, short: list[tuple[int, Charge, int]], extras: list[int], now: int,
-        rate: Deferred | None,
+        hit: Deferred | None,
     ) -> int | None:  # fmt: skip
         wanted = [
             charge._replace(amount=lacking + extra)
             for (_, charge, lacking), extra in zip(short, extras, strict=True)
         ]
-        if rate is not None and rate.pending:
-            return await rate.reserve(user_id, wanted, now)
+        if hit is not None and hit.pending:
+            return await hit.reserve(user_id, wanted, now)
         return await self._store.reserve(user_id, wanted, now)
 
     def _lease(self, user_id: str, counter: str) -> _Lease | None:

@@ -90,30 +90,24 @@ class _Relay:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services: Services = scope["state"]["services"]
         headers = Headers(scope=scope)
-        provider = self._provider(scope)
-        user, token, rate = await caller(services, headers, deferring=True)
-        request = Request(services, scope, receive, send, headers, user, token, rate)
+        user, token, hit = await caller(services, headers, deferring=scope["method"] == "POST")
+        request = Request(services, scope, receive, send, headers, user, token, hit)
         # Everything the request needed to be checked and prepared ends with `_prepare`'s
         # frame; an open stream keeps only its exchange (and no plaintext key in a frame).
         try:
-            exchange = await self._prepare(request, provider)
+            exchange = await self._prepare(request)
         except Exception:
-            if rate is not None:  # refused before its reservation: the limit counts it still
-                await rate.count()
+            if hit is not None:  # refused before its reservation: the limit counts it still
+                await hit.count()
             raise
         if exchange is None:  # the client left while its body was being read
-            if rate is not None:
+            if hit is not None:
                 with contextlib.suppress(RelayError):  # nobody is left to tell
-                    await rate.count()
+                    await hit.count()
             return
         await exchange.run()
 
-    def _provider(self, scope: Scope) -> Provider | None:
-        """The provider the path names, refused before the caller is looked at; None: the
-        body names it."""
-        return None
-
-    async def _prepare(self, request: Request, provider: Provider | None) -> Exchange | None:
+    async def _prepare(self, request: Request) -> Exchange | None:
         raise NotImplementedError
 
     async def _holding(
@@ -166,11 +160,11 @@ class _Relay:
 
         sending = Outgoing(scope["method"], url, outgoing, body)
         # Last: nothing may fail between a reservation and the exchange that settles it.
-        reserved, rate = None, request.rate
+        reserved, hit = None, request.hit
         if scope["method"] == "POST":
-            reserved = await reserve(services, request.user, provider, model, body, rate)
-        if rate is not None:  # counted with the reservation, or now: no cap covered it
-            await rate.count()
+            reserved = await reserve(services, request.user, provider, model, body, hit)
+        if hit is not None:  # counted with the reservation, or now: no cap covered it
+            await hit.count()
         exchange = Exchange(request, provider, shown, record, model, sending, target.pin)
         exchange.reserved = reserved
         return exchange
@@ -194,18 +188,18 @@ class _Relay:
 class ProviderRelay(_Relay):
     """`/relay/{provider}/{path}`: the provider's own API, path and all."""
 
-    def _provider(self, scope: Scope) -> Provider:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Refused before the caller is looked at: no token is needed to tell.
         if scope["method"] not in ("GET", "POST"):
             raise MethodNotAllowed("Method not allowed", headers={"allow": "POST"})
-        provider = PROVIDERS.get(scope["path_params"]["provider"])
-        if provider is None:
+        if scope["path_params"]["provider"] not in PROVIDERS:
             raise unsupported_provider()
-        return provider
+        await super().__call__(scope, receive, send)
 
-    async def _prepare(self, request: Request, provider: Provider | None) -> Exchange | None:
-        assert provider is not None  # `_provider`'s
+    async def _prepare(self, request: Request) -> Exchange | None:
         services, scope, user = request.services, request.scope, request.user
         headers, method = request.headers, scope["method"]
+        provider = PROVIDERS[scope["path_params"]["provider"]]
         grant = grant_of(user)
         grant.check_provider(provider.name)
 
@@ -263,7 +257,7 @@ class ModelRelay(_Relay):
         super().__init__(policy, models)
         self._router = route
 
-    async def _prepare(self, request: Request, provider: Provider | None) -> Exchange | None:
+    async def _prepare(self, request: Request) -> Exchange | None:
         services = request.services
         limit = services.settings.parse_limit
         declared = declared_length(request.headers, limit, TOO_LARGE_TO_READ)
@@ -347,19 +341,24 @@ async def caller(
     it is left to count with a reservation (a capped caller, the key store on the limits'
     Redis); a narrow token used from an origin it may not be."""
     user, token_digest = await authenticate_digest(services.store, services.tokens, headers)
-    rate = None
+    hit = None
     if deferring and capped(user) is not None:
-        rate = services.limiter.defer("relay", token_digest)
-    if rate is None:
+        hit = services.limiter.defer("relay", token_digest)
+    if hit is None:
         await services.limiter.check("relay", token_digest)
     child = user.child
     if child is not None:
-        grant_of(user).check_origin(headers.get("origin"))
+        try:
+            grant_of(user).check_origin(headers.get("origin"))
+        except RelayError:
+            if hit is not None:
+                await hit.count()
+            raise
         store = services.store
         services.token_use.note(
             child.id, lambda at: store.touch_child_token(child.user_id, child.id, at)
         )
-    return user, token_digest, rate
+    return user, token_digest, hit
 
 
 async def stored_key(services: Services, user: User, provider: Provider) -> tuple[bytes, str]:

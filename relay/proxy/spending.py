@@ -130,10 +130,10 @@ def capped(user: User) -> Caps | None:
 
 async def reserve(
     services: Services, user: User, provider: Provider, model: str | None,
-    body: bytes | bytearray | None, rate: Deferred | None = None,
+    body: bytes | bytearray | None, hit: Deferred | None = None,
 ) -> Reserved | None:  # fmt: skip
     """Reserve the request's worst case against every cap of the owner's that covers it; 402
-    when one could be passed. None: no cap covers it. `rate`: the request's rate-limit hit,
+    when one could be passed. None: no cap covers it. `hit`: the request's rate-limit hit,
     counted with the reservation (`Leases.reserve`) when there is one."""
     caps = capped(user)
     if caps is None:
@@ -155,7 +155,7 @@ async def reserve(
         ) from None
     if not wanted:
         return None
-    refused = await services.leases.reserve(user.id, [w.charge for w in wanted], now, rate)
+    refused = await services.leases.reserve(user.id, [w.charge for w in wanted], now, hit)
     if refused is None:
         return Reserved(
             user.id, tuple((w.charge.counter, w.counted.metric, w.charge.amount) for w in wanted)

@@ -5,11 +5,15 @@ CORS preflights), `relay` per token (keyed by the token's HMAC digest, never the
 `register` per IP on `POST /users`, `health` per IP on `GET /health?deep=1`.
 
 A check is one fixed-window hit, one round trip that also says when the window ends
-(`relay.server.memorylimits`, `relay.server.redislimits`). Every response carries the draft-6
-RateLimit headers, as the Node relay's express-rate-limit sends them, of the limit checked for it
-that will refuse its client first (the fewest remaining; the later reset on a tie): on a relayed
-answer that is usually the per-token limit, on `POST /users` the registration limit, elsewhere the
-per-IP one. A 429 carries the refusing limit's own.
+(`relay.server.memorylimits`, `relay.server.redislimits`); a client refused is refused at once
+until its window ends. Where the key store is on the limits' Redis, a request's hit may be
+deferred (`RateLimiter.defer`) to ride its reservation's round trip.
+
+Every response carries the draft-6 RateLimit headers, as the Node relay's express-rate-limit
+sends them, of the limit checked for it that will refuse its client first (the fewest
+remaining; the later reset on a tie): on a relayed answer that is usually the per-token limit,
+on `POST /users` the registration limit, elsewhere the per-IP one. A 429 carries the refusing
+limit's own.
 
 While Redis is down or frozen (its `backends.breaker.Breaker` is open), no check waits for it:
 the per-IP limit counts in process memory (it must not take `/health` down with Redis), and the
@@ -25,7 +29,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from limits import RateLimitItem, parse
@@ -38,8 +42,13 @@ from relay.server.memorylimits import MemoryStorage
 from relay.telemetry.metrics import RATE_LIMITED
 
 if TYPE_CHECKING:  # imported only when REDIS_URL is set
-    from backends.redis import RedisStore
+    from backends.redis import RateHit
     from relay.server.redislimits import RedisCounter
+
+    ReserveCounting = Callable[
+        [str, Sequence[Charge], int, RateHit], Awaitable[tuple[int, int, int | None]]
+    ]
+    """`RedisStore.reserve_counting`."""
 
 __all__ = [
     "LIMIT_NAMES",
@@ -56,6 +65,7 @@ logger = logging.getLogger("relay.ratelimit")
 
 LIMIT_NAMES: Final = ("global", "relay", "register", "health")
 _LOG_EVERY: Final = 60.0
+_MOST_REFUSED: Final = 10_000
 
 WhenDown = Literal["memory", "closed", "open"]
 
@@ -149,20 +159,22 @@ class RateLimiter:
         limits: Mapping[str, Limit],
         redis: RedisCounter | None = None,
         breaker: Breaker | None = None,
-        store: RedisStore | None = None,
+        reserve_counting: ReserveCounting | None = None,
     ) -> None:
         """Limits counted in process memory, or in `redis` while `breaker`, which watches that
-        Redis, says it is up; `store`: the key store on that same Redis, whose reservations
-        can count a deferred hit in their own round trip."""
+        Redis, says it is up. `reserve_counting`: the reservation of a key store on that same
+        Redis, which counts a deferred hit in its own round trip."""
         if (redis is None) != (breaker is None):
             raise ValueError("a Redis counter needs the breaker that watches its server")
-        if store is not None and redis is None:
+        if reserve_counting is not None and redis is None:
             raise ValueError("only a key store on the limits' Redis can count their hits")
         self.limits = dict(limits)
         self.memory = MemoryStorage()
         self._redis = redis
         self._breaker = breaker
-        self._store = store
+        self._reserve = reserve_counting
+        self._refused: dict[str, Quota] = {}
+        """Keys refused, with the quota that refused them, until their windows end."""
         self._in_memory = False
         self._last_failure_log = -math.inf
 
@@ -170,9 +182,13 @@ class RateLimiter:
         """Count one request of `identity` against limit `name`: where it stands now, or None
         when it passed uncounted (Redis unavailable, the limit failing open). Raises
         `RateLimited` (429) when it is over, `ServiceUnavailable` (503) when Redis is
-        unavailable and the limit fails closed."""
+        unavailable and the limit fails closed. Once refused, `identity` is refused at once,
+        uncounted, until the window ends."""
         limit = self.limits[name]
-        key = limit.key(identity)
+        return await self._check(limit, limit.key(identity))
+
+    async def _check(self, limit: Limit, key: str) -> Quota | None:
+        self._still_refused(key)
         if self._redis is None or self._breaker is None:
             count, resets_at = self.memory.hit(key, limit.expiry)
         else:
@@ -186,37 +202,61 @@ class RateLimiter:
                 count, resets_at = counted
             else:
                 self._answered()
-        return self._counted(limit, count, resets_at)
+        return self._counted(limit, key, count, resets_at)
 
     def defer(self, name: str, identity: str) -> Deferred | None:
         """The hit of `check(name, identity)`, to count later, in the round trip of a
-        reservation; None when the key store does not share the limits' Redis."""
-        return None if self._store is None else Deferred(self, name, identity)
+        reservation; None when the key store does not share the limits' Redis. Raises as
+        `check` when `identity` is refused already."""
+        if self._reserve is None:
+            return None
+        limit = self.limits[name]
+        key = limit.key(identity)
+        self._still_refused(key)
+        return Deferred(self, limit, key)
 
     async def _reserve_counting(
-        self, name: str, identity: str, user_id: str, charges: Sequence[Charge], now: int
+        self, limit: Limit, key: str, user_id: str, charges: Sequence[Charge], now: int
     ) -> int | None:
-        assert self._store is not None  # only `defer` makes a `Deferred`, and only then
+        assert self._reserve is not None  # only `defer` makes a `Deferred`, and only then
         assert self._redis is not None
         assert self._breaker is not None
-        limit = self.limits[name]
-        hit = self._redis.hit_of(limit.key(identity), limit.expiry, limit.item.amount)
+        hit = self._redis.hit_of(key, limit.expiry, limit.item.amount)
         # Redis down: the reservation cannot be made either, whatever the limit does meanwhile.
         with self._breaker:
-            count, left, refused = await self._store.reserve_counting(user_id, charges, now, hit)
+            count, left, refused = await self._reserve(user_id, charges, now, hit)
         self._answered()
-        self._counted(limit, count, time.time() + left / 1000)
+        self._counted(limit, key, count, time.time() + left / 1000)  # over: nothing was tried
         return refused
 
-    def _counted(self, limit: Limit, count: int, resets_at: float) -> Quota:
+    def _still_refused(self, key: str) -> None:
+        quota = self._refused.get(key)
+        if quota is not None:
+            if quota.resets_at > time.time():
+                RATE_LIMITED.labels(quota.limit.name, "429").inc()
+                raise _refusal(quota)
+            del self._refused[key]
+
+    def _counted(self, limit: Limit, key: str, count: int, resets_at: float) -> Quota:
         quota = Quota(limit, max(0, limit.item.amount - count), resets_at)
         if count > limit.item.amount:
             RATE_LIMITED.labels(limit.name, "429").inc()
+            self._remember(key, quota)
             raise _refusal(quota)
         checked = _CHECKED.get()
         if checked is not None:
             checked.append(quota)
         return quota
+
+    def _remember(self, key: str, quota: Quota) -> None:
+        refused = self._refused
+        if len(refused) >= _MOST_REFUSED:
+            now = time.time()
+            for gone in [k for k, q in refused.items() if q.resets_at <= now]:
+                del refused[gone]
+            while len(refused) >= _MOST_REFUSED:
+                del refused[next(iter(refused))]  # the oldest
+        refused[key] = quota
 
     def _answered(self) -> None:
         if self._in_memory:
@@ -256,30 +296,32 @@ class Deferred:
     """One request's hit of a limit, counted at most once, later: in the round trip of the
     key store's reservation (`reserve`), or on its own (`count`)."""
 
-    __slots__ = ("_identity", "_limiter", "_name")
+    __slots__ = ("_key", "_limit", "_limiter")
 
-    def __init__(self, limiter: RateLimiter, name: str, identity: str) -> None:
+    def __init__(self, limiter: RateLimiter, limit: Limit, key: str) -> None:
         self._limiter = limiter
-        self._name = name
-        self._identity: str | None = identity
+        self._limit = limit
+        self._key: str | None = key
 
     @property
     def pending(self) -> bool:
-        return self._identity is not None
+        return self._key is not None
 
     async def count(self) -> None:
         """As `RateLimiter.check`; nothing once counted."""
-        if self._identity is not None:
-            identity, self._identity = self._identity, None
-            await self._limiter.check(self._name, identity)
+        key = self._key
+        if key is not None:
+            self._key = None
+            await self._limiter._check(self._limit, key)
 
     async def reserve(self, user_id: str, charges: Sequence[Charge], now: int) -> int | None:
         """Count the hit and, unless it is refused, `KeyStore.reserve` the charges, in one
         round trip. Raises as `RateLimiter.check` (nothing reserved), and as the store."""
-        if self._identity is None:
+        key = self._key
+        if key is None:
             raise RuntimeError("this hit was counted already")
-        identity, self._identity = self._identity, None
-        return await self._limiter._reserve_counting(self._name, identity, user_id, charges, now)
+        self._key = None
+        return await self._limiter._reserve_counting(self._limit, key, user_id, charges, now)
 
 
 def _refusal(quota: Quota) -> RateLimited:
