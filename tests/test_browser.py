@@ -224,6 +224,41 @@ def test_byok_connect_stores_checks_replaces_and_removes_a_key(
     ui.get_by_text("No key stored yet.").wait_for()
 
 
+def test_byok_connect_takes_a_key_only_once_it_has_read_the_providers(
+    page: Page, relay: RelayProcess
+) -> None:
+    """Until the relay has named its providers there is none to send a key for: the button waits
+    (a click or Enter before would be refused with "Choose a provider first." and the key kept in
+    the field). The page holds the providers' answer back until the test lets it through."""
+    page.page.add_init_script(
+        """(() => {
+            const fetch = window.fetch;
+            let release;
+            const held = new Promise((resolve) => { release = resolve; });
+            window.releaseModels = release;
+            window.fetch = async (input, init = {}) => {
+                if (/\\/models$/.test(String(input))) await held;
+                return fetch(input, init);
+            };
+        })()"""
+    )
+    page.harness(relay.url)
+    page.run("mountConnect")
+    ui = page.page
+    save = ui.get_by_role("button", name="Check and save")
+    key_field = ui.get_by_label("API key")
+    key_field.fill(KEY)
+    assert save.is_disabled()
+    key_field.press("Enter")  # a form whose only button is disabled does not submit
+    assert ui.get_by_role("alert").inner_text() == ""
+    ui.evaluate("() => window.releaseModels()")
+    ui.get_by_text("No key stored yet.").wait_for()
+    save.click()
+    status = ui.get_by_role("status")
+    status.filter(has_text="saved").wait_for()
+    assert status.inner_text() == "OpenAI key sk-...cdef saved: Working."
+
+
 # ---- the official SDKs and the client's helpers --------------------------------------------------
 
 

@@ -671,6 +671,7 @@ export class ByokConnect extends Base {
   #parts = null;
   #keys = [];
   #offered = [];
+  #saving = false;
   #generation = 0; // of the relay and its keys: a late answer about an older one is dropped
 
   constructor() {
@@ -691,6 +692,7 @@ export class ByokConnect extends Base {
     this.#relay = relay ?? null;
     this.#generation += 1;
     this.#keys = [];
+    this.#offered = [];
     if (this.#parts) {
       this.#render();
       this.#say("");
@@ -744,7 +746,9 @@ export class ByokConnect extends Base {
       autocomplete: "off", autocapitalize: "off", spellcheck: "false", "data-1p-ignore": true,
       "data-lpignore": "true", "aria-describedby": `${id}-status ${id}-alert`,
     });
-    const submit = el("button", { type: "submit", part: "submit" }, "Check and save");
+    // Disabled until the providers are read: there is nothing to choose before.
+    const submit = el("button", { type: "submit", part: "submit", disabled: true },
+      "Check and save");
     const form = el("form", { part: "form", "aria-label": "Add a key", autocomplete: "off" },
       el("label", { for: select.id }, "Provider", select),
       el("label", { for: input.id }, "API key", input),
@@ -766,7 +770,7 @@ export class ByokConnect extends Base {
   }
 
   #render() {
-    const { list, select } = this.#parts;
+    const { list, select, submit } = this.#parts;
     const chosen = select.value;
     list.replaceChildren();
     const stored = this.#keys.filter((key) => key.provider);
@@ -792,6 +796,7 @@ export class ByokConnect extends Base {
     select.replaceChildren(...this.#offered.map((provider) =>
       el("option", { value: provider }, PROVIDER_NAMES[provider] ?? provider)));
     if (this.#offered.includes(chosen)) select.value = chosen;
+    submit.disabled = this.#saving || this.#offered.length === 0;
   }
 
   #choose(provider) {
@@ -812,6 +817,7 @@ export class ByokConnect extends Base {
     // The key goes straight from the field to the request: nothing here keeps it.
     const pending = relay.keys.store(provider, input.value.trim());
     input.value = "";
+    this.#saving = true;
     submit.disabled = true;
     this.#say(`Checking the key with ${name}…`);
     try {
@@ -827,7 +833,8 @@ export class ByokConnect extends Base {
         : undefined);
       input.focus();
     } finally {
-      submit.disabled = false;
+      this.#saving = false;
+      submit.disabled = this.#offered.length === 0;
     }
   }
 
