@@ -21,7 +21,7 @@ from relay.security.tokens import TokenHasher
 from tests.conftest import RelayFactory
 from tests.mockprovider import MockProvider
 from tests.relayprocess import RelayProcess
-from tests.relayserver import TEST_SECRET, register, relay_env, store_key
+from tests.relayserver import TEST_SECRET, RelayServer, register, relay_env, store_key
 from tests.servers import PrivateRedis, drop_namespace, new_namespace
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -222,21 +222,30 @@ class Commands:
         return [args for task, args in self.sent if task in tasks]
 
 
+def on_one_redis(
+    make_relay: RelayFactory, redis_url: str, namespace: str, **env: str
+) -> RelayServer:
+    """A relay whose key store and limits are one Redis."""
+    return make_relay(DATABASE_URL=redis_url, REDIS_URL=redis_url, REDIS_NAMESPACE=namespace, **env)
+
+
+def capped_user(client: httpx.Client) -> str:
+    token = user_with_key(client)
+    caps = {"caps": [{"period": "day", "requests": 100}]}
+    assert client.put("/limits", json=caps, headers=auth(token)).status_code == 200
+    return token
+
+
 @pytest.mark.redis
 def test_on_one_redis_a_capped_requests_token_hit_rides_its_reservations_round_trip(
     make_relay: RelayFactory, redis_url: str, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = make_relay(
-        DATABASE_URL=redis_url, REDIS_URL=redis_url, REDIS_NAMESPACE=redis_namespace
-    )
+    server = on_one_redis(make_relay, redis_url, redis_namespace)
     commands = Commands(monkeypatch)
     sent = {}
     with server.client() as client:
         for capped in (False, True):
-            token = user_with_key(client)
-            if capped:
-                caps = {"caps": [{"period": "day", "requests": 100}]}
-                assert client.put("/limits", json=caps, headers=auth(token)).status_code == 200
+            token = capped_user(client) if capped else user_with_key(client)
             assert relay_call(client, token).status_code == 200
             time.sleep(1.5)  # the user's first requests' pace: reserved exactly, in the store
             commands.sent.clear()
@@ -252,16 +261,9 @@ def test_on_one_redis_a_capped_requests_token_hit_rides_its_reservations_round_t
 def test_on_one_redis_every_capped_request_counts_against_its_tokens_limit(
     make_relay: RelayFactory, redis_url: str, redis_namespace: str, mock: MockProvider
 ) -> None:
-    server = make_relay(
-        DATABASE_URL=redis_url,
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=redis_namespace,
-        RATE_LIMIT_RELAY="3/minute",
-    )
+    server = on_one_redis(make_relay, redis_url, redis_namespace, RATE_LIMIT_RELAY="3/minute")
     with server.client() as client:
-        token = user_with_key(client)
-        caps = {"caps": [{"period": "day", "requests": 100}]}
-        assert client.put("/limits", json=caps, headers=auth(token)).status_code == 200
+        token = capped_user(client)
         first = relay_call(client, token)
         assert first.status_code == 200
         assert (first.headers["ratelimit-limit"], first.headers["ratelimit-remaining"]) == (
@@ -286,16 +288,9 @@ def test_on_one_redis_every_capped_request_counts_against_its_tokens_limit(
 def test_on_one_redis_a_narrow_token_refused_for_its_origin_counts_against_its_limit(
     make_relay: RelayFactory, redis_url: str, redis_namespace: str
 ) -> None:
-    server = make_relay(
-        DATABASE_URL=redis_url,
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=redis_namespace,
-        RATE_LIMIT_RELAY="3/minute",
-    )
+    server = on_one_redis(make_relay, redis_url, redis_namespace, RATE_LIMIT_RELAY="3/minute")
     with server.client() as client:
-        owner = user_with_key(client)
-        caps = {"caps": [{"period": "day", "requests": 100}]}
-        assert client.put("/limits", json=caps, headers=auth(owner)).status_code == 200
+        owner = capped_user(client)
         minted = client.post("/tokens", json={"origins": [ORIGIN]}, headers=auth(owner))
         narrow = minted.json()["token"]
         elsewhere = {**auth(narrow), "origin": "https://elsewhere.example"}
@@ -309,19 +304,11 @@ def test_on_one_redis_a_narrow_token_refused_for_its_origin_counts_against_its_l
 def test_once_refused_a_token_is_refused_at_once_until_its_window_ends(
     make_relay: RelayFactory, redis_url: str, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = make_relay(
-        DATABASE_URL=redis_url,
-        REDIS_URL=redis_url,
-        REDIS_NAMESPACE=redis_namespace,
-        RATE_LIMIT_RELAY="2/minute",
-    )
+    server = on_one_redis(make_relay, redis_url, redis_namespace, RATE_LIMIT_RELAY="2/minute")
     commands = Commands(monkeypatch)
     with server.client() as client:
         for capped in (False, True):
-            token = user_with_key(client)
-            if capped:
-                caps = {"caps": [{"period": "day", "requests": 100}]}
-                assert client.put("/limits", json=caps, headers=auth(token)).status_code == 200
+            token = capped_user(client) if capped else user_with_key(client)
             assert [relay_call(client, token).status_code for _ in range(2)] == [200, 200]
             assert_limited(relay_call(client, token), "relay", 2)
             commands.sent.clear()
