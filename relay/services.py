@@ -131,6 +131,7 @@ async def open_services(
     cipher = KeyCipher([str(s) for s in settings.encryption_secrets], settings.encryption_salt)
     tokens = TokenHasher(str(settings.token_hmac_secret))
     database_url = str(settings.database_url)
+    store_span = tracer.store_span if tracer is not None else None
     async with contextlib.AsyncExitStack() as stack:
         shared_breaker: Breaker | None = None
         if settings.redis_url is None:
@@ -158,8 +159,7 @@ async def open_services(
                 breaker = shared_breaker
                 reserve_counting = store.reserve_counting
                 if settings.metrics or tracer is not None:
-                    span = tracer.store_span if tracer is not None else None
-                    reserve_counting = observed_call("reserve", reserve_counting, span)
+                    reserve_counting = observed_call("reserve", reserve_counting, store_span)
             else:
                 breaker = Breaker(counter.ping, "rate-limit Redis")
             stack.push_async_callback(breaker.close)
@@ -177,7 +177,7 @@ async def open_services(
         stack.push_async_callback(guarded.breaker.close)
         store = guarded
         if settings.metrics or tracer is not None:
-            store = observed(store, tracer.store_span if tracer is not None else None)
+            store = observed(store, store_span)
         if settings.cache_ttl > 0:
             store = CachedStore(store, settings.cache_ttl)
         pool_transport = upstream_transport(settings)

@@ -185,9 +185,7 @@ class RateLimiter:
         unavailable and the limit fails closed. Once refused, `identity` is refused at once,
         uncounted, until the window ends."""
         limit = self.limits[name]
-        return await self._check(limit, limit.key(identity))
-
-    async def _check(self, limit: Limit, key: str) -> Quota | None:
+        key = limit.key(identity)
         self._still_refused(key)
         if self._redis is None or self._breaker is None:
             count, resets_at = self.memory.hit(key, limit.expiry)
@@ -210,17 +208,17 @@ class RateLimiter:
         `check` when `identity` is refused already."""
         if self._reserve is None:
             return None
-        limit = self.limits[name]
-        key = limit.key(identity)
-        self._still_refused(key)
-        return Deferred(self, limit, key)
+        self._still_refused(self.limits[name].key(identity))
+        return Deferred(self, name, identity)
 
     async def _reserve_counting(
-        self, limit: Limit, key: str, user_id: str, charges: Sequence[Charge], now: int
+        self, name: str, identity: str, user_id: str, charges: Sequence[Charge], now: int
     ) -> int | None:
         assert self._reserve is not None  # only `defer` makes a `Deferred`, and only then
         assert self._redis is not None
         assert self._breaker is not None
+        limit = self.limits[name]
+        key = limit.key(identity)
         hit = self._redis.hit_of(key, limit.expiry, limit.item.amount)
         # Redis down: the reservation cannot be made either, whatever the limit does meanwhile.
         with self._breaker:
@@ -233,14 +231,12 @@ class RateLimiter:
         quota = self._refused.get(key)
         if quota is not None:
             if quota.resets_at > time.time():
-                RATE_LIMITED.labels(quota.limit.name, "429").inc()
                 raise _refusal(quota)
             del self._refused[key]
 
     def _counted(self, limit: Limit, key: str, count: int, resets_at: float) -> Quota:
         quota = Quota(limit, max(0, limit.item.amount - count), resets_at)
         if count > limit.item.amount:
-            RATE_LIMITED.labels(limit.name, "429").inc()
             self._remember(key, quota)
             raise _refusal(quota)
         checked = _CHECKED.get()
@@ -251,11 +247,8 @@ class RateLimiter:
     def _remember(self, key: str, quota: Quota) -> None:
         refused = self._refused
         if len(refused) >= _MOST_REFUSED:
-            now = time.time()
-            for gone in [k for k, q in refused.items() if q.resets_at <= now]:
-                del refused[gone]
-            while len(refused) >= _MOST_REFUSED:
-                del refused[next(iter(refused))]  # the oldest
+            # The oldest goes, unscanned: forgotten, its next request is only counted again.
+            del refused[next(iter(refused))]
         refused[key] = quota
 
     def _answered(self) -> None:
@@ -296,35 +289,37 @@ class Deferred:
     """One request's hit of a limit, counted at most once, later: in the round trip of the
     key store's reservation (`reserve`), or on its own (`count`)."""
 
-    __slots__ = ("_key", "_limit", "_limiter")
+    __slots__ = ("_identity", "_limiter", "_name")
 
-    def __init__(self, limiter: RateLimiter, limit: Limit, key: str) -> None:
+    def __init__(self, limiter: RateLimiter, name: str, identity: str) -> None:
         self._limiter = limiter
-        self._limit = limit
-        self._key: str | None = key
+        self._name = name
+        self._identity: str | None = identity
 
     @property
     def pending(self) -> bool:
-        return self._key is not None
+        return self._identity is not None
 
     async def count(self) -> None:
         """As `RateLimiter.check`; nothing once counted."""
-        key = self._key
-        if key is not None:
-            self._key = None
-            await self._limiter._check(self._limit, key)
+        identity = self._identity
+        if identity is not None:
+            self._identity = None
+            await self._limiter.check(self._name, identity)
 
     async def reserve(self, user_id: str, charges: Sequence[Charge], now: int) -> int | None:
         """Count the hit and, unless it is refused, `KeyStore.reserve` the charges, in one
         round trip. Raises as `RateLimiter.check` (nothing reserved), and as the store."""
-        key = self._key
-        if key is None:
+        identity = self._identity
+        if identity is None:
             raise RuntimeError("this hit was counted already")
-        self._key = None
-        return await self._limiter._reserve_counting(self._limit, key, user_id, charges, now)
+        self._identity = None
+        return await self._limiter._reserve_counting(self._name, identity, user_id, charges, now)
 
 
 def _refusal(quota: Quota) -> RateLimited:
+    """The 429 of `quota`, counted in the metrics."""
+    RATE_LIMITED.labels(quota.limit.name, "429").inc()
     now = time.time()
     retry_after = max(1, math.ceil(quota.resets_at - now))
     headers = {k.decode(): v.decode() for k, v in rate_limit_headers([quota], now)}

@@ -71,6 +71,7 @@ def observed_call(
         finally:
             duration.observe(time.perf_counter() - started)
 
+    observed.__name__ = observed.__qualname__ = operation
     return observed
 
 
