@@ -13,12 +13,20 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Final
 
 import httpx
 import pytest
 
 from bench.stalls import worst_wait
-from relay.proxy.jsonedit import Repeated, TooDeep, cut, find_members, replace_value
+from relay.proxy.jsonedit import (
+    Repeated,
+    TooDeep,
+    cut,
+    find_members,
+    member_value,
+    replace_value,
+)
 from relay.proxy.modelname import MAX_PARTS
 from tests.mockprovider import MockProvider
 from tests.relayprocess import RelayProcess
@@ -90,6 +98,8 @@ def test_members_are_cut_with_one_comma(body: bytes, left: bytes) -> None:
 def test_a_member_given_twice_is_refused_however_it_is_spelled(body: bytes) -> None:
     with pytest.raises(Repeated):
         find_members(body, ("model",))
+    with pytest.raises(Repeated):  # read without its place, as a check reads it
+        member_value(body, "model", str)
 
 
 def test_nested_and_quoted_lookalikes_are_not_members() -> None:
@@ -97,17 +107,32 @@ def test_nested_and_quoted_lookalikes_are_not_members() -> None:
     assert find_members(body, ("model",))["model"].value(str) == "m"
     assert find_members(b'{"mo\\u0064el":"m"}', ("model",))["model"].value(str) == "m"
     assert find_members(b'{"x":1}', ("model",)) == {}
+    assert member_value(body, "model", str) == "m"
+    assert member_value(b'{"mo\\u0064el":"m"}', "model", str) == "m"
+    assert member_value(b'{"x":1}', "model", str) is None
+    assert member_value(b'{"model":1}', "model", str) is None
 
 
+# Both readers of a member refuse what is not one JSON object alike.
+READERS: Final = [
+    pytest.param(lambda body: find_members(body, ("model",)), id="find_members"),
+    pytest.param(lambda body: member_value(body, "model", str), id="member_value"),
+]
+
+
+@pytest.mark.parametrize("read", READERS)
 @pytest.mark.parametrize("body", [b"[1]", b'"s"', b"{", b'{"model":"a"} x', b"\xff", b""])
-def test_anything_but_one_json_object_is_refused(body: bytes) -> None:
+def test_anything_but_one_json_object_is_refused(
+    read: Callable[[bytes], object], body: bytes
+) -> None:
     with pytest.raises(ValueError):
-        find_members(body, ("model",))
+        read(body)
 
 
-def test_deep_nesting_is_its_own_refusal() -> None:
+@pytest.mark.parametrize("read", READERS)
+def test_deep_nesting_is_its_own_refusal(read: Callable[[bytes], object]) -> None:
     with pytest.raises(TooDeep):
-        find_members(b'{"x":' + b"[" * 50_000 + b"]" * 50_000 + b"}", ("model",))
+        read(b'{"x":' + b"[" * 50_000 + b"]" * 50_000 + b"}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 `POST /relay` reads `model` and `stream`, then strips a `provider/` prefix from `model` (and,
 for Google, drops both, which Gemini rejects); an `ALLOWED_MODELS` check reads the model of a
-provider's own request. Such bodies can be megabytes (base64 images in a vision request) of any
-shape a client likes, so they are never walked in Python: msgspec validates the whole body and
+provider's own request (as do a narrow token's model patterns and the owner's caps, with
+`member_value`, which skips the member's place when the name can be there only once). Such
+bodies can be megabytes (base64 images in a vision request) of any shape a client likes, so
+they are never walked in Python: msgspec validates the whole body and
 skips every other member at C speed, holding each wanted value as a view into the body (no
 copy), from which the member's place is known; an edit is one splice in place, and every other
 byte reaches the provider as the client sent it.
@@ -26,7 +28,9 @@ from typing import Any, Final
 
 import msgspec
 
-__all__ = ["Body", "Member", "Repeated", "TooDeep", "cut", "find_members", "replace_value"]
+__all__ = [
+    "Body", "Member", "Repeated", "TooDeep", "cut", "find_members", "member_value", "replace_value",
+]  # fmt: skip
 
 Body = bytes | bytearray
 
@@ -56,10 +60,14 @@ class Member:
 
     def value(self, kind: type[Any]) -> Any:
         """The value decoded as `kind` (`str`, `bool`), or None when it is not one."""
-        try:
-            return msgspec.json.decode(self.raw, type=kind)
-        except msgspec.ValidationError:
-            return None
+        return _value(self.raw, kind)
+
+
+def _value(raw: bytes | msgspec.Raw, kind: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError:
+        return None
 
 
 @functools.lru_cache(maxsize=16)
@@ -151,6 +159,18 @@ def find_members(body: Body, names: Sequence[str]) -> dict[str, Member]:
             if getattr(_decode(rest, (member.name,)), member.name) is not None:
                 raise Repeated(f"{member.name} is given twice")
     return members
+
+
+def member_value(body: Body, name: str, kind: type[Any]) -> Any:
+    """The top-level member `name` of the JSON object `body` decoded as `kind`; None when it has
+    none, or one that is not a `kind`. Raises as `find_members`, whose work on where the member
+    is (which only an edit needs) it skips unless the name may be there twice."""
+    found = getattr(_decode(body, (name,)), name)
+    if found is None:
+        return None
+    if _maybe_twice(body, name):
+        return find_members(body, (name,))[name].value(kind)
+    return _value(found, kind)
 
 
 def _maybe_twice(body: Body, name: str) -> bool:

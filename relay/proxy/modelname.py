@@ -17,7 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from relay.errors import BadRequest
 from relay.providers.table import Provider
-from relay.proxy.jsonedit import Body, TooDeep, find_members
+from relay.proxy.jsonedit import Body, TooDeep, member_value
 
 __all__ = ["MAX_PARTS", "model_of"]
 
@@ -57,12 +57,11 @@ def _body_field(content_type: str, body: Body, field: str) -> str | None:
     if media_type == "application/x-www-form-urlencoded":
         return _form_field(body, field)
     try:
-        member = find_members(body, (field,)).get(field)
+        value = member_value(body, field, str)
     except TooDeep:
         raise BadRequest("The JSON body nests too deeply", code="invalid_json") from None
     except ValueError:  # not a JSON object, or the field twice
         return None
-    value = member.value(str) if member is not None else None
     return value if isinstance(value, str) else None
 
 
