@@ -156,3 +156,25 @@ def test_a_reports_totals_add_what_it_counts_apart() -> None:
     assert Tokens(*anthropic.totals()) == Tokens(input=21, output=6, cache_read=5, cache_write=4)
     gemini = Usage(10, 5, None, 2, None, 3, apart=frozenset({"reasoning"}))
     assert Tokens(*gemini.totals()) == Tokens(input=10, output=8, cache_read=2, reasoning=3)
+
+
+@pytest.mark.parametrize("provider", list(update_prices.PROVIDERS))
+def test_a_worst_case_costs_the_dearer_of_its_input_sent_plain_or_written_to_a_cache(
+    provider: str,
+) -> None:
+    """`most`, one pass, against `cost` twice, for every model of the table, with inputs on
+    both sides of every long-prompt tier."""
+    table = bundled_prices()
+    theirs_id = update_prices.PROVIDERS[provider]
+    at = int(NOW.timestamp() * 1000)
+    compared = 0
+    for model in {p.id: p for p in data.providers}[theirs_id].models:
+        for size, output in ((0, 0), (67, 16_384), (199_999, 1), (200_001, 8_192), (10**6, 0)):
+            plain = table.cost(provider, model.id, Tokens(input=size, output=output), at)
+            cached = table.cost(
+                provider, model.id, Tokens(input=size, cache_write=size, output=output), at
+            )
+            dearer = None if plain is None or cached is None else max(plain, cached)
+            assert table.most(provider, model.id, size, output, at) == dearer, (model.id, size)
+            compared += dearer is not None
+    assert compared > 0

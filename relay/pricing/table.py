@@ -43,6 +43,7 @@ _COMPACT_DATE: Final = re.compile(r"(-)(20\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[
 _KINDS: Final = Tokens._fields
 _INDEX: Final = {kind: index for index, kind in enumerate(_KINDS)}
 """Where each kind's count is in a `Tokens`."""
+_INPUT, _OUTPUT, _CACHE_WRITE = (_INDEX[kind] for kind in ("input", "output", "cache_write"))
 _PARTS: Final = {"input": ("cache_read", "cache_write"), "output": ("reasoning",)}
 """Each total and the kinds counted within it."""
 _ALWAYS: Final = -(2**63)
@@ -197,6 +198,29 @@ class PriceTable:
                         break
                 total += price * count
         return (total + found.scale // 2) // found.scale  # rounded half up
+
+    def most(
+        self, provider: str, model: str | None, input: int, output: int, at: int
+    ) -> int | None:
+        """The most `input` tokens in and `output` out may cost: `cost` of them sent plain or
+        all written to a cache, whichever is dearer, worked out in one pass (a capped request's
+        worst case)."""
+        found = self.find(provider, model) if model else None
+        terms = None if found is None else found.terms_at(at)
+        if found is None or terms is None:
+            return None
+        per_input = per_output = 0
+        for index, _, price, tiers in terms:
+            for start, tiered in tiers:
+                if input > start:
+                    price = tiered
+                    break
+            if index in (_INPUT, _CACHE_WRITE):
+                per_input = max(per_input, price)
+            elif index == _OUTPUT:
+                per_output = price
+        total = per_input * input + per_output * output
+        return (total + found.scale // 2) // found.scale
 
 
 def _dashed(match: re.Match[str]) -> str:

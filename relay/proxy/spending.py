@@ -33,7 +33,7 @@ from relay.pricing.caps import (
     shown,
     usd,
 )
-from relay.pricing.table import PriceTable, Tokens
+from relay.pricing.table import PriceTable
 from relay.providers.table import Provider
 from relay.security.auth import now_ms
 from relay.security.grants import Limits
@@ -93,12 +93,7 @@ def worst_case(
     size = len(body) if body else 0
     limit = max_output(body)
     output = provider.max_output if limit is None else limit
-    plain = prices.cost(provider.name, model, Tokens(input=size, output=output), now)
-    cached = prices.cost(
-        provider.name, model, Tokens(input=size, cache_write=size, output=output), now
-    )
-    cost = None if plain is None or cached is None else max(plain, cached)
-    return Worst(size + output, cost)
+    return Worst(size + output, prices.most(provider.name, model, size, output, now))
 
 
 @functools.lru_cache(maxsize=4096)
