@@ -33,7 +33,6 @@ __all__ = [
     "Counted",
     "Reserved",
     "Unpriced",
-    "Wanted",
     "Worst",
     "caps_of",
     "charges",
@@ -129,15 +128,19 @@ class Worst(NamedTuple):
 
 
 class Reserved(NamedTuple):
-    """What one request reserved: per counter, the metric and the amount."""
+    """What one request reserved: what it is counted on, and the charge made on each."""
 
     user_id: str
-    parts: tuple[tuple[str, str, int], ...]
+    counts: Sequence[Counted]
+    charges: Sequence[Charge]
 
     def settlement(self, tokens: int, cost: int) -> list[tuple[str, int]]:
         """The changes that turn the reservation into what was spent."""
-        spent = {"requests": 1, "tokens": tokens, "cost": cost}
-        return [(counter, spent[metric] - amount) for counter, metric, amount in self.parts]
+        spent = (1, tokens, cost)
+        return [
+            (charge.counter, spent[count.at] - charge.amount)
+            for count, charge in zip(self.counts, self.charges, strict=True)
+        ]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -149,13 +152,8 @@ class Counted:
     counter: str
     limit: int
     resets_at: int
-
-
-class Wanted(NamedTuple):
-    """A charge and what it is counted on (to name the cap when it is refused)."""
-
-    charge: Charge
-    counted: Counted
+    at: int
+    """Where `metric` is in `METRICS`."""
 
 
 class Unpriced(Exception):
@@ -173,24 +171,24 @@ def counted(caps: Caps, app: str, provider: str, model: str | None, now: int) ->
     for cap in caps.caps:
         if cap.covers(app, provider, model):
             start, ends = period_of(cap.period, now)
-            for metric in METRICS:
+            for at, metric in enumerate(METRICS):
                 limit = cap.limit(metric)
                 if limit is not None:
-                    out.append(Counted(cap, metric, cap.counter(metric, start), limit, ends))
+                    counter = cap.counter(metric, start)
+                    out.append(Counted(cap, metric, counter, limit, ends, at))
     return out
 
 
-def charges(counts: Sequence[Counted], worst: Worst, allow_unpriced: bool) -> list[Wanted]:
-    """The charges the request's worst case makes on what it is counted on; `Unpriced` when a
-    cost cap counts it and its cost is unknown, unless the owner allowed that."""
-    amounts = {"requests": 1, "tokens": worst.tokens, "cost": worst.cost or 0}
-    wanted = []
-    for count in counts:
-        if count.metric == "cost" and worst.cost is None and not allow_unpriced:
-            raise Unpriced(count.cap)
-        charge = Charge(count.counter, amounts[count.metric], count.limit, count.resets_at)
-        wanted.append(Wanted(charge, count))
-    return wanted
+def charges(counts: Sequence[Counted], worst: Worst, allow_unpriced: bool) -> list[Charge]:
+    """The charge the request's worst case makes on each of `counts`, in their order;
+    `Unpriced` when a cost cap counts it and its cost is unknown, unless the owner allowed
+    that."""
+    if worst.cost is None and not allow_unpriced:
+        for count in counts:
+            if count.metric == "cost":
+                raise Unpriced(count.cap)
+    amounts = (1, worst.tokens, worst.cost or 0)
+    return [Charge(c.counter, amounts[c.at], c.limit, c.resets_at) for c in counts]
 
 
 def describe(cap: Cap) -> str:

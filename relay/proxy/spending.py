@@ -150,12 +150,10 @@ async def reserve(
         ) from None
     if not wanted:
         return None
-    refused = await services.leases.reserve(user.id, [w.charge for w in wanted], now, hit)
+    refused = await services.leases.reserve(user.id, wanted, now, hit)
     if refused is None:
-        return Reserved(
-            user.id, tuple((w.charge.counter, w.counted.metric, w.charge.amount) for w in wanted)
-        )
-    charge, count = wanted[refused].charge, wanted[refused].counted
+        return Reserved(user.id, counts, wanted)
+    charge, count = wanted[refused], counts[refused]
     cap, metric = count.cap, count.metric
     spent = (await services.leases.spent(user.id, [charge.counter], now)).get(charge.counter, 0)
     money = metric == "cost"
