@@ -32,7 +32,8 @@ class ModelPolicy:
     def allows(self, model: str, provider: str) -> bool:
         if not self.enabled:
             return True
-        return any(self._regex.fullmatch(name) for name in (model, f"{provider}/{model}"))
+        match = self._regex.fullmatch
+        return match(model) is not None or match(f"{provider}/{model}") is not None
 
     def check(self, model: str | None, provider: str) -> None:
         """403 unless `model` may be used through `provider`."""
