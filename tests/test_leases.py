@@ -216,6 +216,19 @@ async def test_near_a_limit_a_fast_counter_reserves_exactly_and_fills_it(
     assert (await counted(store, "a"))["a"] <= 1000
 
 
+async def test_a_counter_two_caps_share_is_charged_twice_and_still_fills_exactly(
+    store: KeyStore, leases: Leases
+) -> None:
+    # Two of the owner's caps of one scope and period name one counter.
+    passed = 0
+    for _ in range(200):
+        twice = [charge("a", 7, 1000), charge("a", 7, 1000)]
+        passed += await leases.reserve(USER, twice, now_ms()) is None
+    assert passed == 1000 // 14
+    await asyncio.sleep(leases_module.IDLE * 2.5)  # what was held goes back
+    assert await counted(store, "a") == {"a": passed * 14}
+
+
 async def test_a_changed_limit_gives_back_what_was_held_under_the_old_one(
     store: KeyStore, leases: Leases
 ) -> None:

@@ -85,6 +85,23 @@ class _Held:
         return min(ahead, lease.limit // SHARE)
 
 
+def _from_held(
+    leases: dict[str, _Lease], charges: Sequence[Charge]
+) -> list[tuple[str, _Lease, int]] | None:
+    """Every charge taken whole from `leases`, in order (a counter may be charged twice);
+    None, and nothing taken, when one is not held in full under its limit."""
+    taken: list[tuple[str, _Lease, int]] = []
+    for charge in charges:
+        lease = leases.get(charge.counter)
+        if lease is None or lease.limit != charge.limit or lease.left < charge.amount:
+            for _, earlier, part in taken:
+                earlier.left += part
+            return None
+        lease.left -= charge.amount
+        taken.append((charge.counter, lease, charge.amount))
+    return taken
+
+
 class Leases:
     """`reserve`, `settle` and `spent` as on `KeyStore`, through what this process holds."""
 
@@ -110,6 +127,10 @@ class Leases:
             held = self._held[user_id] = _Held()
         held.use(at)
         leases = held.leases
+        held_taken = _from_held(leases, charges)
+        if held_taken is not None:  # the steady state: everything was held
+            await self._reserved_held(user_id, held, charges, held_taken, at, now, hit)
+            return None
         taken: list[tuple[str, _Lease, int]] = []
         short: list[tuple[int, Charge, int]] = []  # (index, charge, what the lease lacked)
         stale: list[tuple[str, int]] = []  # held under a limit since changed: goes back first
@@ -168,6 +189,22 @@ class Leases:
         if running_low and not short:
             self._top_up(user_id, held, charges, taken, at, now)
         return None
+
+    async def _reserved_held(
+        self, user_id: str, held: _Held, charges: Sequence[Charge],
+        taken: list[tuple[str, _Lease, int]], at: float, now: int, hit: Deferred | None,
+    ) -> None:  # fmt: skip
+        """`reserve`'s end when `taken` came whole from what this process holds."""
+        if hit is not None:
+            try:
+                await hit.count()
+            except BaseException:  # refused (429) or cancelled: what was taken goes back
+                for counter, lease, part in taken:
+                    self._credit(user_id, counter, lease, part)
+                raise
+        held.used = at
+        if any(lease.left < lease.low and lease.topping_up is None for _, lease, _ in taken):
+            self._top_up(user_id, held, charges, taken, at, now)
 
     def _top_up(
         self, user_id: str, held: _Held, charges: Sequence[Charge],
