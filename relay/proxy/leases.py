@@ -203,8 +203,10 @@ class Leases:
                     self._credit(user_id, counter, lease, part)
                 raise
         held.used = at
-        if any(lease.left < lease.low and lease.topping_up is None for _, lease, _ in taken):
-            self._top_up(user_id, held, charges, taken, at, now)
+        for _, lease, _ in taken:
+            if lease.left < lease.low and lease.topping_up is None:
+                self._top_up(user_id, held, charges, taken, at, now)
+                break
 
     def _top_up(
         self, user_id: str, held: _Held, charges: Sequence[Charge],

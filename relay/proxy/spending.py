@@ -75,15 +75,12 @@ def max_output(body: bytes | bytearray | None) -> int | None:
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
     config = data.generationConfig or _NO_CONFIG
-    limit = next(
-        (n for n in (data.max_tokens, data.max_completion_tokens, data.max_output_tokens,
-                     config.maxOutputTokens) if _count(n) is not None),
-        None,
-    )  # fmt: skip
-    if limit is None:
-        return None
-    answers = _count(data.n) or _count(config.candidateCount) or 1
-    return int(limit) * min(answers, 128)
+    for limit in (data.max_tokens, data.max_completion_tokens, data.max_output_tokens,
+                  config.maxOutputTokens):  # fmt: skip
+        if _count(limit) is not None:
+            answers = _count(data.n) or _count(config.candidateCount) or 1
+            return int(limit) * min(answers, 128)
+    return None
 
 
 def worst_case(
