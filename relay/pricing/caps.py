@@ -119,6 +119,11 @@ def usd(micros: int) -> str:
     return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
 
 
+def _per_metric(tokens: int, cost: int) -> tuple[int, ...]:
+    """What a request counts in each metric, in `METRICS`' order: itself, its tokens, its cost."""
+    return 1, tokens, cost
+
+
 class Worst(NamedTuple):
     """The most a request may spend: one request, its tokens, and their cost (None: its model
     has no price)."""
@@ -136,7 +141,7 @@ class Reserved(NamedTuple):
 
     def settlement(self, tokens: int, cost: int) -> list[tuple[str, int]]:
         """The changes that turn the reservation into what was spent."""
-        spent = (1, tokens, cost)
+        spent = _per_metric(tokens, cost)
         return [
             (charge.counter, spent[count.at] - charge.amount)
             for count, charge in zip(self.counts, self.charges, strict=True)
@@ -187,7 +192,7 @@ def charges(counts: Sequence[Counted], worst: Worst, allow_unpriced: bool) -> li
         for count in counts:
             if count.metric == "cost":
                 raise Unpriced(count.cap)
-    amounts = (1, worst.tokens, worst.cost or 0)
+    amounts = _per_metric(worst.tokens, worst.cost or 0)
     return [Charge(c.counter, amounts[c.at], c.limit, c.resets_at) for c in counts]
 
 

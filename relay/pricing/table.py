@@ -50,7 +50,7 @@ _ALWAYS: Final = -(2**63)
 
 
 class _Term(NamedTuple):
-    """One kind's price, as `PriceTable.cost` unpacks it."""
+    """One kind's price, as `PriceTable.cost` and `most` unpack it."""
 
     count_at: int
     """Where its count is in a `Tokens`."""
@@ -60,6 +60,15 @@ class _Term(NamedTuple):
     """Per million tokens, times the model's scale."""
     tiers: tuple[tuple[int, int], ...]
     """(total input past which it applies, price) for the long-prompt tiers, the last first."""
+
+
+def _price_for(price: int, tiers: tuple[tuple[int, int], ...], input: int) -> int:
+    """A term's price for a request of `input` tokens in (total): its last tier passed, else
+    its base `price`."""
+    for start, tiered in tiers:
+        if input > start:
+            return tiered
+    return price
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,6 +88,10 @@ class _Model:
             if at >= start:
                 return terms
         return self.dated[0][1]
+
+    def rounded(self, total: int) -> int:
+        """Micro-dollars from a total at the model's scale, rounded half up."""
+        return (total + self.scale // 2) // self.scale
 
 
 def _matches(clause: Mapping[str, Any], name: str) -> bool:
@@ -177,27 +190,30 @@ class PriceTable:
                 return found
         return None
 
+    def _terms(
+        self, provider: str, model: str | None, at: int
+    ) -> tuple[_Model, tuple[_Term, ...]] | None:
+        """The model `provider` serves as `model` and its token prices at `at`; None when the
+        table has none."""
+        found = self.find(provider, model) if model else None
+        terms = None if found is None else found.terms_at(at)
+        return None if found is None or terms is None else (found, terms)
+
     def cost(self, provider: str, model: str | None, tokens: Tokens, at: int) -> int | None:
         """The micro-dollars `tokens` of `model` cost through `provider` at `at` (epoch ms);
         None when the table has no price for it."""
-        found = self.find(provider, model) if model else None
-        if found is None:
+        priced = self._terms(provider, model, at)
+        if priced is None:
             return None
-        terms = found.terms_at(at)
-        if terms is None:
-            return None
+        found, terms = priced
         total = 0
         for index, parts, price, tiers in terms:
             count = tokens[index]
             for part in parts:
                 count -= tokens[part]
             if count > 0:
-                for start, tiered in tiers:
-                    if tokens.input > start:
-                        price = tiered
-                        break
-                total += price * count
-        return (total + found.scale // 2) // found.scale  # rounded half up
+                total += (_price_for(price, tiers, tokens.input) if tiers else price) * count
+        return found.rounded(total)
 
     def most(
         self, provider: str, model: str | None, input: int, output: int, at: int
@@ -205,22 +221,19 @@ class PriceTable:
         """The most `input` tokens in and `output` out may cost: `cost` of them sent plain or
         all written to a cache, whichever is dearer, worked out in one pass (a capped request's
         worst case)."""
-        found = self.find(provider, model) if model else None
-        terms = None if found is None else found.terms_at(at)
-        if found is None or terms is None:
+        priced = self._terms(provider, model, at)
+        if priced is None:
             return None
+        found, terms = priced
         per_input = per_output = 0
         for index, _, price, tiers in terms:
-            for start, tiered in tiers:
-                if input > start:
-                    price = tiered
-                    break
+            if tiers:
+                price = _price_for(price, tiers, input)
             if index in (_INPUT, _CACHE_WRITE):
                 per_input = max(per_input, price)
             elif index == _OUTPUT:
                 per_output = price
-        total = per_input * input + per_output * output
-        return (total + found.scale // 2) // found.scale
+        return found.rounded(per_input * input + per_output * output)
 
 
 def _dashed(match: re.Match[str]) -> str:

@@ -2,13 +2,13 @@
 
 `POST /relay` reads `model` and `stream`, then strips a `provider/` prefix from `model` (and,
 for Google, drops both, which Gemini rejects); an `ALLOWED_MODELS` check reads the model of a
-provider's own request (as do a narrow token's model patterns and the owner's caps, with
-`member_value`, which skips the member's place when the name can be there only once). Such
-bodies can be megabytes (base64 images in a vision request) of any shape a client likes, so
-they are never walked in Python: msgspec validates the whole body and
-skips every other member at C speed, holding each wanted value as a view into the body (no
-copy), from which the member's place is known; an edit is one splice in place, and every other
-byte reaches the provider as the client sent it.
+provider's own request, as do a narrow token's model patterns and the owner's caps. Such bodies
+can be megabytes (base64 images in a vision request) of any shape a client likes, so they are
+never walked in Python: msgspec validates the whole body and skips every other member at C
+speed, holding each wanted value as a view into the body (no copy), from which the member's
+place is known; an edit is one splice in place, and every other byte reaches the provider as
+the client sent it. A check only reads (`member_value`), and works out no place unless the name
+may be there twice.
 
 A member named twice is refused: parsers disagree on which one counts, and the provider must
 not read another model than the one the relay checked. A key can be spelled with escapes
@@ -29,8 +29,15 @@ from typing import Any, Final
 import msgspec
 
 __all__ = [
-    "Body", "Member", "Repeated", "TooDeep", "cut", "find_members", "member_value", "replace_value",
-]  # fmt: skip
+    "Body",
+    "Member",
+    "Repeated",
+    "TooDeep",
+    "cut",
+    "find_members",
+    "member_value",
+    "replace_value",
+]
 
 Body = bytes | bytearray
 

@@ -55,6 +55,10 @@ class _Lease:
     topping_up: asyncio.Future[None] | None = None
     """Done when the top-up of this lease on its way from the store has come (or failed)."""
 
+    def wants_top_up(self) -> bool:
+        """Below half of what it takes ahead, with no top-up on its way."""
+        return self.left < self.low and self.topping_up is None
+
 
 @dataclasses.dataclass(slots=True)
 class _Held:
@@ -149,7 +153,7 @@ class Leases:
             part = min(lease.left, charge.amount)
             lease.left -= part
             taken.append((counter, lease, part))
-            if lease.left < lease.low and lease.topping_up is None:
+            if lease.wants_top_up():
                 running_low = True
             if part < charge.amount:
                 short.append((index, charge, charge.amount - part))
@@ -204,7 +208,7 @@ class Leases:
                 raise
         held.used = at
         for _, lease, _ in taken:
-            if lease.left < lease.low and lease.topping_up is None:
+            if lease.wants_top_up():
                 self._top_up(user_id, held, charges, taken, at, now)
                 break
 
@@ -218,7 +222,7 @@ class Leases:
         for charge, (_, lease, _) in zip(charges, taken, strict=True):
             ahead = held.ahead(lease, charge.amount, at)
             lease.low = ahead // 2
-            if lease.topping_up is None and lease.left < lease.low:
+            if lease.wants_top_up():
                 low.append((charge._replace(amount=ahead - lease.left), lease))
         if low:
             arrived = asyncio.get_running_loop().create_future()
