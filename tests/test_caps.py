@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from relay.pricing.caps import Cap, Caps, counted
 from relay.pricing.table import Tokens, bundled_prices
 from relay.proxy.spending import max_output
 from tests.mockprovider import OPENAI_USAGE, MockProvider
@@ -197,6 +198,9 @@ def test_clearing_the_caps_lifts_them(client: httpx.Client, owner: str) -> None:
         {"caps": [{"period": "day", "requests": 1, "provider": "nope"}]},
         {"caps": [{"period": "day", "requests": 1, "budget": 3}]},
         {"caps": [{"period": "day", "requests": 1}] * 21},
+        # Two caps of one scope and period on one metric would count each request twice.
+        {"caps": [{"period": "day", "requests": 5}, {"period": "day", "requests": 3, "tokens": 9}]},
+        {"caps": [{"period": "month", "tokens": 5, "model": m} for m in ("GPT-4o", "gpt-4o")]},
         {"cap": []},
         {},
     ],
@@ -210,6 +214,26 @@ def test_malformed_caps_are_refused_and_change_nothing(
     assert response.json()["code"] == "invalid_limits"
     kept = client.get("/limits", headers=auth(owner)).json()["caps"]
     assert [cap["requests"] for cap in kept] == [7]
+
+
+def test_caps_on_one_metric_of_different_scopes_or_periods_are_each_counted(
+    client: httpx.Client, owner: str
+) -> None:
+    set_caps(
+        client, owner,
+        {"period": "day", "requests": 3}, {"period": "month", "requests": 3},
+        {"period": "day", "requests": 3, "provider": "openai"},
+    )  # fmt: skip
+    assert client.post(URL, json=CHAT, headers=auth(owner)).status_code == 200
+    assert spent(client, owner) == [{"requests": 1}] * 3
+
+
+def test_caps_stored_sharing_a_counter_count_each_request_once_at_the_lower_limit() -> None:
+    # As `PUT /limits` took them before it refused such a pair.
+    both = Caps([Cap("day", requests=5), Cap("day", requests=2, tokens=100)])
+    counts = counted(both, "app", "openai", "gpt-4o", int(time.time() * 1000))
+    assert [(c.metric, c.limit) for c in counts] == [("requests", 2), ("tokens", 100)]
+    assert len({c.counter for c in counts}) == 2
 
 
 def test_a_narrow_tokens_budget_limits_it_and_those_minted_from_it(
@@ -241,7 +265,11 @@ def test_a_narrow_tokens_budget_limits_it_and_those_minted_from_it(
 
 
 def test_a_malformed_budget_mints_nothing(client: httpx.Client, owner: str) -> None:
-    for budget in ([{"period": "day"}], [{"period": "day", "requests": 1, "token": "x"}]):
+    for budget in (
+        [{"period": "day"}],
+        [{"period": "day", "requests": 1, "token": "x"}],
+        [{"period": "day", "requests": 1}, {"period": "day", "requests": 2}],
+    ):
         response = client.post("/tokens", json={"budget": budget}, headers=auth(owner))
         assert response.status_code == 400, response.text
         assert response.json()["code"] == "invalid_limits"

@@ -19,6 +19,8 @@ from relay.pricing.caps import (
     Cap,
     Caps,
     caps_of,
+    clash,
+    describe,
     micro_usd,
     period_of,
     usd,
@@ -33,6 +35,7 @@ __all__ = [
     "CapsShown",
     "cap_of",
     "clear_limits",
+    "distinct",
     "get_limits",
     "put_limits",
 ]
@@ -111,6 +114,18 @@ def cap_of(given: CapIn) -> Cap:
         raise _refused(f"Invalid cap: {exc}") from None
 
 
+def distinct(caps: list[Cap]) -> list[Cap]:
+    """`caps`, refused when two of one scope and period limit the same metric."""
+    found = clash(caps)
+    if found is not None:
+        cap, metric = found
+        raise _refused(
+            f"Two {describe(cap)} caps limit {metric}: a scope and period may cap each metric "
+            "once (put the limits in one cap)"
+        )
+    return caps
+
+
 async def put_limits(request: Request) -> Response:
     services: Services = request.state.services
     user = await authenticate(services.store, services.tokens, request.headers)
@@ -119,7 +134,7 @@ async def put_limits(request: Request) -> Response:
         given = msgspec.convert(body, CapsIn)
     except msgspec.ValidationError as exc:
         raise _refused(f"Invalid limits: {exc}") from None
-    caps = Caps([cap_of(cap) for cap in given.caps], given.allow_unpriced)
+    caps = Caps(distinct([cap_of(cap) for cap in given.caps]), given.allow_unpriced)
     stored = msgspec.json.encode(caps).decode() if caps.caps else None
     await services.store.set_caps(user.id, stored)
     return await _shown(services, user.id, caps)

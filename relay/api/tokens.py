@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from backends import ChildToken, StoreError, StoreUnavailable, User
 from relay.api.bodies import read_json
-from relay.api.limits import CapIn, cap_of
+from relay.api.limits import CapIn, cap_of, distinct
 from relay.api.shapes import answer
 from relay.errors import BadRequest, Forbidden, NotFound, RelayError, Unauthorized
 from relay.pricing.caps import MOST_CAPS, Cap, shown
@@ -166,8 +166,8 @@ async def mint_token(request: Request) -> Response:
     now = now_ms()
     token_id = uuid.uuid4().hex
     budgets = [
-        msgspec.to_builtins(msgspec.structs.replace(cap_of(cap), token=token_id))
-        for cap in asked.budget or ()
+        msgspec.to_builtins(msgspec.structs.replace(cap, token=token_id))
+        for cap in distinct([cap_of(cap) for cap in asked.budget or ()])
     ]
     limits = narrowed(
         grant_of(user).limits,

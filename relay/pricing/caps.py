@@ -36,6 +36,7 @@ __all__ = [
     "Worst",
     "caps_of",
     "charges",
+    "clash",
     "counted",
     "describe",
     "micro_usd",
@@ -74,10 +75,13 @@ class Cap(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
             and (self.model is None or model is None or self.model.lower() == model.lower())
         )
 
-    def counter(self, metric: str, start: datetime.date) -> str:
+    def scope(self) -> str:
+        """What the cap counts (its app, provider, model in any case, and token) as one name."""
         scope = f"{self.app}\0{self.provider}\0{(self.model or '').lower()}\0{self.token}"
-        digest = hashlib.sha256(scope.encode()).hexdigest()[:16]
-        return f"{metric}:{self.period}:{start.isoformat()}:{digest}"
+        return hashlib.sha256(scope.encode()).hexdigest()[:16]
+
+    def counter(self, metric: str, start: datetime.date) -> str:
+        return f"{metric}:{self.period}:{start.isoformat()}:{self.scope()}"
 
 
 class Caps(msgspec.Struct, forbid_unknown_fields=True):
@@ -169,10 +173,24 @@ class Unpriced(Exception):
         self.cap = cap
 
 
+def clash(caps: Sequence[Cap]) -> tuple[Cap, str] | None:
+    """A cap, and a metric of it, that an earlier cap of the same scope and period limits too:
+    both would count on one counter, so each request would count twice."""
+    seen = set()
+    for cap in caps:
+        for metric in METRICS:
+            if cap.limit(metric) is not None:
+                place = (cap.period, cap.scope(), metric)
+                if place in seen:
+                    return cap, metric
+                seen.add(place)
+    return None
+
+
 def counted(caps: Caps, app: str, provider: str, model: str | None, now: int) -> list[Counted]:
     """What a request to `provider`'s `model` from `app` is counted on at `now`: each metric
-    of each cap that covers it (the same all day: callers may keep it)."""
-    out = []
+    of each cap that covers it, each counter once (the same all day: callers may keep it)."""
+    out: dict[str, Counted] = {}
     for cap in caps.caps:
         if cap.covers(app, provider, model):
             start, ends = period_of(cap.period, now)
@@ -180,8 +198,11 @@ def counted(caps: Caps, app: str, provider: str, model: str | None, now: int) ->
                 limit = cap.limit(metric)
                 if limit is not None:
                     counter = cap.counter(metric, start)
-                    out.append(Counted(cap, metric, counter, limit, ends, at))
-    return out
+                    # Caps stored before `clash` refused them may share one: the lower limit.
+                    earlier = out.get(counter)
+                    if earlier is None or limit < earlier.limit:
+                        out[counter] = Counted(cap, metric, counter, limit, ends, at)
+    return list(out.values())
 
 
 def charges(counts: Sequence[Counted], worst: Worst, allow_unpriced: bool) -> list[Charge]:
