@@ -39,7 +39,7 @@ from relay.errors import (
     Unauthorized,
     UpstreamError,
 )
-from relay.pricing.caps import Reserved
+from relay.pricing.caps import Caps, Reserved
 from relay.pricing.table import Tokens
 from relay.providers.headers import response_headers
 from relay.providers.table import Provider
@@ -109,6 +109,8 @@ class Request:
     """The digest of the caller's token."""
     hit: Deferred | None = None
     """The caller's per-token rate-limit hit, when left to count with the reservation."""
+    caps: Caps | None = None
+    """The spending caps the caller's requests are under (`relay.proxy.spending.capped`)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -91,7 +91,7 @@ class _Relay:
         services: Services = scope["state"]["services"]
         headers = Headers(scope=scope)
         user, token, hit = await caller(services, headers, deferring=scope["method"] == "POST")
-        request = Request(services, scope, receive, send, headers, user, token, hit)
+        request = Request(services, scope, receive, send, headers, user, token, hit, capped(user))
         # Everything the request needed to be checked and prepared ends with `_prepare`'s
         # frame; an open stream keeps only its exchange (and no plaintext key in a frame).
         try:
@@ -162,7 +162,7 @@ class _Relay:
         # Last: nothing may fail between a reservation and the exchange that settles it.
         reserved, hit = None, request.hit
         if scope["method"] == "POST":
-            reserved = await reserve(services, request.user, provider, model, body, hit)
+            reserved = await reserve(services, request, provider, model, body)
         if hit is not None:  # counted with the reservation, or now: no cap covered it
             await hit.count()
         exchange = Exchange(request, provider, shown, record, model, sending, target.pin)
@@ -218,8 +218,8 @@ class ProviderRelay(_Relay):
         settings = services.settings
         body = model = None
         held = 0
-        caps = capped(user)
-        if (self._models.enabled or grant.reads_model or caps is not None) and method == "POST":
+        reads = self._models.enabled or grant.reads_model or request.caps is not None
+        if reads and method == "POST":
             # Only a model allowlist (the relay's or the token's) or the owner's spending caps
             # make the relay read a body it otherwise only streams.
             limit = settings.parse_limit

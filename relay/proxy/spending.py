@@ -35,9 +35,9 @@ from relay.pricing.caps import (
 )
 from relay.pricing.table import PriceTable
 from relay.providers.table import Provider
+from relay.proxy.exchange import Request
 from relay.security.auth import now_ms
 from relay.security.grants import Limits
-from relay.server.ratelimit import Deferred
 from relay.services import Services
 
 __all__ = ["capped", "max_output", "reserve", "worst_case"]
@@ -77,7 +77,7 @@ def max_output(body: bytes | bytearray | None) -> int | None:
     config = data.generationConfig or _NO_CONFIG
     for limit in (data.max_tokens, data.max_completion_tokens, data.max_output_tokens,
                   config.maxOutputTokens):  # fmt: skip
-        if _count(limit) is not None:
+        if limit is not None and _count(limit) is not None:
             answers = _count(data.n) or _count(config.candidateCount) or 1
             return int(limit) * min(answers, 128)
     return None
@@ -121,19 +121,21 @@ def capped(user: User) -> Caps | None:
 
 
 async def reserve(
-    services: Services, user: User, provider: Provider, model: str | None,
-    body: bytes | bytearray | None, hit: Deferred | None = None,
+    services: Services, request: Request, provider: Provider, model: str | None,
+    body: bytes | bytearray | None,
 ) -> Reserved | None:  # fmt: skip
-    """Reserve the request's worst case against every cap of the owner's that covers it; 402
-    when one could be passed. None: no cap covers it. `hit`: the request's rate-limit hit,
-    counted with the reservation (`Leases.reserve`) when there is one."""
-    caps = capped(user)
+    """Reserve the request's worst case against every cap that covers it (`request.caps`); 402
+    when one could be passed. None: no cap covers it. Its rate-limit hit (`request.hit`) is
+    counted with the reservation (`Leases.reserve`)."""
+    user, caps, hit = request.user, request.caps, request.hit
     if caps is None:
         return None
     now = now_ms()
-    worst = worst_case(services.prices, provider, model, body, now)
     limits = user.child.limits if user.child is not None else None
     counts = _counted(user.caps, limits, user.app_id, provider.name, model, now // DAY_MS)
+    if not counts:
+        return None
+    worst = worst_case(services.prices, provider, model, body, now)
     try:
         wanted = charges(counts, worst, caps.allow_unpriced)
     except Unpriced as refusal:
@@ -145,8 +147,6 @@ async def reserve(
             code="model_unpriced",
             cap=shown(refusal.cap),
         ) from None
-    if not wanted:
-        return None
     refused = await services.leases.reserve(user.id, wanted, now, hit)
     if refused is None:
         return Reserved(user.id, counts, wanted)
