@@ -195,6 +195,8 @@ def test_clearing_the_caps_lifts_them(client: httpx.Client, owner: str) -> None:
         {"caps": [{"period": "day", "cost_usd": "0.0000001"}]},
         {"caps": [{"period": "day", "cost_usd": "a lot"}]},
         {"caps": [{"period": "day", "cost_usd": "1e30"}]},
+        {"caps": [{"period": "day", "requests": 10**15 + 1}]},  # past any store's counters
+        {"caps": [{"period": "day", "tokens": 2**63}]},
         {"caps": [{"period": "day", "requests": 1, "provider": "nope"}]},
         {"caps": [{"period": "day", "requests": 1, "budget": 3}]},
         {"caps": [{"period": "day", "requests": 1}] * 21},
@@ -214,6 +216,27 @@ def test_malformed_caps_are_refused_and_change_nothing(
     assert response.json()["code"] == "invalid_limits"
     kept = client.get("/limits", headers=auth(owner)).json()["caps"]
     assert [cap["requests"] for cap in kept] == [7]
+
+
+@pytest.mark.parametrize(
+    ("cap", "said"),
+    [
+        ({"period": "day", "tokens": 10**15}, "may take more than 1000000000000000."),
+        ({"period": "day", "cost_usd": "5"}, "may take more than $1000000000.000000."),
+    ],
+)
+def test_a_worst_case_past_every_limit_is_refused_under_any_cap(
+    client: httpx.Client, owner: str, mock: MockProvider, cap: dict[str, Any], said: str
+) -> None:
+    set_caps(client, owner, cap)
+    for most in (10**30, 2**63 - 1):  # past the stores' 64-bit counters, alone or added to
+        asked = {**CHAT, "max_tokens": most}
+        refused = client.post(URL, json=asked, headers=auth(owner))
+        assert refused.status_code == 402, refused.text
+        assert refused.json()["code"] == "budget_exceeded"
+        assert said in refused.json()["error"]
+    assert mock.requests == []
+    assert client.post(URL, json=CHAT, headers=auth(owner)).status_code == 200
 
 
 def test_caps_on_one_metric_of_different_scopes_or_periods_are_each_counted(

@@ -42,6 +42,7 @@ from backends import (
 from backends.cache import CachedStore
 from backends.redis_layout import redis_key, usage_stats_of
 from backends.sql import async_url
+from relay.pricing.caps import MOST
 from tests import servers
 
 pytestmark = pytest.mark.anyio
@@ -549,6 +550,16 @@ async def test_a_reservation_is_all_or_nothing(store: KeyStore) -> None:
     assert await store.reserve("user-1", [], T0) is None
     with pytest.raises(StoreError):
         await store.reserve("nobody", [charge("a", 1, 10)], T0)
+
+
+async def test_a_counter_at_the_largest_limit_refuses_an_amount_past_it(store: KeyStore) -> None:
+    await add_user(store)
+    # Every amount the relay sends is at most one past the largest limit (`caps.MOST`).
+    assert await store.reserve("user-1", [charge("a", MOST, MOST)], T0) is None
+    assert await store.reserve("user-1", [charge("a", MOST + 1, MOST)], T0) == 0
+    assert await store.reserve("user-1", [charge("a", 1, MOST)], T0) == 0
+    await store.settle("user-1", [("a", MOST + 1)])  # what a provider reported past it
+    assert await store.spent("user-1", ["a"], T0) == {"a": 2 * MOST + 1}
 
 
 async def test_settling_corrects_a_reservation_never_below_zero(store: KeyStore) -> None:

@@ -682,6 +682,7 @@ def test_other_content_types_are_ignored(content_type: str) -> None:
         {"prompt_tokens": True, "completion_tokens": False},
         {"prompt_tokens": None, "completion_tokens": [7]},
         {"prompt_tokens": 2**64, "completion_tokens": {"n": 7}},
+        {"prompt_tokens": 10**12 + 1, "completion_tokens": 2**63 - 1},  # sums would overflow
         {},
     ],
 )

@@ -15,6 +15,7 @@ from relay.api.shapes import Count, answer
 from relay.errors import BadRequest
 from relay.pricing.caps import (
     METRICS,
+    MOST,
     MOST_CAPS,
     Cap,
     Caps,
@@ -48,8 +49,10 @@ class CapIn(msgspec.Struct, forbid_unknown_fields=True):
     owner's usage or only one app, provider or model."""
 
     period: Annotated[Literal["day", "month"], Meta(description="A UTC day, or calendar month.")]
-    requests: Annotated[int, Meta(ge=1)] | None = None
-    tokens: Annotated[int, Meta(ge=1, description="Input and output, as reported.")] | None = None
+    requests: Annotated[int, Meta(ge=1, le=MOST)] | None = None
+    tokens: (
+        Annotated[int, Meta(ge=1, le=MOST, description="Input and output, as reported.")] | None
+    ) = None
     cost_usd: (
         Annotated[str | float, Meta(description="Dollars, estimated at the model's price.")] | None
     ) = None

@@ -27,6 +27,7 @@ from backends import Charge
 
 __all__ = [
     "METRICS",
+    "MOST",
     "MOST_CAPS",
     "Cap",
     "Caps",
@@ -47,7 +48,11 @@ __all__ = [
 
 METRICS: Final = ("requests", "tokens", "cost")
 MOST_CAPS: Final = 20
-_MAX_MICRO_USD: Final = 10**15  # a billion dollars: past any real budget
+MOST: Final = 10**15
+"""The largest limit in any metric (in cost, a billion dollars): past any real budget, and far
+inside the stores' 64-bit counters."""
+_PAST_ANY_LIMIT: Final = MOST + 1
+"""What a larger worst case is charged as: still refused by every cap, and no counter overflows."""
 
 
 class Cap(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -55,9 +60,9 @@ class Cap(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     every app, provider or model."""
 
     period: Literal["day", "month"]
-    requests: Annotated[int, Meta(ge=1)] | None = None
-    tokens: Annotated[int, Meta(ge=1)] | None = None
-    cost_micro_usd: Annotated[int, Meta(ge=1, le=_MAX_MICRO_USD)] | None = None
+    requests: Annotated[int, Meta(ge=1, le=MOST)] | None = None
+    tokens: Annotated[int, Meta(ge=1, le=MOST)] | None = None
+    cost_micro_usd: Annotated[int, Meta(ge=1, le=MOST)] | None = None
     app: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
     provider: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
     model: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
@@ -213,7 +218,7 @@ def charges(counts: Sequence[Counted], worst: Worst, allow_unpriced: bool) -> li
         for count in counts:
             if count.metric == "cost":
                 raise Unpriced(count.cap)
-    amounts = _per_metric(worst.tokens, worst.cost or 0)
+    amounts = _per_metric(min(worst.tokens, _PAST_ANY_LIMIT), min(worst.cost or 0, _PAST_ANY_LIMIT))
     return [Charge(c.counter, amounts[c.at], c.limit, c.resets_at) for c in counts]
 
 

@@ -20,6 +20,7 @@ import msgspec
 from backends import DAY_MS, User
 from relay.errors import PaymentRequired
 from relay.pricing.caps import (
+    MOST,
     Cap,
     Caps,
     Counted,
@@ -154,12 +155,16 @@ async def reserve(
     cap, metric = count.cap, count.metric
     spent = (await services.leases.spent(user.id, [charge.counter], now)).get(charge.counter, 0)
     money = metric == "cost"
-    amount = usd if money else str
+
+    def amount(value: int) -> str:
+        return f"${usd(value)}" if money else str(value)
+
+    most = (
+        f"up to {amount(charge.amount)}" if charge.amount <= MOST else f"more than {amount(MOST)}"
+    )
     raise PaymentRequired(
-        f"The key owner's {describe(cap)} {metric} cap would be passed: "
-        f"{'$' if money else ''}{amount(spent)} of {'$' if money else ''}{amount(charge.limit)} "
-        f"spent, and this request may take up to {'$' if money else ''}{amount(charge.amount)}. "
-        "It resets at "
+        f"The key owner's {describe(cap)} {metric} cap would be passed: {amount(spent)} of "
+        f"{amount(charge.limit)} spent, and this request may take {most}. It resets at "
         f"{_iso(count.resets_at)}.",
         cap=shown(cap),
         metric=metric,

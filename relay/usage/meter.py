@@ -52,7 +52,9 @@ MAX_DECODED_BYTES: Final = 8 * 1024 * 1024
 MAX_RATIO: Final = 64
 """A compressed body is given up once it decodes to more than `MAX_DECODED_BYTES` and more than
 `MAX_RATIO` times its compressed size (a bomb), so long streams stay metered."""
-MAX_COUNT: Final = 2**63 - 1
+MAX_COUNT: Final = 10**12
+"""The most tokens of a kind one answer is believed to report: past any real answer, and far
+enough inside 64 bits that the ledger's sums of them cannot overflow."""
 MAX_MODEL_CHARS: Final = 256
 
 
