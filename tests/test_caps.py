@@ -212,8 +212,23 @@ def test_malformed_caps_are_refused_and_change_nothing(
 ) -> None:
     set_caps(client, owner, {"period": "day", "requests": 7})
     response = client.put("/limits", json=caps, headers=auth(owner))
+    _refused_and_kept(client, owner, response)
+
+
+def test_caps_naming_a_lone_surrogate_are_refused(client: httpx.Client, owner: str) -> None:
+    set_caps(client, owner, {"period": "day", "requests": 7})
+    sent = '{"caps": [{"period": "day", "requests": 5, "app": "\\ud800"}]}'
+    headers = {**auth(owner), "content-type": "application/json"}
+    response = client.put("/limits", content=sent, headers=headers)
+    _refused_and_kept(client, owner, response, "invalid_json")
+
+
+def _refused_and_kept(
+    client: httpx.Client, owner: str, response: httpx.Response, code: str = "invalid_limits"
+) -> None:
+    """`response` a 400 with `code`, and the caps set before (a daily 7 requests) kept."""
     assert response.status_code == 400, response.text
-    assert response.json()["code"] == "invalid_limits"
+    assert response.json()["code"] == code
     kept = client.get("/limits", headers=auth(owner)).json()["caps"]
     assert [cap["requests"] for cap in kept] == [7]
 

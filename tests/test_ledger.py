@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import datetime
 import io
+import json
 import time
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -128,6 +129,24 @@ def test_each_models_cost_is_the_price_tables_for_what_its_provider_reported(
         assert expected > 0
         priced += 1
     assert priced == 3
+
+
+@pytest.mark.parametrize("capped", [False, True])  # the answer's model; or, capped, the body's
+def test_a_model_name_no_store_can_hold_loses_no_record(server: RelayServer, capped: bool) -> None:
+    with server.client() as client:
+        token = user(client, "odd-models")
+        headers = {"x-relay-token": token, "content-type": "application/json"}
+        if capped:
+            caps = {"caps": [{"period": "day", "requests": 100}]}
+            assert client.put("/limits", json=caps, headers=headers).status_code == 200
+        # The mock answers with the model asked for; the first three would make a store refuse
+        # the batch they are written in, with every other record of it (anyone's).
+        for model in ("lone\ud800", "nul\u0000", "tab\tx", "fine"):
+            body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+            sent = client.post("/relay/openai/v1/chat/completions", content=body, headers=headers)
+            assert sent.status_code == 200, sent.text
+        rows = ledger(client, token, group_by="model").json()["rows"]
+    assert {row["key"]: row["requests"] for row in rows} == {None: 3, "fine": 1}
 
 
 def test_the_ledger_by_day_and_the_span_parameters(server: RelayServer) -> None:

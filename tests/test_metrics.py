@@ -380,7 +380,7 @@ def test_the_exposition_holds_no_secret_even_with_odd_model_names(
     with relay.client() as client:
         token = register(client)
         store_key(client, token, "openai", KEY)
-        odd = 'gpt"\\\n{model}'
+        odd = 'gpt"\\{model} ,='  # printable: a control character makes it no model at all
         response = client.post(
             "/relay/openai/v1/chat/completions",
             content=json.dumps({**CHAT, "model": odd}),

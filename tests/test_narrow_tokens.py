@@ -208,12 +208,19 @@ def test_a_token_cannot_mint_a_broader_one(
         {"expires_at": 1},
         {"expires_at": 4_000_000_000_000, "expires_in": 60},
         {"name": "x" * 129},
+        {"name": "a\u0000b"},  # no store holds it: refused, not a 401 or 500 from the store
+        {"name": "tab\there"},
         [],
+        '{"name": "\\ud800"}',  # a lone surrogate, which JSON's escapes can spell
+        '{"budget": [{"period": "day", "requests": 1, "app": "\\udfff"}]}',
     ],
 )
 def test_malformed_limits_are_refused(client: httpx.Client, account: str, asked: Any) -> None:
+    sent = {"content": asked} if isinstance(asked, str) else {"json": asked}
     refused(
-        client.post("/tokens", json=asked, headers=auth(account)),
+        client.post(
+            "/tokens", **sent, headers={**auth(account), "content-type": "application/json"}
+        ),
         400,
         "invalid_limits" if isinstance(asked, dict) else "invalid_json",
     )
@@ -265,6 +272,13 @@ def test_revoking_a_narrow_token_ends_it_and_every_token_minted_from_it(
         refused(chat(client, gone["token"]), 401, "invalid_token")
     assert chat(client, sibling["token"]).status_code == 200
     assert chat(client, account).status_code == 200
+
+
+@pytest.mark.parametrize("token_id", ["%00", "x" * 300, "A" * 32, "%C0%AF"])
+def test_revoking_what_no_token_could_be_named_is_404(
+    client: httpx.Client, account: str, token_id: str
+) -> None:
+    refused(client.delete(f"/tokens/{token_id}", headers=auth(account)), 404, "token_not_found")
 
 
 def test_a_narrow_token_revokes_itself_and_its_own_not_the_account(

@@ -109,6 +109,9 @@ def test_app_stats_are_for_the_operator(server: RelayServer, make_relay: RelayFa
         assert client.delete("/users", headers={"x-relay-token": first}).status_code == 200
         after = client.get("/stats/operator-app", headers=operator).json()
         assert (after["total"], after["user_count"]) == (4, 1)
+        for impossible in ("%00", "x" * 129, "tab%09app"):  # no app is registered so
+            odd = client.get(f"/stats/{impossible}", headers=operator)
+            assert (odd.status_code, odd.json()["code"]) == (400, "invalid_app_id")
     open_relay = make_relay()
     with open_relay.client() as client:
         refused = client.get("/stats/any-app")

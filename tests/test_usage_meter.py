@@ -832,6 +832,12 @@ def test_openai_responses_and_gemini_report_cache_reads_and_reasoning() -> None:
     )
 
 
+@pytest.mark.parametrize("model", ["nul\x00", "lone\ud800", "line\nbreak", "x" * 257, ""])
+def test_a_model_name_no_store_can_hold_is_not_reported(model: str) -> None:
+    body = {"model": model, "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+    assert measure(JSON, [dumps(body)]) == Usage(5, 1)
+
+
 def test_a_token_kind_that_is_not_a_plausible_count_is_not_reported() -> None:
     body = {"usage": {"prompt_tokens": 5, "completion_tokens": 1,
         "prompt_tokens_details": {"cached_tokens": -1},

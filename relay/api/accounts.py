@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from backends import User
 from relay.api.bodies import read_json
-from relay.api.shapes import AppId, answer, parse
+from relay.api.shapes import AppId, answer, is_printable_name, parse
 from relay.api.tokens import ended
 from relay.errors import BadRequest
 from relay.security.auth import authenticate, check_app_secret, now_ms
@@ -57,7 +57,7 @@ async def register(request: Request) -> Response:
     refusal = BadRequest("app_id is required", code="invalid_app_id")
     body = await read_json(request, services.settings.request_body_limit)
     app_id = parse(body, RegisterBody, refusal).app_id
-    if not app_id.isprintable():  # Unicode's printable: more than a JSON Schema pattern can say
+    if not is_printable_name(app_id):
         raise refusal
     now = now_ms()
     days = services.settings.token_expiry_days

@@ -10,9 +10,9 @@ memory.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
+import msgspec
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive
@@ -122,7 +122,9 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        data = json.loads(body)
+        # msgspec, not json: it refuses what no store can hold (a lone surrogate's escape) and
+        # what JSON is not (NaN).
+        data = msgspec.json.decode(body)
     except (ValueError, RecursionError):
         raise BadRequest("Malformed JSON body", code="invalid_json") from None
     if not isinstance(data, dict):

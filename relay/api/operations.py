@@ -328,7 +328,7 @@ OPERATIONS: Final = (
     Operation("GET", "/stats/{app_id}", "appStats", "usage", "operator",
               "A whole app's usage, for the operator (`Authorization: Bearer <APP_SECRET>`)",
               {200: ("Totals, with the app's user count.", stats.AppUsageStats)},
-              _ANY_TOKEN),
+              (400, *_ANY_TOKEN)),
     Operation("DELETE", "/keys/{provider}", "deleteKey", "keys", "token",
               "Delete the caller's key for a provider (idempotent)",
               {200: ("Deleted, or there was none.", keys.Ok)}, (400, *_USER)),

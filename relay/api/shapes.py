@@ -23,6 +23,7 @@ __all__ = [
     "Count",
     "ProviderName",
     "answer",
+    "is_printable_name",
     "parse",
 ]
 
@@ -33,7 +34,14 @@ PROVIDER_NAME_REF: Final = "#/components/schemas/ProviderName"
 # `Any` so that msgspec writes the reference alone, without a `type` beside it.
 ProviderName = Annotated[Any, Meta(extra_json_schema={"$ref": PROVIDER_NAME_REF})]
 AppId = Annotated[str, Meta(min_length=1, max_length=128)]
+"""Printable too (`is_printable_name`): more than a JSON Schema pattern can say."""
 Count = Annotated[int, Meta(ge=0)]
+
+
+def is_printable_name(text: str, most: int = 128) -> bool:
+    """Whether `text` is 1 to `most` printable characters: an app id, a token's name (no
+    control character, no lone surrogate: every store can hold it)."""
+    return 0 < len(text) <= most and text.isprintable()
 
 
 def parse(data: Mapping[str, Any], shape: type[T], refusal: BadRequest) -> T:

@@ -9,6 +9,7 @@ when minted; a listing names tokens by id.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
 from typing import Annotated, Any, Final
@@ -21,7 +22,7 @@ from starlette.responses import Response
 from backends import ChildToken, StoreError, StoreUnavailable, User
 from relay.api.bodies import read_json
 from relay.api.limits import CapIn, cap_of, distinct
-from relay.api.shapes import answer
+from relay.api.shapes import answer, is_printable_name
 from relay.errors import BadRequest, Forbidden, NotFound, RelayError, Unauthorized
 from relay.pricing.caps import MOST_CAPS, Cap, shown
 from relay.security.auth import authenticate, now_ms
@@ -44,6 +45,7 @@ __all__ = [
 
 MOST_TOKENS: Final = 100
 """Narrow tokens an account may hold at once (expired ones do not count)."""
+_TOKEN_ID: Final = re.compile(r"[0-9a-f]{32}")
 _NO_STORE = {"cache-control": "no-store"}
 
 Patterns = Annotated[list[Annotated[str, Meta(max_length=256)]], Meta(max_length=64)]
@@ -163,6 +165,8 @@ async def mint_token(request: Request) -> Response:
         asked = msgspec.convert(body, MintBody)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"Invalid token limits: {exc}", code="invalid_limits") from None
+    if asked.name and not is_printable_name(asked.name):
+        raise BadRequest("A token's name is printable characters", code="invalid_limits")
     now = now_ms()
     token_id = uuid.uuid4().hex
     budgets = [
@@ -242,6 +246,8 @@ async def revoke_child(request: Request) -> Response:
     user = await authenticate(services.store, services.tokens, request.headers, narrow=True)
     token_id = request.path_params["token_id"]
     missing = NotFound("No such token", code="token_not_found")
+    if not _TOKEN_ID.fullmatch(token_id):  # as minted: nothing else is looked up
+        raise missing
     if user.child is not None:
         # A narrow token revokes only what it minted (and itself).
         mine = {

@@ -43,8 +43,8 @@ def model_of(
         model = _only(parse_qs(query.decode("latin-1"), keep_blank_values=True).get(name, ()))
     else:
         model = _body_field(content_type, body, name)
-    if not model or len(model) > _MAX_MODEL_LENGTH:
-        return None
+    if not model or len(model) > _MAX_MODEL_LENGTH or not model.isprintable():
+        return None  # control characters or a lone surrogate: no store could record it
     return model
 
 

@@ -151,7 +151,11 @@ class _Tally:
                     self._read(counts, places)
             for key in _MODEL_KEYS:
                 model = node.get(key)
-                if isinstance(model, str) and 0 < len(model) <= MAX_MODEL_CHARS:
+                if (
+                    isinstance(model, str)
+                    and 0 < len(model) <= MAX_MODEL_CHARS
+                    and model.isprintable()
+                ):
                     self.model = model
 
     def _read(
