@@ -147,6 +147,8 @@ class RedisStore(KeyStore):
             raise StoreUnavailable(f"key store unavailable during {operation}") from exc
         except RedisError as exc:
             raise StoreError(f"key store failed during {operation}") from exc
+        except (UnicodeEncodeError, OverflowError) as exc:  # a value the driver cannot send
+            raise StoreError(f"key store refused a value during {operation}") from exc
 
     def _key(self, kind: str, name: str = "") -> str:
         """The key of `kind` for `name`; without a name, the prefix of every key of `kind`."""

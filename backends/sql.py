@@ -301,6 +301,8 @@ def _translate(operation: str) -> Iterator[None]:
         if exc.connection_invalidated:
             raise StoreUnavailable(f"key store unavailable during {operation}") from exc
         raise StoreError(f"key store failed during {operation}") from exc
+    except (UnicodeEncodeError, OverflowError) as exc:  # a value the driver cannot send
+        raise StoreError(f"key store refused a value during {operation}") from exc
 
 
 class SQLStore(KeyStore):

@@ -922,6 +922,21 @@ def usage(user_id: str, app_id: str = "app-1", **changes: object) -> UsageRecord
     return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("odd", [{"model": "lone\ud800"}, {"input_tokens": 2**64}])
+async def test_a_record_a_store_cannot_hold_is_a_store_error(
+    store: KeyStore, odd: dict[str, object]
+) -> None:
+    """Never another exception (the recorder drops what the store refuses, record by record)."""
+    await add_user(store, "user-1")
+    try:
+        await store.record_usage([usage("user-1", **odd)])
+        held = 1  # Redis keeps records as JSON text, which can
+    except StoreError:
+        held = 0
+    await store.record_usage([usage("user-1")])
+    assert (await store.usage_stats(T0 + 1, user_id="user-1")).total == held + 1
+
+
 async def test_usage_stats_add_up(store: KeyStore) -> None:
     await add_user(store, "user-1")
     await add_user(store, "user-2")

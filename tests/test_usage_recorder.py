@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -39,4 +40,22 @@ async def test_a_flush_returns_only_once_a_write_under_way_is_stored(tmp_path: P
     await recorder.flush()
     assert (await store.usage_stats(now, user_id="u1")).total == 3
     await background
+    await store.close()
+
+
+async def test_a_record_the_store_refuses_costs_no_other(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'usage.db'}"
+    await anyio.to_thread.run_sync(upgrade, url)
+    store = backends.open_store(url)
+    now = int(time.time() * 1000)
+    for user in ("u1", "u2"):
+        await store.create_user(User(user, "app", now), user * 32)
+    recorder = UsageRecorder(store)
+    good = UsageRecord("u1", "app", "openai", "gpt-4o", 200, 5, False, 1, 1, now)
+    refused = dataclasses.replace(good, user_id="u2", model="lone\ud800")  # no UTF-8 for it
+    for record in (good, refused, good):
+        recorder.add(record)
+    await recorder.flush()
+    assert (await store.usage_stats(now, user_id="u1")).total == 2
+    assert (await store.usage_stats(now, user_id="u2")).total == 0
     await store.close()

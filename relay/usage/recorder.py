@@ -2,7 +2,9 @@
 
 `UsageRecorder.add` only appends to a queue; a background task writes what has queued at
 least once a second, or as soon as `BATCH` records wait. A write that fails is logged and its
-batch dropped: bookkeeping never fails or slows a relay call. On shutdown the queue is flushed.
+batch dropped (a batch the store refused is written again a record at a time, so that only the
+records it refuses are): bookkeeping never fails or slows a relay call. On shutdown the queue
+is flushed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import contextlib
 import logging
 from typing import Final
 
-from backends import KeyStore, StoreError, UsageRecord
+from backends import KeyStore, StoreError, StoreUnavailable, UsageRecord
 
 __all__ = ["UsageRecorder"]
 
@@ -64,8 +66,19 @@ class UsageRecorder:
                 batch = queued[start : start + BATCH]
                 try:
                     await self._store.record_usage(batch)
-                except StoreError as exc:
+                except StoreUnavailable as exc:
                     logger.warning("usage records dropped: %s", exc, extra={"records": len(batch)})
+                except StoreError:  # it refused the batch: one record must not cost the others
+                    await self._one_by_one(batch)
+
+    async def _one_by_one(self, batch: list[UsageRecord]) -> None:
+        refused = 0
+        for record in batch:
+            try:
+                await self._store.record_usage([record])
+            except StoreError:
+                refused += 1
+        logger.warning("usage records the store refused were dropped", extra={"records": refused})
 
     async def _run(self) -> None:
         while True:
