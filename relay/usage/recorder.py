@@ -86,4 +86,7 @@ class UsageRecorder:
                 async with asyncio.timeout(INTERVAL):
                     await self._wake.wait()
             self._wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception as exc:  # a store's error untranslated: the records go, not the task
+                logger.error("usage records dropped: %s", type(exc).__name__)
