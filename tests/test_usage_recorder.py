@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -14,7 +15,7 @@ import pytest
 import backends
 from backends import UsageRecord, User
 from backends.migrate import upgrade
-from relay.usage.recorder import UsageRecorder
+from relay.usage.recorder import BATCH, UsageRecorder
 
 pytestmark = [pytest.mark.sqlite, pytest.mark.anyio]
 
@@ -58,4 +59,36 @@ async def test_a_record_the_store_refuses_costs_no_other(tmp_path: Path) -> None
     await recorder.flush()
     assert (await store.usage_stats(now, user_id="u1")).total == 2
     assert (await store.usage_stats(now, user_id="u2")).total == 0
+    await store.close()
+
+
+async def test_the_recorder_outlives_an_error_its_store_did_not_translate(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'usage.db'}"
+    await anyio.to_thread.run_sync(upgrade, url)
+    store = backends.open_store(url)
+    now = int(time.time() * 1000)
+    await store.create_user(User("u1", "app", now), "0" * 64)
+    real, calls = store.record_usage, []
+
+    async def once_broken(records: Sequence[UsageRecord]) -> None:
+        calls.append(len(records))
+        if len(calls) == 1:
+            raise RuntimeError("a driver's error the store let through")
+        await real(records)
+
+    store.record_usage = once_broken  # type: ignore[method-assign]
+    recorder = UsageRecorder(store)
+    await recorder.start()
+    record = UsageRecord("u1", "app", "openai", "gpt-4o", 200, 5, False, 1, 1, now)
+    for _ in range(2):
+        for _ in range(BATCH):  # a full batch wakes the writer at once
+            recorder.add(record)
+        with anyio.fail_after(5):
+            while len(calls) < 1 or (len(calls) == 1 and recorder._queue):
+                await asyncio.sleep(0.01)
+    with anyio.fail_after(5):
+        while (await store.usage_stats(now, user_id="u1")).total < BATCH:
+            await asyncio.sleep(0.01)
+    await recorder.close()
+    assert (await store.usage_stats(now, user_id="u1")).total == BATCH
     await store.close()
