@@ -46,6 +46,7 @@ __all__ = [
 MOST_TOKENS: Final = 100
 """Narrow tokens an account may hold at once (expired ones do not count)."""
 _TOKEN_ID: Final = re.compile(r"[0-9a-f]{32}")
+_YEAR_9999_ENDS: Final = 253_402_300_799_999  # epoch ms: as far as a store's dates go
 _NO_STORE = {"cache-control": "no-store"}
 
 Patterns = Annotated[list[Annotated[str, Meta(max_length=256)]], Meta(max_length=64)]
@@ -69,7 +70,9 @@ class MintBody(msgspec.Struct, forbid_unknown_fields=True):
             "be one."
         ),
     ] = None
-    expires_at: Annotated[int, Meta(gt=0, description="Epoch milliseconds.")] | None = None
+    expires_at: (
+        Annotated[int, Meta(gt=0, le=_YEAR_9999_ENDS, description="Epoch milliseconds.")] | None
+    ) = None
     budget: (
         Annotated[
             list[CapIn],
