@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import anyio
 import pytest
 
 import backends
-from backends import UsageRecord, User
+from backends import KeyStore, UsageRecord, User
 from backends.migrate import upgrade
 from relay.usage.recorder import BATCH, UsageRecorder
 
@@ -25,12 +25,20 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def test_a_flush_returns_only_once_a_write_under_way_is_stored(tmp_path: Path) -> None:
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[KeyStore]:
+    """A SQLite store with users u1 and u2."""
     url = f"sqlite:///{tmp_path / 'usage.db'}"
     await anyio.to_thread.run_sync(upgrade, url)
-    store = backends.open_store(url)
+    opened = backends.open_store(url)
+    for user in ("u1", "u2"):
+        await opened.create_user(User(user, "app", int(time.time() * 1000)), user * 32)
+    yield opened
+    await opened.close()
+
+
+async def test_a_flush_returns_only_once_a_write_under_way_is_stored(store: KeyStore) -> None:
     now = int(time.time() * 1000)
-    await store.create_user(User("u1", "app", now), "0" * 64)
     recorder = UsageRecorder(store)
     record = UsageRecord("u1", "app", "openai", "gpt-4o", 200, 5, False, 1, 1, now)
     for _ in range(3):
@@ -41,16 +49,10 @@ async def test_a_flush_returns_only_once_a_write_under_way_is_stored(tmp_path: P
     await recorder.flush()
     assert (await store.usage_stats(now, user_id="u1")).total == 3
     await background
-    await store.close()
 
 
-async def test_a_record_the_store_refuses_costs_no_other(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'usage.db'}"
-    await anyio.to_thread.run_sync(upgrade, url)
-    store = backends.open_store(url)
+async def test_a_record_the_store_refuses_costs_no_other(store: KeyStore) -> None:
     now = int(time.time() * 1000)
-    for user in ("u1", "u2"):
-        await store.create_user(User(user, "app", now), user * 32)
     recorder = UsageRecorder(store)
     good = UsageRecord("u1", "app", "openai", "gpt-4o", 200, 5, False, 1, 1, now)
     refused = dataclasses.replace(good, user_id="u2", model="lone\ud800")  # no UTF-8 for it
@@ -59,15 +61,12 @@ async def test_a_record_the_store_refuses_costs_no_other(tmp_path: Path) -> None
     await recorder.flush()
     assert (await store.usage_stats(now, user_id="u1")).total == 2
     assert (await store.usage_stats(now, user_id="u2")).total == 0
-    await store.close()
 
 
-async def test_the_recorder_outlives_an_error_its_store_did_not_translate(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'usage.db'}"
-    await anyio.to_thread.run_sync(upgrade, url)
-    store = backends.open_store(url)
+async def test_the_recorder_outlives_an_error_its_store_did_not_translate(
+    store: KeyStore,
+) -> None:
     now = int(time.time() * 1000)
-    await store.create_user(User("u1", "app", now), "0" * 64)
     real, calls = store.record_usage, []
 
     async def once_broken(records: Sequence[UsageRecord]) -> None:
@@ -92,4 +91,3 @@ async def test_the_recorder_outlives_an_error_its_store_did_not_translate(tmp_pa
             await asyncio.sleep(0.01)
     await recorder.close()
     assert (await store.usage_stats(now, user_id="u1")).total == BATCH
-    await store.close()
