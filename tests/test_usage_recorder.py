@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 import backends
-from backends import KeyStore, UsageRecord, User
+from backends import KeyStore, StoreError, StoreUnavailable, UsageRecord, User
 from backends.migrate import upgrade
 from relay.usage.recorder import BATCH, UsageRecorder
 
@@ -91,3 +91,21 @@ async def test_the_recorder_outlives_an_error_its_store_did_not_translate(
             await asyncio.sleep(0.01)
     await recorder.close()
     assert (await store.usage_stats(now, user_id="u1")).total == BATCH
+
+
+async def test_a_refused_batch_is_not_tried_record_by_record_into_an_outage(
+    store: KeyStore,
+) -> None:
+    calls: list[int] = []
+
+    async def refused_then_down(records: Sequence[UsageRecord]) -> None:
+        calls.append(len(records))
+        raise StoreError("refused") if len(calls) == 1 else StoreUnavailable("down")
+
+    store.record_usage = refused_then_down  # type: ignore[method-assign]
+    recorder = UsageRecorder(store)
+    now = int(time.time() * 1000)
+    for _ in range(BATCH):
+        recorder.add(UsageRecord("u1", "app", "openai", "gpt-4o", 200, 5, False, 1, 1, now))
+    await recorder.flush()
+    assert calls == [BATCH, 1]  # the batch, then the first record alone: the rest is dropped

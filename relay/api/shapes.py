@@ -18,6 +18,7 @@ from starlette.responses import Response
 from relay.errors import BadRequest
 
 __all__ = [
+    "NAME_CHARS",
     "PROVIDER_NAME_REF",
     "AppId",
     "Count",
@@ -33,15 +34,17 @@ PROVIDER_NAME_REF: Final = "#/components/schemas/ProviderName"
 # One of `PROVIDERS`, documented as a reference to the enum the document builds from the table;
 # `Any` so that msgspec writes the reference alone, without a `type` beside it.
 ProviderName = Annotated[Any, Meta(extra_json_schema={"$ref": PROVIDER_NAME_REF})]
-AppId = Annotated[str, Meta(min_length=1, max_length=128)]
+NAME_CHARS: Final = 128
+"""The most characters of an app id or a token's name."""
+AppId = Annotated[str, Meta(min_length=1, max_length=NAME_CHARS)]
 """Printable too (`is_printable_name`): more than a JSON Schema pattern can say."""
 Count = Annotated[int, Meta(ge=0)]
 
 
-def is_printable_name(text: str, most: int = 128) -> bool:
-    """Whether `text` is 1 to `most` printable characters: an app id, a token's name (no
-    control character, no lone surrogate: every store can hold it)."""
-    return 0 < len(text) <= most and text.isprintable()
+def is_printable_name(text: str) -> bool:
+    """Whether `text` is 1 to `NAME_CHARS` printable characters, as an app id and a token's name
+    are (no control character, no lone surrogate: every store can hold it)."""
+    return 0 < len(text) <= NAME_CHARS and text.isprintable()
 
 
 def parse(data: Mapping[str, Any], shape: type[T], refusal: BadRequest) -> T:

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 import backends
 from backends import OUTCOMES, TOKEN_KINDS
-from relay.api.shapes import Count, answer, is_printable_name
+from relay.api.shapes import NAME_CHARS, Count, answer, is_printable_name
 from relay.errors import BadRequest, ServiceUnavailable
 from relay.security.auth import authenticate, check_app_secret, now_ms
 from relay.services import Services
@@ -121,7 +121,7 @@ async def app_stats(request: Request) -> Response:
     )
     app_id: str = request.path_params["app_id"]
     if not is_printable_name(app_id):  # no app could be registered so: nothing to look up
-        raise BadRequest("app_id is 1 to 128 printable characters", code="invalid_app_id")
+        raise BadRequest(f"app_id is 1 to {NAME_CHARS} printable characters", code="invalid_app_id")
     await services.usage.flush()
     stats = await services.store.usage_stats(now_ms(), app_id=app_id)
     user_count = await services.store.count_users(app_id)

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from backends import ChildToken, StoreError, StoreUnavailable, User
 from relay.api.bodies import read_json
 from relay.api.limits import CapIn, cap_of, distinct
-from relay.api.shapes import answer, is_printable_name
+from relay.api.shapes import NAME_CHARS, answer, is_printable_name
 from relay.errors import BadRequest, Forbidden, NotFound, RelayError, Unauthorized
 from relay.pricing.caps import MOST_CAPS, Cap, shown
 from relay.security.auth import authenticate, now_ms
@@ -55,7 +55,9 @@ Patterns = Annotated[list[Annotated[str, Meta(max_length=256)]], Meta(max_length
 class MintBody(msgspec.Struct, forbid_unknown_fields=True):
     """What the new token is limited to; a limit left out is the minting token's."""
 
-    name: Annotated[str, Meta(max_length=128, description="For the owner to recognise it.")] = ""
+    name: Annotated[
+        str, Meta(max_length=NAME_CHARS, description="For the owner to recognise it.")
+    ] = ""
     providers: Annotated[
         list[str] | None, Meta(description="Provider names; null or absent: the minter's.")
     ] = None

@@ -18,10 +18,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from relay.errors import BadRequest
 from relay.providers.table import Provider
 from relay.proxy.jsonedit import Body, TooDeep, member_value
+from relay.usage.meter import MAX_MODEL_CHARS, model_name
 
 __all__ = ["MAX_PARTS", "model_of"]
 
-_MAX_MODEL_LENGTH: Final = 256
 MAX_PARTS: Final = 100  # parts of a multipart form read for its model
 _FORM_LOOKS: Final = 64  # places a urlencoded form is looked at for its model
 
@@ -43,9 +43,7 @@ def model_of(
         model = _only(parse_qs(query.decode("latin-1"), keep_blank_values=True).get(name, ()))
     else:
         model = _body_field(content_type, body, name)
-    if not model or len(model) > _MAX_MODEL_LENGTH or not model.isprintable():
-        return None  # control characters or a lone surrogate: no store could record it
-    return model
+    return model_name(model)
 
 
 def _body_field(content_type: str, body: Body, field: str) -> str | None:
@@ -126,8 +124,8 @@ def _multipart_field(content_type: str, body: Body, field: str) -> str | None:
             current = bytearray()
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        if current is not None and len(current) <= _MAX_MODEL_LENGTH * 4:
-            current.extend(data[start : min(end, start + _MAX_MODEL_LENGTH * 4 + 1)])
+        if current is not None and len(current) <= MAX_MODEL_CHARS * 4:
+            current.extend(data[start : min(end, start + MAX_MODEL_CHARS * 4 + 1)])
 
     def on_part_end() -> None:
         if current is not None:

@@ -159,12 +159,12 @@ async def reserve(
     def amount(value: int) -> str:
         return f"${usd(value)}" if money else str(value)
 
-    most = (
+    requested = (
         f"up to {amount(charge.amount)}" if charge.amount <= MOST else f"more than {amount(MOST)}"
     )
     raise PaymentRequired(
         f"The key owner's {describe(cap)} {metric} cap would be passed: {amount(spent)} of "
-        f"{amount(charge.limit)} spent, and this request may take {most}. It resets at "
+        f"{amount(charge.limit)} spent, and this request may take {requested}. It resets at "
         f"{_iso(count.resets_at)}.",
         cap=shown(cap),
         metric=metric,

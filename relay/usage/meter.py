@@ -35,11 +35,13 @@ __all__ = [
     "MAX_DECODED_BYTES",
     "MAX_EVENT_BYTES",
     "MAX_JSON_BYTES",
+    "MAX_MODEL_CHARS",
     "MAX_PARSED_EVENTS",
     "MAX_RATIO",
     "NO_USAGE",
     "Usage",
     "UsageMeter",
+    "model_name",
 ]
 
 MAX_JSON_BYTES: Final = 2 * 1024 * 1024
@@ -150,12 +152,8 @@ class _Tally:
                 if isinstance(counts, dict):
                     self._read(counts, places)
             for key in _MODEL_KEYS:
-                model = node.get(key)
-                if (
-                    isinstance(model, str)
-                    and 0 < len(model) <= MAX_MODEL_CHARS
-                    and model.isprintable()
-                ):
+                model = model_name(node.get(key))
+                if model is not None:
                     self.model = model
 
     def _read(
@@ -171,6 +169,14 @@ class _Tally:
             found[kind] = _count(value, found[kind])
             if apart:
                 self.apart.add(kind)
+
+
+def model_name(value: object) -> str | None:
+    """`value` as the model a record names: 1 to `MAX_MODEL_CHARS` printable characters (no
+    control character, no lone surrogate: every store can hold it); otherwise None."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_MODEL_CHARS and value.isprintable():
+        return value
+    return None
 
 
 def _count(value: object, previous: int | None) -> int | None:

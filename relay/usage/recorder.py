@@ -73,12 +73,18 @@ class UsageRecorder:
 
     async def _one_by_one(self, batch: list[UsageRecord]) -> None:
         refused = 0
-        for record in batch:
+        for at, record in enumerate(batch):
             try:
                 await self._store.record_usage([record])
+            except StoreUnavailable as exc:  # gone meanwhile: the rest is dropped, as above
+                logger.warning(
+                    "usage records dropped: %s", exc, extra={"records": refused + len(batch) - at}
+                )
+                return
             except StoreError:
                 refused += 1
-        logger.warning("usage records the store refused were dropped", extra={"records": refused})
+        if refused:
+            logger.warning("usage records the store refused dropped", extra={"records": refused})
 
     async def _run(self) -> None:
         while True:
