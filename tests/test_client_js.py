@@ -212,6 +212,29 @@ def test_leaving_a_stream_early_cancels_its_body_and_an_answer_reads_once() -> N
     assert result["provider"] == "openai"
 
 
+def test_an_abort_yields_nothing_more_even_from_the_chunk_already_read() -> None:
+    """Three deltas in one chunk: the abort after the first is the last thing the loop sees."""
+    result = run(
+        STREAM
+        + """
+        const delta = (t) => 'data: {"choices":[{"delta":{"content":"' + t + '"}}]}\\n\\n';
+        const controller = new AbortController();
+        const answer = new client.Answer(chunked([delta("a") + delta("b") + delta("c")]),
+          controller.signal);
+        const seen = [];
+        let error = null;
+        try {
+          for await (const text of answer) {
+            seen.push(text);
+            controller.abort();
+          }
+        } catch (e) { error = e.name; }
+        return { seen, error };
+        """
+    )
+    assert result == {"seen": ["a"], "error": "AbortError"}
+
+
 def test_errors_carry_the_code_status_retry_after_and_who_answered() -> None:
     result = run(
         """

@@ -484,7 +484,11 @@ export async function* events(response, { signal } = {}) {
         const width = buffer.startsWith("\r\n", end) ? 2 : 1;
         const ready = line(buffer.slice(0, end));
         buffer = buffer.slice(end + width);
-        if (ready) yield ready;
+        if (!ready) continue;
+        // One chunk can hold several events: an abort while the caller handles one ends the
+        // stream before the next, as it ends fetch's own body.
+        signal?.throwIfAborted();
+        yield ready;
       }
     }
   } finally {
