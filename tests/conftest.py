@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,6 +57,16 @@ def mock() -> Iterator[MockProvider]:
     provider = start_mock()
     yield provider
     provider.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clear_of_midnight() -> None:
+    """Caps, budgets and the ledger count UTC days and months: a test begun seconds before
+    midnight would count its first requests in one day and its last in the next. It waits
+    midnight out first."""
+    left = 86_400 - time.time() % 86_400
+    if left < 30:
+        time.sleep(left + 0.5)
 
 
 @pytest.fixture(autouse=True)
