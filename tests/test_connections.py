@@ -65,7 +65,10 @@ def answer(sock: socket.socket) -> tuple[int, dict[str, object], bool]:
     )
     while len(body) < length:
         body += sock.recv(65536)
-    closed = sock.recv(1) == b""
+    try:
+        closed = sock.recv(1) == b""
+    except ConnectionResetError:  # closed with bytes of ours unread: the kernel's RST
+        closed = True
     return int(head.split(b" ")[1]), json.loads(body[:length]), closed
 
 

@@ -261,7 +261,8 @@ def test_lookups_that_never_answer_delay_no_other_provider(
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     monkeypatch.setattr(pycares, "Channel", LoopbackChannel)
-    server = start_relay(None, loop, RELAY_DNS_TIMEOUT="0.5")
+    timeout = 2.0  # long beside the OpenAI request's time on a loaded machine
+    server = start_relay(None, loop, RELAY_DNS_TIMEOUT=str(timeout))
     with server.client() as client:
         tokens = [
             user_of(client, "openai-compatible", "openai") for _ in range((hung_requests + 1) // 2)
@@ -290,11 +291,13 @@ def test_lookups_that_never_answer_delay_no_other_provider(
                 )
                 elapsed = time.monotonic() - started
             assert answered.status_code == 200, answered.text
-            assert elapsed < 0.5, f"the OpenAI request waited {elapsed:.2f} s"
+            assert elapsed < timeout / 2, f"the OpenAI request waited {elapsed:.2f} s"
             results = [future.result() for future in pending]
         finally:
             release.set()
     assert all(unresolved(response) for response, _ in results)
-    assert all(0.5 <= took < 2.5 for _, took in results), [took for _, took in results]
+    # c-ares gives up about at the timeout (its two tries' waits vary a little).
+    took = [took for _, took in results]
+    assert all(timeout * 0.8 <= each < timeout + 2 for each in took), took
     assert mute.names() >= {f"n{n}.hang.test" for n in range(hung_requests)}
     assert blocked == [], "a client-named host went through the system's thread pool"

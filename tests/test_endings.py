@@ -495,7 +495,8 @@ def _streams_end_on_both(
         )  # a record queued too
         done = time.monotonic()
         assert client.request(method, path, headers={"x-relay-token": token}).status_code == 200
-    assert here.join(5) - done < 0.5, "the instance that did it ends its streams at once"
+        answered = time.monotonic()
+    assert here.join(5) - answered < 0.5, "the instance that did it ends its streams at once"
     assert there.join(5) - done < CACHE_TTL + 1.0
     assert here.text.endswith(REVOKED)
     assert there.text.endswith(REVOKED)
@@ -525,7 +526,11 @@ def test_a_revoked_tokens_streams_end_on_every_instance(
     first, second, _ = two_relays
     app_id = f"revoked-{uuid.uuid4().hex[:8]}"
     _streams_end_on_both(first, second, new_user(first, app_id), "POST", "/tokens/revoke")
-    assert outcomes(first, app_id) == {"completed": 1, "revoked": 2}
+    # The second instance's record comes with its recorder's next write, a second or so on.
+    deadline = time.monotonic() + 10
+    while (found := outcomes(first, app_id)) != {"completed": 1, "revoked": 2}:
+        assert time.monotonic() < deadline, found
+        time.sleep(0.1)
 
 
 def test_a_revoked_narrow_tokens_streams_end_on_every_instance_and_the_accounts_go_on(
@@ -543,7 +548,8 @@ def test_a_revoked_narrow_tokens_streams_end_on_every_instance_and_the_accounts_
         done = time.monotonic()
         gone = client.delete(f"/tokens/{narrow_id}", headers={"x-relay-token": token})
         assert gone.status_code == 200, gone.text
-    assert here.join(5) - done < 0.5, "the instance that revoked ends its streams at once"
+        answered = time.monotonic()
+    assert here.join(5) - answered < 0.5, "the instance that revoked ends its streams at once"
     assert there.join(5) - done < CACHE_TTL + 1.0
     assert here.text.endswith(REVOKED)
     assert there.text.endswith(REVOKED)
@@ -633,9 +639,15 @@ def test_sigterm_drains_then_ends_what_is_still_open_cleanly(
         time.sleep(0.2)
         terminated = time.monotonic()
         relay.process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        with pytest.raises(httpx.ConnectError), relay.client() as late:
-            late.get("/health")  # no longer accepting: readiness fails
+        # No longer accepting (readiness fails) well before the drain window ends.
+        while True:
+            try:
+                with relay.client() as late:
+                    late.get("/health")
+            except httpx.ConnectError:
+                break
+            assert time.monotonic() - terminated < drain / 2, "still accepting"
+            time.sleep(0.05)
         for reading in (short, long, thinking, audio):
             assert reading.thread is not None
             reading.thread.join(drain + 5)

@@ -413,7 +413,8 @@ def test_a_token_has_at_most_two_lookups_at_once(
     start_relay: StartRelay, mock: MockProvider
 ) -> None:
     resolver = HangingResolver({"ok.example": ["127.0.0.1"]})
-    server = start_relay(resolver, RELAY_DNS_TIMEOUT="1", RELAY_PRIVATE_UPSTREAMS="127.0.0.1/32")
+    # The two hung lookups last the whole timeout: long enough for the third to come meanwhile.
+    server = start_relay(resolver, RELAY_DNS_TIMEOUT="3", RELAY_PRIVATE_UPSTREAMS="127.0.0.1/32")
     with server.client() as client:
         busy, other = compatible_user(client), compatible_user(client)
 
@@ -432,11 +433,11 @@ def test_a_token_has_at_most_two_lookups_at_once(
             results = [future.result() for future in hanging]
         assert third.status_code == 429, third.text
         assert third.json() == {
-            "error": "Too many upstream lookups in progress. Try again in 1 seconds.",
+            "error": "Too many upstream lookups in progress. Try again in 3 seconds.",
             "code": "rate_limited",
             "limit": "lookups",
         }
-        assert third.headers["retry-after"] == "1"
+        assert third.headers["retry-after"] == "3"
         assert answered.status_code == 200, answered.text
         for response in results:
             assert_invalid_base_url(response)

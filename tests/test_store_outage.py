@@ -213,7 +213,7 @@ async def test_a_timeout_opens_the_breaker_and_its_probe_closes_it(
                 started = time.monotonic()
                 with pytest.raises(StoreUnavailable):
                     await store.get_key("nobody", "openai")
-                assert time.monotonic() - started < 0.05
+                assert time.monotonic() - started < UNIT_DEADLINE / 2
             with pytest.raises(StoreUnavailable):
                 await store.ping()
         finally:
@@ -304,7 +304,7 @@ async def test_the_per_ip_limit_counts_in_memory_while_redis_is_frozen(
             with pytest.raises(ServiceUnavailable):
                 await limiter.check("relay", "digest")
             assert await limiter.check("register", "203.0.113.1") is None
-            assert time.monotonic() - started < 0.05, "no check waits while Redis is down"
+            assert time.monotonic() - started < UNIT_DEADLINE / 2, "no check waits for Redis"
         finally:
             private_redis.thaw()
         await wait_until_up(breaker)
