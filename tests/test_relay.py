@@ -511,7 +511,7 @@ def test_client_disconnect_before_headers_cancels_upstream(
 
 @pytest.fixture
 def slow_relay(make_relay: RelayFactory) -> tuple[RelayServer, str]:
-    server = make_relay(RELAY_UPSTREAM_TIMEOUT="0.5", RELAY_STREAM_IDLE_TIMEOUT="0.5")
+    server = make_relay(RELAY_UPSTREAM_TIMEOUT="1", RELAY_STREAM_IDLE_TIMEOUT="1")
     with server.client() as c:
         token = register(c)
         store_key(c, token, "openai", "test-openai-key-timeouts")
