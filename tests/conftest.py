@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from backends import DAY_MS
 from backends.migrate import upgrade
 from relay.providers.table import PROVIDERS
 from relay.telemetry.logs import JSONFormatter
@@ -64,7 +65,7 @@ def _clear_of_midnight() -> None:
     """Caps, budgets and the ledger count UTC days and months: a test begun seconds before
     midnight would count its first requests in one day and its last in the next. It waits
     midnight out first."""
-    left = 86_400 - time.time() % 86_400
+    left = (DAY_MS - time.time() * 1000 % DAY_MS) / 1000
     if left < 30:
         time.sleep(left + 0.5)
 

@@ -234,7 +234,7 @@ def test_lookups_that_never_answer_delay_no_other_provider(
 ) -> None:
     """Eight openai-compatible requests whose names never resolve (more, on a machine whose
     event loops' default thread pool has more than six threads), then an OpenAI request: it is
-    answered at once, and the eight get their 400 after RELAY_DNS_TIMEOUT. Through the relay's
+    answered at once, and the eight get their 400 at about RELAY_DNS_TIMEOUT. Through the relay's
     own resolver, not one the test gives it."""
     hung_requests = max(8, min(32, (os.cpu_count() or 1) + 4) + 2)  # asyncio's pool size, +2
     mute = name_server(mute=True)
